@@ -1,0 +1,24 @@
+using Microsoft.Extensions.Logging;
+
+namespace PushKit.Delivery;
+
+internal sealed partial class DeliveryEngine
+{
+    private static partial class Log
+    {
+        [LoggerMessage(1, LogLevel.Warning, "{Name}: protocol violation, closing the connection with {CloseCode}: {Detail}")]
+        public static partial void ProtocolViolation(ILogger logger, string name, PushCloseCode closeCode, string detail);
+
+        [LoggerMessage(2, LogLevel.Debug, "{Name}: write loop ended: {Detail}")]
+        public static partial void WriteLoopEnded(ILogger logger, string name, string detail);
+
+        [LoggerMessage(3, LogLevel.Debug, "{Name}: {Transport} connection ended: {Kind} {CloseCode} {Reason}")]
+        public static partial void ConnectionEnded(ILogger logger, string name, string transport, ConnectionEndKind kind, PushCloseCode? closeCode, string? reason);
+
+        [LoggerMessage(4, LogLevel.Warning, "{Name}: ignored a frame of unknown type '{FrameType}'")]
+        public static partial void UnknownFrameType(ILogger logger, string name, string? frameType);
+
+        [LoggerMessage(5, LogLevel.Warning, "{Name}: the peer reported error '{Code}': {Message}")]
+        public static partial void PeerError(ILogger logger, string name, string? code, string? message);
+    }
+}

@@ -1,0 +1,119 @@
+using System.Buffers;
+using System.Threading.Channels;
+using PushKit.Connections;
+using PushKit.Protocol;
+
+namespace PushKit.Delivery;
+
+internal sealed partial class DeliveryEngine
+{
+    internal sealed record CloseRequest(PushCloseCode Code, string? Reason, int? RetryAfterMs, bool SendFrame);
+
+    /// <summary>A control frame waiting for the write loop (pong, error).</summary>
+    private readonly struct Control
+    {
+        private readonly FrameType _type;
+        private readonly string? _code;
+        private readonly string? _message;
+
+        private Control(FrameType type, string? code, string? message)
+        {
+            _type = type;
+            _code = code;
+            _message = message;
+        }
+
+        public static Control Pong => new(FrameType.Pong, null, null);
+
+        public static Control Error(string code, string message) => new(FrameType.Error, code, message);
+
+        public void Write(IBufferWriter<byte> output)
+        {
+            if (_type == FrameType.Pong)
+            {
+                FrameCodec.WritePong(output);
+            }
+            else
+            {
+                FrameCodec.WriteError(output, _code!, _message!);
+            }
+        }
+    }
+
+    /// <summary>The state of one connection's run: its doorbell, control queue, close request and cancellation.</summary>
+    private sealed class Run : IDisposable
+    {
+        private readonly CancellationTokenSource _cts;
+        private readonly Queue<Control> _control = new();
+        private CloseRequest? _localClose;
+
+        public Run(IPushTransportConnection connection, CancellationToken cancellationToken)
+        {
+            Connection = connection;
+            _cts = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            Token = _cts.Token;
+        }
+
+        public IPushTransportConnection Connection { get; }
+
+        public CancellationToken Token { get; }
+
+        /// <summary>Wakes the write loop; holds at most one pending ring.</summary>
+        public Channel<bool> Doorbell { get; } = Channel.CreateBounded<bool>(
+            new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite, SingleReader = true });
+
+        public CloseRequest? LocalClose => Volatile.Read(ref _localClose);
+
+        public void Ring() => Doorbell.Writer.TryWrite(true);
+
+        public void EnqueueControl(Control control)
+        {
+            lock (_control)
+            {
+                _control.Enqueue(control);
+            }
+
+            Ring();
+        }
+
+        public bool TryDequeueControl(out Control control)
+        {
+            lock (_control)
+            {
+                return _control.TryDequeue(out control);
+            }
+        }
+
+        public void RequestClose(PushCloseCode code, string? reason, int? retryAfterMs, bool sendFrame)
+        {
+            if (Interlocked.CompareExchange(ref _localClose, new CloseRequest(code, reason, retryAfterMs, sendFrame), null) is null)
+            {
+                Ring();
+            }
+        }
+
+        public void Cancel()
+        {
+            try
+            {
+                _cts.Cancel();
+            }
+            catch (ObjectDisposedException)
+            {
+            }
+        }
+
+        public void CancelAfter(TimeSpan delay)
+        {
+            try
+            {
+                _cts.CancelAfter(delay);
+            }
+            catch (ObjectDisposedException)
+            {
+            }
+        }
+
+        public void Dispose() => _cts.Dispose();
+    }
+}

@@ -1,0 +1,503 @@
+using System.Buffers;
+using System.Threading.Channels;
+using Microsoft.Extensions.Logging;
+using PushKit.Connections;
+using PushKit.Protocol;
+
+namespace PushKit.Delivery;
+
+/// <summary>
+/// The acknowledged-delivery machine of one session end, written once and used by client and server alike.
+/// Outbound: every message gets the next sequence number and stays in an unacknowledged buffer until the peer's
+/// cumulative ack covers it; a new connection replays everything unacknowledged. Inbound: messages are delivered
+/// in sequence order, duplicates (sequence numbers already delivered) are dropped, and the highest delivered
+/// sequence number is acknowledged cumulatively.
+/// </summary>
+/// <remarks>
+/// The engine outlives connections: <see cref="RunAsync"/> drives one connection at a time and returns how it
+/// ended; the owner decides whether another connection follows.
+/// </remarks>
+internal sealed partial class DeliveryEngine
+{
+    private const int BatchTargetBytes = 64 * 1024;
+    private static readonly TimeSpan s_closeGrace = TimeSpan.FromSeconds(2);
+
+    private readonly object _gate = new();
+    private readonly Func<PushMessage, CancellationToken, ValueTask> _deliver;
+    private readonly ILogger _logger;
+    private readonly string _name;
+
+    // Unacknowledged outbound messages, oldest first; _ring[_head] has sequence number _lastAcked + 1.
+    private Entry[] _ring = new Entry[16];
+    private int _head;
+    private int _count;
+    private long _lastAssigned;
+    private long _lastAcked;
+    private long _sendCursor = 1;
+    private long _highestSent;
+
+    // Inbound: the highest sequence number delivered to the application, and whether the peer still needs to hear it.
+    private long _lastDelivered;
+    private bool _ackDue;
+
+    private Run? _current;
+    private Exception? _terminal;
+    private int _peerMaxMessageBytes;
+
+    public DeliveryEngine(string name, int peerMaxMessageBytes, Func<PushMessage, CancellationToken, ValueTask> deliver, ILogger logger)
+    {
+        _name = name;
+        _peerMaxMessageBytes = peerMaxMessageBytes;
+        _deliver = deliver;
+        _logger = logger;
+    }
+
+    /// <summary>The largest frame or batch the peer accepts; sends above it fail with <see cref="PushMessageTooLargeException"/>.</summary>
+    public int PeerMaxMessageBytes
+    {
+        get => Volatile.Read(ref _peerMaxMessageBytes);
+        set => Volatile.Write(ref _peerMaxMessageBytes, value);
+    }
+
+    /// <summary>The number of outbound messages not yet acknowledged by the peer.</summary>
+    public int UnacknowledgedCount
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _count;
+            }
+        }
+    }
+
+    /// <summary>The highest inbound sequence number delivered to the application.</summary>
+    public long LastDelivered
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _lastDelivered;
+            }
+        }
+    }
+
+    public bool IsConnected => Volatile.Read(ref _current) is not null;
+
+    /// <summary>
+    /// Queues <paramref name="message"/> for delivery and returns a task that completes when the peer acknowledges it
+    /// (null when <paramref name="trackAck"/> is false: the message is still delivered, nobody waits for it).
+    /// </summary>
+    /// <exception cref="PushMessageTooLargeException">The message's frame exceeds the peer's limit.</exception>
+    /// <exception cref="PushChannelClosedException">The engine is closed.</exception>
+    public Task? Enqueue(PushMessage message, bool trackAck)
+    {
+        ArgumentNullException.ThrowIfNull(message);
+        var frameLength = FrameCodec.MaxMessageFrameLength(message);
+        var limit = PeerMaxMessageBytes;
+        if (frameLength > limit)
+        {
+            throw new PushMessageTooLargeException(frameLength, limit);
+        }
+
+        var completion = trackAck ? new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously) : null;
+        Run? run;
+        lock (_gate)
+        {
+            if (_terminal is not null)
+            {
+                throw new PushChannelClosedException("The push channel is closed; the message was not sent.", _terminal);
+            }
+
+            if (_count == _ring.Length)
+            {
+                Grow();
+            }
+
+            _ring[(_head + _count) % _ring.Length] = new Entry(message, completion);
+            _count++;
+            _lastAssigned++;
+            run = _current;
+        }
+
+        run?.Ring();
+        return completion?.Task;
+    }
+
+    /// <summary>
+    /// Asks the current connection, if any, to close with <paramref name="code"/>: pending frames are flushed, a close
+    /// frame is sent, then the transport closes. The session itself stays open.
+    /// </summary>
+    public void CloseConnection(PushCloseCode code, string? reason, int? retryAfterMs = null)
+    {
+        Run? run;
+        lock (_gate)
+        {
+            run = _current;
+        }
+
+        run?.RequestClose(code, reason, retryAfterMs, sendFrame: true);
+    }
+
+    /// <summary>
+    /// Closes the engine for good: unacknowledged sends fail with <paramref name="error"/>, later sends are refused,
+    /// and the current connection (if any) is closed with <paramref name="code"/>.
+    /// </summary>
+    public void Shutdown(PushCloseCode code, string? reason, Exception error)
+    {
+        List<TaskCompletionSource>? pending = null;
+        Run? run;
+        lock (_gate)
+        {
+            if (_terminal is not null)
+            {
+                return;
+            }
+
+            _terminal = error;
+            for (var i = 0; i < _count; i++)
+            {
+                ref var entry = ref _ring[(_head + i) % _ring.Length];
+                if (entry.Completion is not null)
+                {
+                    (pending ??= []).Add(entry.Completion);
+                }
+
+                entry = default;
+            }
+
+            _count = 0;
+            _head = 0;
+            run = _current;
+        }
+
+        run?.RequestClose(code, reason, retryAfterMs: null, sendFrame: true);
+        if (pending is not null)
+        {
+            foreach (var completion in pending)
+            {
+                completion.TrySetException(error);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Carries the session over <paramref name="connection"/> until it ends, replaying every unacknowledged outbound
+    /// message first. Returns how the connection ended; never throws for connection failures.
+    /// </summary>
+    public async Task<ConnectionEnd> RunAsync(IPushTransportConnection connection, CancellationToken cancellationToken = default)
+    {
+        var run = new Run(connection, cancellationToken);
+        lock (_gate)
+        {
+            if (_current is not null)
+            {
+                throw new InvalidOperationException("The session already has a live connection.");
+            }
+
+            if (_terminal is not null)
+            {
+                run.Dispose();
+                return new ConnectionEnd(ConnectionEndKind.ClosedLocally, PushCloseCode.Normal, "The session is closed.");
+            }
+
+            _current = run;
+            _sendCursor = _lastAcked + 1;
+        }
+
+        // Something may be waiting already: replay, an ack owed, or messages queued while disconnected.
+        run.Ring();
+        var writer = WriteLoopAsync(run);
+        ConnectionEnd end;
+        try
+        {
+            end = await ReadLoopAsync(run).ConfigureAwait(false);
+        }
+        catch (PushProtocolException ex)
+        {
+            Log.ProtocolViolation(_logger, _name, ex.CloseCode, ex.Message);
+            end = new ConnectionEnd(ConnectionEndKind.ClosedLocally, ex.CloseCode, ex.Message, Error: ex);
+            run.RequestClose(ex.CloseCode, ex.Message, retryAfterMs: null, sendFrame: true);
+        }
+        catch (Exception ex) when (run.LocalClose is { } local)
+        {
+            // The read loop was stopped because this side closed the connection.
+            _ = ex;
+            end = new ConnectionEnd(ConnectionEndKind.ClosedLocally, local.Code, local.Reason, local.RetryAfterMs);
+        }
+        catch (Exception ex)
+        {
+            end = new ConnectionEnd(ConnectionEndKind.Lost, null, ex.Message, Error: ex);
+        }
+
+        if (end.Kind == ConnectionEndKind.ClosedByPeer)
+        {
+            // Answer the peer's close so the transport ends cleanly.
+            run.RequestClose(end.Code ?? PushCloseCode.Normal, null, retryAfterMs: null, sendFrame: false);
+        }
+
+        if (run.LocalClose is null)
+        {
+            run.Cancel();
+        }
+
+        try
+        {
+            await writer.WaitAsync(s_closeGrace + s_closeGrace, CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (Exception ex)
+        {
+            Log.WriteLoopEnded(_logger, _name, ex.Message);
+        }
+
+        lock (_gate)
+        {
+            _current = null;
+        }
+
+        run.Cancel();
+        connection.Abort();
+        run.Dispose();
+        Log.ConnectionEnded(_logger, _name, connection.TransportName, end.Kind, end.Code, end.Reason);
+        return end;
+    }
+
+    private async Task<ConnectionEnd> ReadLoopAsync(Run run)
+    {
+        var buffer = new ArrayBufferWriter<byte>(4096);
+        var token = run.Token;
+        while (true)
+        {
+            buffer.ResetWrittenCount();
+            var result = await run.Connection.ReceiveAsync(buffer, token).ConfigureAwait(false);
+            if (result.IsClosed)
+            {
+                return new ConnectionEnd(ConnectionEndKind.ClosedByPeer, result.CloseCode, result.CloseReason);
+            }
+
+            foreach (var line in FrameCodec.SplitBatch(buffer.WrittenMemory))
+            {
+                var status = FrameCodec.TryParse(line.Span, out var frame, out var error);
+                if (status == FrameParseStatus.Malformed)
+                {
+                    throw new PushProtocolException(PushCloseCode.ProtocolError, $"Malformed frame: {error}");
+                }
+
+                if (status == FrameParseStatus.UnknownType)
+                {
+                    Log.UnknownFrameType(_logger, _name, error);
+                    run.EnqueueControl(Control.Error(PushErrorCodes.UnknownFrameType, $"Unknown frame type '{error}'; the frame was ignored."));
+                    continue;
+                }
+
+                switch (frame.Type)
+                {
+                    case FrameType.Message:
+                        await ReceiveMessageAsync(frame, token).ConfigureAwait(false);
+                        break;
+                    case FrameType.Ack:
+                        Acknowledge(frame.Sequence);
+                        break;
+                    case FrameType.Ping:
+                        run.EnqueueControl(Control.Pong);
+                        break;
+                    case FrameType.Pong:
+                        break;
+                    case FrameType.Close:
+                        return new ConnectionEnd(ConnectionEndKind.ClosedByPeer, frame.CloseCode, frame.Text, frame.RetryAfterMs);
+                    case FrameType.Error:
+                        Log.PeerError(_logger, _name, frame.ErrorCode, frame.Text);
+                        break;
+                }
+            }
+
+            bool ackDue;
+            lock (_gate)
+            {
+                ackDue = _ackDue;
+            }
+
+            if (ackDue)
+            {
+                run.Ring();
+            }
+        }
+    }
+
+    private async ValueTask ReceiveMessageAsync(Frame frame, CancellationToken token)
+    {
+        long expected;
+        lock (_gate)
+        {
+            expected = _lastDelivered + 1;
+            if (frame.Sequence < expected)
+            {
+                // A replayed message this side has delivered already: drop it, but make sure the peer learns that.
+                _ackDue = true;
+                return;
+            }
+        }
+
+        if (frame.Sequence > expected)
+        {
+            throw new PushProtocolException(
+                PushCloseCode.ProtocolError,
+                $"Sequence gap: expected message {expected}, received {frame.Sequence}.");
+        }
+
+        await _deliver(frame.Message!, token).ConfigureAwait(false);
+        lock (_gate)
+        {
+            _lastDelivered = frame.Sequence;
+            _ackDue = true;
+        }
+    }
+
+    private void Acknowledge(long sequence)
+    {
+        List<TaskCompletionSource>? completed = null;
+        lock (_gate)
+        {
+            if (sequence > _highestSent)
+            {
+                throw new PushProtocolException(
+                    PushCloseCode.ProtocolError,
+                    $"Invalid ack: {sequence} acknowledges more than was sent ({_highestSent}).");
+            }
+
+            while (_lastAcked < sequence && _count > 0)
+            {
+                ref var entry = ref _ring[_head];
+                if (entry.Completion is not null)
+                {
+                    (completed ??= []).Add(entry.Completion);
+                }
+
+                entry = default;
+                _head = (_head + 1) % _ring.Length;
+                _count--;
+                _lastAcked++;
+            }
+
+            if (_sendCursor <= _lastAcked)
+            {
+                _sendCursor = _lastAcked + 1;
+            }
+        }
+
+        if (completed is not null)
+        {
+            foreach (var completion in completed)
+            {
+                completion.TrySetResult();
+            }
+        }
+    }
+
+    private async Task WriteLoopAsync(Run run)
+    {
+        var output = new ArrayBufferWriter<byte>(16 * 1024);
+        var token = run.Token;
+        try
+        {
+            while (await run.Doorbell.Reader.WaitToReadAsync(token).ConfigureAwait(false))
+            {
+                while (run.Doorbell.Reader.TryRead(out _))
+                {
+                }
+
+                // Flush everything that is due, in batches.
+                while (true)
+                {
+                    output.ResetWrittenCount();
+                    FillBatch(run, output);
+                    if (output.WrittenCount == 0)
+                    {
+                        break;
+                    }
+
+                    await run.Connection.SendAsync(output.WrittenMemory, token).ConfigureAwait(false);
+                }
+
+                if (run.LocalClose is { } close)
+                {
+                    if (close.SendFrame)
+                    {
+                        output.ResetWrittenCount();
+                        FrameCodec.WriteClose(output, close.Code, close.Reason, close.RetryAfterMs);
+                        await run.Connection.SendAsync(output.WrittenMemory, token).ConfigureAwait(false);
+                    }
+
+                    await run.Connection.CloseAsync(close.Code, close.Reason, token).ConfigureAwait(false);
+
+                    // Give the peer a moment to answer the close, then stop reading regardless.
+                    run.CancelAfter(s_closeGrace);
+                    return;
+                }
+            }
+        }
+        catch (OperationCanceledException) when (token.IsCancellationRequested)
+        {
+        }
+        catch (Exception ex)
+        {
+            // A failed send means the connection is gone: stop the read side too.
+            Log.WriteLoopEnded(_logger, _name, ex.Message);
+            run.Cancel();
+        }
+    }
+
+    private void FillBatch(Run run, ArrayBufferWriter<byte> output)
+    {
+        var limit = Math.Min(PeerMaxMessageBytes, BatchTargetBytes);
+        while (run.TryDequeueControl(out var control))
+        {
+            control.Write(output);
+            output.Write("\n"u8);
+        }
+
+        lock (_gate)
+        {
+            if (_ackDue)
+            {
+                FrameCodec.WriteAck(output, _lastDelivered);
+                output.Write("\n"u8);
+                _ackDue = false;
+            }
+
+            while (_sendCursor <= _lastAssigned)
+            {
+                var offset = _sendCursor - (_lastAcked + 1);
+                var message = _ring[(int)((_head + offset) % _ring.Length)].Message!;
+                if (output.WrittenCount > 0 && output.WrittenCount + FrameCodec.MaxMessageFrameLength(message) > limit)
+                {
+                    break;
+                }
+
+                FrameCodec.WriteMessage(output, _sendCursor, message);
+                output.Write("\n"u8);
+                _sendCursor++;
+            }
+
+            if (_sendCursor - 1 > _highestSent)
+            {
+                _highestSent = _sendCursor - 1;
+            }
+        }
+    }
+
+    private void Grow()
+    {
+        var larger = new Entry[_ring.Length * 2];
+        for (var i = 0; i < _count; i++)
+        {
+            larger[i] = _ring[(_head + i) % _ring.Length];
+        }
+
+        _ring = larger;
+        _head = 0;
+    }
+
+    private readonly record struct Entry(PushMessage? Message, TaskCompletionSource? Completion);
+}

@@ -1,0 +1,51 @@
+namespace PushKit;
+
+/// <summary>
+/// A resumable, bidirectional, acknowledged message channel between one client and the server. The .NET client
+/// and the server-side view of a connected client present this same API.
+/// </summary>
+/// <remarks>
+/// Messages are delivered to the receiving application exactly once and in the order of the sender's
+/// <see cref="SendAsync"/> calls. <see cref="SendAsync"/> completes when the peer has acknowledged the message.
+/// </remarks>
+public interface IPushChannel : IAsyncDisposable
+{
+    /// <summary>The public id of the session this channel carries; null before the first negotiation.</summary>
+    string? SessionId { get; }
+
+    /// <summary>The current state.</summary>
+    PushChannelState State { get; }
+
+    /// <summary>Raised after <see cref="State"/> changes, with the reason. Handlers run synchronously: keep them short.</summary>
+    event EventHandler<PushChannelStateChangedEventArgs>? StateChanged;
+
+    /// <summary>
+    /// Negotiates a session and opens a connection. Completes when the channel is <see cref="PushChannelState.Connected"/>.
+    /// On a server-side session, which is connected already, this completes at once.
+    /// </summary>
+    /// <param name="cancellationToken">Cancels the attempt.</param>
+    /// <exception cref="PushException">Negotiation or the connection failed; the message says why.</exception>
+    Task ConnectAsync(CancellationToken cancellationToken = default);
+
+    /// <summary>
+    /// Sends <paramref name="message"/> and completes when the peer has acknowledged it. Messages are sequenced in
+    /// the order of the calls, so several sends may be in flight at once without awaiting each.
+    /// </summary>
+    /// <param name="message">The message.</param>
+    /// <param name="cancellationToken">Stops the wait for the acknowledgement; the message stays queued.</param>
+    /// <exception cref="PushAckTimeoutException">No acknowledgement arrived within the acknowledgement timeout.</exception>
+    /// <exception cref="PushChannelClosedException">The channel is closed, or closed before the acknowledgement arrived.</exception>
+    /// <exception cref="PushMessageTooLargeException">The encoded message exceeds the peer's size limit; nothing was sent.</exception>
+    ValueTask SendAsync(PushMessage message, CancellationToken cancellationToken = default);
+
+    /// <summary>
+    /// Reads the messages the peer sends, in order, each exactly once. The sequence ends when the channel closes.
+    /// Read from one consumer at a time: concurrent readers share the messages between them.
+    /// </summary>
+    /// <param name="cancellationToken">Stops the enumeration.</param>
+    IAsyncEnumerable<PushMessage> ReadAllAsync(CancellationToken cancellationToken = default);
+
+    /// <summary>Closes the channel and its session normally. Unacknowledged sends fail with <see cref="PushChannelClosedException"/>.</summary>
+    /// <param name="cancellationToken">Abandons a graceful close and aborts the connection.</param>
+    Task CloseAsync(CancellationToken cancellationToken = default);
+}

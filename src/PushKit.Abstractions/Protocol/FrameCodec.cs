@@ -1,0 +1,440 @@
+using System.Buffers;
+using System.Buffers.Text;
+using System.Text;
+using System.Text.Encodings.Web;
+using System.Text.Json;
+using System.Text.Unicode;
+
+namespace PushKit.Protocol;
+
+/// <summary>
+/// Encodes and decodes protocol version 1 frames: one JSON object per frame, frames in a batch separated by
+/// <c>\n</c>. See <c>docs/protocol.md</c>.
+/// </summary>
+internal static class FrameCodec
+{
+    public const byte Separator = (byte)'\n';
+
+    private static readonly JsonWriterOptions s_writerOptions = new()
+    {
+        // Payload text stays readable and compact; quotes, backslashes and control characters are still escaped,
+        // so an encoded frame never contains a raw newline.
+        Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+        SkipValidation = true,
+    };
+
+    private static readonly JsonReaderOptions s_readerOptions = new() { MaxDepth = 8 };
+
+    private static ReadOnlySpan<byte> MessagePrefix => "{\"type\":\"msg\",\"seq\":"u8;
+    private static ReadOnlySpan<byte> AckPrefix => "{\"type\":\"ack\",\"seq\":"u8;
+    private static ReadOnlySpan<byte> PingFrame => "{\"type\":\"ping\"}"u8;
+    private static ReadOnlySpan<byte> PongFrame => "{\"type\":\"pong\"}"u8;
+
+    [ThreadStatic]
+    private static ArrayBufferWriter<byte>? t_scratch;
+
+    /// <summary>The encoded size of a message frame for <paramref name="message"/> at the largest sequence number.</summary>
+    public static int MaxMessageFrameLength(PushMessage message) => MessagePrefix.Length + 20 + 1 + message.EncodedBody.Length;
+
+    public static void WriteMessage(IBufferWriter<byte> output, long sequence, PushMessage message)
+    {
+        var body = message.EncodedBody;
+        var span = output.GetSpan(MessagePrefix.Length + 21 + body.Length);
+        MessagePrefix.CopyTo(span);
+        var written = MessagePrefix.Length;
+        Utf8Formatter.TryFormat(sequence, span[written..], out var n);
+        written += n;
+        span[written++] = (byte)',';
+        body.CopyTo(span[written..]);
+        output.Advance(written + body.Length);
+    }
+
+    public static void WriteAck(IBufferWriter<byte> output, long sequence)
+    {
+        var span = output.GetSpan(AckPrefix.Length + 21);
+        AckPrefix.CopyTo(span);
+        var written = AckPrefix.Length;
+        Utf8Formatter.TryFormat(sequence, span[written..], out var n);
+        written += n;
+        span[written++] = (byte)'}';
+        output.Advance(written);
+    }
+
+    public static void WritePing(IBufferWriter<byte> output) => output.Write(PingFrame);
+
+    public static void WritePong(IBufferWriter<byte> output) => output.Write(PongFrame);
+
+    public static void WriteClose(IBufferWriter<byte> output, PushCloseCode code, string? reason, int? retryAfterMs)
+    {
+        using var writer = new Utf8JsonWriter(output, s_writerOptions);
+        writer.WriteStartObject();
+        writer.WriteString("type"u8, "close"u8);
+        writer.WriteNumber("code"u8, (int)code);
+        if (reason is not null)
+        {
+            writer.WriteString("reason"u8, reason);
+        }
+
+        if (retryAfterMs is { } retry)
+        {
+            writer.WriteNumber("retryAfterMs"u8, retry);
+        }
+
+        writer.WriteEndObject();
+    }
+
+    public static void WriteError(IBufferWriter<byte> output, string code, string message)
+    {
+        using var writer = new Utf8JsonWriter(output, s_writerOptions);
+        writer.WriteStartObject();
+        writer.WriteString("type"u8, "error"u8);
+        writer.WriteString("code"u8, code);
+        writer.WriteString("message"u8, message);
+        writer.WriteEndObject();
+    }
+
+    /// <summary>Encodes the part of a message frame that follows <c>"seq":N,</c>, up to and including the closing brace.</summary>
+    internal static byte[] EncodeMessageBody(PushMessage message)
+    {
+        var scratch = t_scratch ??= new ArrayBufferWriter<byte>(256);
+        scratch.ResetWrittenCount();
+        using (var writer = new Utf8JsonWriter(scratch, s_writerOptions))
+        {
+            writer.WriteStartObject();
+            if (message.Id is not null)
+            {
+                writer.WriteString("id"u8, message.Id);
+            }
+
+            if (message.Topic is not null)
+            {
+                writer.WriteString("topic"u8, message.Topic);
+            }
+
+            writer.WriteString("contentType"u8, message.ContentType);
+            if (message.Headers is { Count: > 0 } headers)
+            {
+                writer.WriteStartObject("headers"u8);
+                foreach (var (key, value) in headers)
+                {
+                    writer.WriteString(key, value);
+                }
+
+                writer.WriteEndObject();
+            }
+
+            var payload = message.Payload.Span;
+            if (IsTextual(message.ContentType) && Utf8.IsValid(payload))
+            {
+                writer.WriteString("data"u8, payload);
+            }
+            else
+            {
+                writer.WriteBase64String("dataBase64"u8, payload);
+            }
+
+            writer.WriteEndObject();
+        }
+
+        // Drop the opening brace: the frame writer supplies "{"type":"msg","seq":N," in its place.
+        var body = scratch.WrittenSpan[1..].ToArray();
+        if (scratch.Capacity > 64 * 1024)
+        {
+            t_scratch = null;
+        }
+
+        return body;
+    }
+
+    /// <summary>Whether a payload of this content type travels as a JSON string (when it is valid UTF-8) rather than base64.</summary>
+    internal static bool IsTextual(string contentType)
+    {
+        var mediaType = contentType.AsSpan();
+        var semicolon = mediaType.IndexOf(';');
+        if (semicolon >= 0)
+        {
+            mediaType = mediaType[..semicolon];
+        }
+
+        mediaType = mediaType.Trim();
+        return mediaType.StartsWith("text/", StringComparison.OrdinalIgnoreCase)
+            || mediaType.Equals("application/json", StringComparison.OrdinalIgnoreCase)
+            || mediaType.EndsWith("+json", StringComparison.OrdinalIgnoreCase);
+    }
+
+    /// <summary>
+    /// Yields each non-empty line of <paramref name="batch"/>. Lines are separated by
+    /// <c>\n</c>; a trailing <c>\r</c> is ignored.
+    /// </summary>
+    public static IEnumerable<ReadOnlyMemory<byte>> SplitBatch(ReadOnlyMemory<byte> batch)
+    {
+        while (!batch.IsEmpty)
+        {
+            var index = batch.Span.IndexOf(Separator);
+            var line = index < 0 ? batch : batch[..index];
+            batch = index < 0 ? default : batch[(index + 1)..];
+            if (!line.IsEmpty && line.Span[^1] == (byte)'\r')
+            {
+                line = line[..^1];
+            }
+
+            if (!line.IsEmpty)
+            {
+                yield return line;
+            }
+        }
+    }
+
+    /// <summary>Decodes one frame.</summary>
+    /// <param name="json">The frame's UTF-8 JSON.</param>
+    /// <param name="frame">The frame, when the result is <see cref="FrameParseStatus.Ok"/>.</param>
+    /// <param name="error">What is wrong (Malformed), or the unknown type name (UnknownType).</param>
+    public static FrameParseStatus TryParse(ReadOnlySpan<byte> json, out Frame frame, out string? error)
+    {
+        frame = default;
+        try
+        {
+            return TryParseCore(json, out frame, out error);
+        }
+        catch (JsonException ex)
+        {
+            error = "Invalid JSON: " + ex.Message;
+            return FrameParseStatus.Malformed;
+        }
+        catch (InvalidOperationException ex)
+        {
+            // Raised by Utf8JsonReader accessors when a value has the wrong token type or invalid escapes.
+            error = "Invalid field value: " + ex.Message;
+            return FrameParseStatus.Malformed;
+        }
+    }
+
+    private static FrameParseStatus TryParseCore(ReadOnlySpan<byte> json, out Frame frame, out string? error)
+    {
+        frame = default;
+        error = null;
+        var reader = new Utf8JsonReader(json, s_readerOptions);
+        if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject)
+        {
+            error = "A frame must be a JSON object.";
+            return FrameParseStatus.Malformed;
+        }
+
+        string? type = null;
+        long? seq = null;
+        string? id = null, topic = null, contentType = null, text = null, errorCode = null;
+        int? code = null, retryAfterMs = null;
+        Dictionary<string, string>? headers = null;
+        byte[]? data = null;
+        var dataLength = 0;
+        var hasData = false;
+
+        while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
+        {
+            var name = reader.ValueSpan;
+            var escapedName = reader.ValueIsEscaped;
+            if (!reader.Read())
+            {
+                break;
+            }
+
+            if (escapedName)
+            {
+                reader.Skip();
+                continue;
+            }
+
+            if (name.SequenceEqual("type"u8))
+            {
+                type = ReadString(ref reader, "type");
+            }
+            else if (name.SequenceEqual("seq"u8))
+            {
+                if (reader.TokenType != JsonTokenType.Number || !reader.TryGetInt64(out var s) || s < 0)
+                {
+                    error = "'seq' must be a non-negative integer.";
+                    return FrameParseStatus.Malformed;
+                }
+
+                seq = s;
+            }
+            else if (name.SequenceEqual("id"u8))
+            {
+                id = ReadString(ref reader, "id");
+            }
+            else if (name.SequenceEqual("topic"u8))
+            {
+                topic = ReadString(ref reader, "topic");
+            }
+            else if (name.SequenceEqual("contentType"u8))
+            {
+                contentType = ReadString(ref reader, "contentType");
+            }
+            else if (name.SequenceEqual("reason"u8) || name.SequenceEqual("message"u8))
+            {
+                text = ReadString(ref reader, "reason/message");
+            }
+            else if (name.SequenceEqual("code"u8))
+            {
+                if (reader.TokenType == JsonTokenType.Number && reader.TryGetInt32(out var c))
+                {
+                    code = c;
+                }
+                else if (reader.TokenType == JsonTokenType.String)
+                {
+                    errorCode = reader.GetString();
+                }
+                else
+                {
+                    error = "'code' must be a number (close) or a string (error).";
+                    return FrameParseStatus.Malformed;
+                }
+            }
+            else if (name.SequenceEqual("retryAfterMs"u8))
+            {
+                if (reader.TokenType != JsonTokenType.Number || !reader.TryGetInt32(out var r) || r < 0)
+                {
+                    error = "'retryAfterMs' must be a non-negative integer.";
+                    return FrameParseStatus.Malformed;
+                }
+
+                retryAfterMs = r;
+            }
+            else if (name.SequenceEqual("headers"u8))
+            {
+                if (reader.TokenType != JsonTokenType.StartObject)
+                {
+                    error = "'headers' must be an object of strings.";
+                    return FrameParseStatus.Malformed;
+                }
+
+                headers = new Dictionary<string, string>(StringComparer.Ordinal);
+                while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
+                {
+                    var key = reader.GetString()!;
+                    if (!reader.Read() || reader.TokenType != JsonTokenType.String)
+                    {
+                        error = "'headers' must be an object of strings.";
+                        return FrameParseStatus.Malformed;
+                    }
+
+                    headers[key] = reader.GetString()!;
+                }
+            }
+            else if (name.SequenceEqual("data"u8))
+            {
+                if (reader.TokenType != JsonTokenType.String)
+                {
+                    error = "'data' must be a string.";
+                    return FrameParseStatus.Malformed;
+                }
+
+                if (reader.ValueIsEscaped)
+                {
+                    data = new byte[reader.ValueSpan.Length];
+                    dataLength = reader.CopyString(data);
+                }
+                else
+                {
+                    data = reader.ValueSpan.ToArray();
+                    dataLength = data.Length;
+                }
+
+                hasData = true;
+            }
+            else if (name.SequenceEqual("dataBase64"u8))
+            {
+                if (reader.TokenType != JsonTokenType.String || !reader.TryGetBytesFromBase64(out data))
+                {
+                    error = "'dataBase64' must be a base64 string.";
+                    return FrameParseStatus.Malformed;
+                }
+
+                dataLength = data.Length;
+                hasData = true;
+            }
+            else
+            {
+                // Unknown fields are ignored so that later protocol revisions can add some.
+                reader.Skip();
+            }
+        }
+
+        if (reader.TokenType != JsonTokenType.EndObject || reader.CurrentDepth != 0)
+        {
+            error = "A frame must be one complete JSON object.";
+            return FrameParseStatus.Malformed;
+        }
+
+        if (reader.Read())
+        {
+            error = "Unexpected data after the frame's JSON object.";
+            return FrameParseStatus.Malformed;
+        }
+
+        switch (type)
+        {
+            case null:
+                error = "A frame needs a 'type'.";
+                return FrameParseStatus.Malformed;
+            case "msg":
+                if (seq is not { } msgSeq || msgSeq < 1)
+                {
+                    error = "A 'msg' frame needs 'seq' of 1 or more.";
+                    return FrameParseStatus.Malformed;
+                }
+
+                if (!hasData)
+                {
+                    error = "A 'msg' frame needs 'data' or 'dataBase64'.";
+                    return FrameParseStatus.Malformed;
+                }
+
+                frame = new Frame
+                {
+                    Type = FrameType.Message,
+                    Sequence = msgSeq,
+                    Message = new PushMessage(data.AsMemory(0, dataLength), contentType) { Id = id, Topic = topic, Headers = headers },
+                };
+                return FrameParseStatus.Ok;
+            case "ack":
+                if (seq is not { } ackSeq)
+                {
+                    error = "An 'ack' frame needs 'seq'.";
+                    return FrameParseStatus.Malformed;
+                }
+
+                frame = new Frame { Type = FrameType.Ack, Sequence = ackSeq };
+                return FrameParseStatus.Ok;
+            case "ping":
+                frame = new Frame { Type = FrameType.Ping };
+                return FrameParseStatus.Ok;
+            case "pong":
+                frame = new Frame { Type = FrameType.Pong };
+                return FrameParseStatus.Ok;
+            case "close":
+                if (code is not { } closeCode)
+                {
+                    error = "A 'close' frame needs a numeric 'code'.";
+                    return FrameParseStatus.Malformed;
+                }
+
+                frame = new Frame { Type = FrameType.Close, CloseCode = (PushCloseCode)closeCode, Text = text, RetryAfterMs = retryAfterMs };
+                return FrameParseStatus.Ok;
+            case "error":
+                frame = new Frame { Type = FrameType.Error, ErrorCode = errorCode ?? "unknown", Text = text };
+                return FrameParseStatus.Ok;
+            default:
+                error = type;
+                return FrameParseStatus.UnknownType;
+        }
+    }
+
+    private static string ReadString(ref Utf8JsonReader reader, string field) =>
+        reader.TokenType == JsonTokenType.String
+            ? reader.GetString()!
+            : throw new JsonException($"'{field}' must be a string.");
+
+    public static string Describe(ReadOnlySpan<byte> frame) =>
+        Encoding.UTF8.GetString(frame.Length > 120 ? frame[..120] : frame);
+}

@@ -1,0 +1,62 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace PushKit.Protocol;
+
+/// <summary>The body of <c>POST {base}/negotiate</c>.</summary>
+internal sealed class NegotiateRequest
+{
+    public int ProtocolVersion { get; set; }
+}
+
+/// <summary>The answer to <c>POST {base}/negotiate</c>.</summary>
+internal sealed class NegotiateResponse
+{
+    public int ProtocolVersion { get; set; }
+
+    public string SessionId { get; set; } = "";
+
+    public string ResumeSecret { get; set; } = "";
+
+    public List<string> Transports { get; set; } = [];
+
+    public NegotiateLimits Limits { get; set; } = new();
+
+    public NegotiateHeartbeat Heartbeat { get; set; } = new();
+
+    public long ResumeWindowMs { get; set; }
+}
+
+internal sealed class NegotiateLimits
+{
+    public int MaxMessageBytes { get; set; }
+}
+
+internal sealed class NegotiateHeartbeat
+{
+    public long IntervalMs { get; set; }
+
+    public long TimeoutMs { get; set; }
+}
+
+/// <summary>The body of every HTTP error PushKit answers: <c>{"error":{"code":…,"message":…}}</c>.</summary>
+internal sealed class ErrorResponse
+{
+    public ErrorBody Error { get; set; } = new();
+}
+
+internal sealed class ErrorBody
+{
+    public string Code { get; set; } = "";
+
+    public string Message { get; set; } = "";
+
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public int[]? SupportedVersions { get; set; }
+}
+
+[JsonSourceGenerationOptions(JsonSerializerDefaults.Web, DefaultIgnoreCondition = JsonIgnoreCondition.Never)]
+[JsonSerializable(typeof(NegotiateRequest))]
+[JsonSerializable(typeof(NegotiateResponse))]
+[JsonSerializable(typeof(ErrorResponse))]
+internal sealed partial class ProtocolJsonContext : JsonSerializerContext;

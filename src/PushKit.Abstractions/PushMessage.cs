@@ -1,0 +1,110 @@
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Serialization.Metadata;
+using PushKit.Protocol;
+
+namespace PushKit;
+
+/// <summary>
+/// One application message carried by a push channel: payload bytes with a content type, an optional
+/// topic, optional headers and an optional message id (idempotency key).
+/// </summary>
+/// <remarks>
+/// A message is immutable once created, so one instance can be sent to many sessions; its wire encoding
+/// is computed once and shared by every recipient.
+/// </remarks>
+public sealed class PushMessage
+{
+    /// <summary>The content type used when none is given: <c>application/octet-stream</c>.</summary>
+    public const string DefaultContentType = "application/octet-stream";
+
+    /// <summary>The content type of messages created by <see cref="FromString"/>: <c>text/plain; charset=utf-8</c>.</summary>
+    public const string TextContentType = "text/plain; charset=utf-8";
+
+    /// <summary>The content type of messages created by <see cref="FromJson{T}(T, JsonSerializerOptions?, string?)"/>: <c>application/json</c>.</summary>
+    public const string JsonContentType = "application/json";
+
+    private static readonly JsonSerializerOptions s_webDefaults = new(JsonSerializerDefaults.Web);
+    private byte[]? _encodedBody;
+
+    /// <summary>Creates a message carrying <paramref name="payload"/>.</summary>
+    /// <param name="payload">The payload bytes; they are not copied, so do not change them after the call.</param>
+    /// <param name="contentType">The payload's media type; <see cref="DefaultContentType"/> when null or empty.</param>
+    public PushMessage(ReadOnlyMemory<byte> payload, string? contentType = null)
+    {
+        Payload = payload;
+        ContentType = string.IsNullOrEmpty(contentType) ? DefaultContentType : contentType;
+    }
+
+    /// <summary>The payload bytes.</summary>
+    public ReadOnlyMemory<byte> Payload { get; }
+
+    /// <summary>The payload's media type, for example <c>application/json</c>.</summary>
+    public string ContentType { get; }
+
+    /// <summary>An optional topic the message belongs to.</summary>
+    public string? Topic { get; init; }
+
+    /// <summary>Optional application headers (string to string).</summary>
+    public IReadOnlyDictionary<string, string>? Headers { get; init; }
+
+    /// <summary>
+    /// An optional message id chosen by the sender (an idempotency key); it travels unchanged to the receiver.
+    /// </summary>
+    public string? Id { get; init; }
+
+    /// <summary>Creates a UTF-8 text message.</summary>
+    /// <param name="text">The text.</param>
+    /// <param name="topic">An optional topic.</param>
+    public static PushMessage FromString(string text, string? topic = null)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        return new PushMessage(Encoding.UTF8.GetBytes(text), TextContentType) { Topic = topic };
+    }
+
+    /// <summary>Creates a JSON message by serializing <paramref name="value"/> with System.Text.Json.</summary>
+    /// <typeparam name="T">The value's type.</typeparam>
+    /// <param name="value">The value to serialize.</param>
+    /// <param name="options">Serializer options; the web defaults (camelCase) when null.</param>
+    /// <param name="topic">An optional topic.</param>
+    [System.Diagnostics.CodeAnalysis.RequiresUnreferencedCode("JSON serialization may need types that trimming removes; use the JsonTypeInfo overload.")]
+    [System.Diagnostics.CodeAnalysis.RequiresDynamicCode("JSON serialization may need runtime code generation; use the JsonTypeInfo overload.")]
+    public static PushMessage FromJson<T>(T value, JsonSerializerOptions? options = null, string? topic = null) =>
+        new(JsonSerializer.SerializeToUtf8Bytes(value, options ?? s_webDefaults), JsonContentType) { Topic = topic };
+
+    /// <summary>Creates a JSON message by serializing <paramref name="value"/> with source-generated metadata.</summary>
+    /// <typeparam name="T">The value's type.</typeparam>
+    /// <param name="value">The value to serialize.</param>
+    /// <param name="typeInfo">The source-generated type metadata.</param>
+    /// <param name="topic">An optional topic.</param>
+    public static PushMessage FromJson<T>(T value, JsonTypeInfo<T> typeInfo, string? topic = null) =>
+        new(JsonSerializer.SerializeToUtf8Bytes(value, typeInfo), JsonContentType) { Topic = topic };
+
+    /// <summary>Decodes the payload as UTF-8 text.</summary>
+    public string GetString() => Encoding.UTF8.GetString(Payload.Span);
+
+    /// <summary>Deserializes the payload as JSON.</summary>
+    /// <typeparam name="T">The target type.</typeparam>
+    /// <param name="options">Serializer options; the web defaults (camelCase) when null.</param>
+    /// <exception cref="JsonException">The payload is not valid JSON for <typeparamref name="T"/>.</exception>
+    [System.Diagnostics.CodeAnalysis.RequiresUnreferencedCode("JSON serialization may need types that trimming removes; use the JsonTypeInfo overload.")]
+    [System.Diagnostics.CodeAnalysis.RequiresDynamicCode("JSON serialization may need runtime code generation; use the JsonTypeInfo overload.")]
+    public T? GetJson<T>(JsonSerializerOptions? options = null) =>
+        JsonSerializer.Deserialize<T>(Payload.Span, options ?? s_webDefaults);
+
+    /// <summary>Deserializes the payload as JSON with source-generated metadata.</summary>
+    /// <typeparam name="T">The target type.</typeparam>
+    /// <param name="typeInfo">The source-generated type metadata.</param>
+    /// <exception cref="JsonException">The payload is not valid JSON for <typeparamref name="T"/>.</exception>
+    public T? GetJson<T>(JsonTypeInfo<T> typeInfo) => JsonSerializer.Deserialize(Payload.Span, typeInfo);
+
+    /// <inheritdoc />
+    public override string ToString() =>
+        $"PushMessage {{ ContentType = {ContentType}, Bytes = {Payload.Length}, Topic = {Topic ?? "-"}, Id = {Id ?? "-"} }}";
+
+    /// <summary>
+    /// The message's fields as they follow <c>"seq":N,</c> in a message frame, encoded once and cached
+    /// so that a broadcast serializes its message once, not once per recipient.
+    /// </summary>
+    internal ReadOnlySpan<byte> EncodedBody => _encodedBody ??= FrameCodec.EncodeMessageBody(this);
+}

@@ -1,0 +1,103 @@
+using System.Text.Json;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Features;
+using Microsoft.Extensions.DependencyInjection;
+using PushKit.Protocol;
+using PushKit.Server.Sessions;
+
+namespace PushKit.Server.Endpoints;
+
+/// <summary><c>POST {base}/negotiate</c>: creates a session and tells the client how to connect.</summary>
+internal static class NegotiateEndpoint
+{
+    /// <summary>The largest negotiate body accepted.</summary>
+    internal const int MaxBodyBytes = 4096;
+
+    public static async Task HandleAsync(HttpContext context)
+    {
+        var sessions = context.RequestServices.GetRequiredService<PushSessionManager>();
+        var options = sessions.Options;
+        if (context.Request.ContentLength > MaxBodyBytes)
+        {
+            await HttpErrors.WriteAsync(context, StatusCodes.Status413PayloadTooLarge, PushErrorCodes.MessageTooBig,
+                $"The negotiate body must not exceed {MaxBodyBytes} bytes.").ConfigureAwait(false);
+            return;
+        }
+
+        NegotiateRequest? request;
+        try
+        {
+            var body = await ReadBodyAsync(context.Request, context.RequestAborted).ConfigureAwait(false);
+            if (body is null)
+            {
+                await HttpErrors.WriteAsync(context, StatusCodes.Status413PayloadTooLarge, PushErrorCodes.MessageTooBig,
+                    $"The negotiate body must not exceed {MaxBodyBytes} bytes.").ConfigureAwait(false);
+                return;
+            }
+
+            request = body.Length == 0 ? null : JsonSerializer.Deserialize(body, ProtocolJsonContext.Default.NegotiateRequest);
+        }
+        catch (JsonException ex)
+        {
+            await HttpErrors.WriteAsync(context, StatusCodes.Status400BadRequest, PushErrorCodes.InvalidRequest,
+                $"The negotiate body must be JSON like {{\"protocolVersion\":{PushProtocol.Version}}}: {ex.Message}").ConfigureAwait(false);
+            return;
+        }
+
+        if (request is null)
+        {
+            await HttpErrors.WriteAsync(context, StatusCodes.Status400BadRequest, PushErrorCodes.InvalidRequest,
+                $"The negotiate body must be JSON like {{\"protocolVersion\":{PushProtocol.Version}}}.").ConfigureAwait(false);
+            return;
+        }
+
+        if (request.ProtocolVersion != PushProtocol.Version)
+        {
+            await HttpErrors.WriteAsync(context, StatusCodes.Status400BadRequest, PushErrorCodes.UnsupportedProtocolVersion,
+                $"Protocol version {request.ProtocolVersion} is not supported; this server speaks version {PushProtocol.Version}.",
+                [PushProtocol.Version]).ConfigureAwait(false);
+            return;
+        }
+
+        var session = sessions.Create(context.User, out var secret);
+        var response = new NegotiateResponse
+        {
+            ProtocolVersion = PushProtocol.Version,
+            SessionId = session.SessionId,
+            ResumeSecret = secret,
+            Transports = [.. options.Transports],
+            Limits = new NegotiateLimits { MaxMessageBytes = options.MaxMessageBytes },
+            Heartbeat = new NegotiateHeartbeat
+            {
+                IntervalMs = (long)options.HeartbeatInterval.TotalMilliseconds,
+                TimeoutMs = (long)options.HeartbeatTimeout.TotalMilliseconds,
+            },
+            ResumeWindowMs = (long)options.ResumeWindow.TotalMilliseconds,
+        };
+
+        // The response carries a secret: never cache it.
+        context.Response.Headers.CacheControl = "no-store";
+        context.Response.ContentType = "application/json; charset=utf-8";
+        await JsonSerializer.SerializeAsync(context.Response.Body, response, ProtocolJsonContext.Default.NegotiateResponse, context.RequestAborted)
+            .ConfigureAwait(false);
+    }
+
+    /// <summary>Reads the body, or returns null when it exceeds <see cref="MaxBodyBytes"/>.</summary>
+    private static async Task<byte[]?> ReadBodyAsync(HttpRequest request, CancellationToken cancellationToken)
+    {
+        using var buffer = new MemoryStream();
+        var chunk = new byte[1024];
+        int read;
+        while ((read = await request.Body.ReadAsync(chunk, cancellationToken).ConfigureAwait(false)) > 0)
+        {
+            if (buffer.Length + read > MaxBodyBytes)
+            {
+                return null;
+            }
+
+            buffer.Write(chunk, 0, read);
+        }
+
+        return buffer.ToArray();
+    }
+}

@@ -1,0 +1,72 @@
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using PushKit.Connections;
+using PushKit.Protocol;
+using PushKit.Server.Sessions;
+
+namespace PushKit.Server.Endpoints;
+
+/// <summary><c>GET {base}/ws?session=…&amp;secret=…</c>: carries a negotiated session over a WebSocket.</summary>
+internal static class WebSocketEndpoint
+{
+    public static async Task HandleAsync(HttpContext context)
+    {
+        var sessions = context.RequestServices.GetRequiredService<PushSessionManager>();
+        if (!sessions.Options.Transports.Contains(PushProtocol.Transports.WebSocket))
+        {
+            await HttpErrors.WriteAsync(context, StatusCodes.Status404NotFound, PushErrorCodes.TransportNotEnabled,
+                "The WebSocket transport is not enabled on this server.").ConfigureAwait(false);
+            return;
+        }
+
+        if (!context.WebSockets.IsWebSocketRequest)
+        {
+            await HttpErrors.WriteAsync(context, StatusCodes.Status400BadRequest, PushErrorCodes.WebSocketRequired,
+                "This endpoint accepts WebSocket upgrade requests only.").ConfigureAwait(false);
+            return;
+        }
+
+        var session = await SessionAuthenticator.AuthenticateAsync(context, sessions).ConfigureAwait(false);
+        if (session is null)
+        {
+            return;
+        }
+
+        using var socket = await context.WebSockets.AcceptWebSocketAsync().ConfigureAwait(false);
+        await using var connection = new WebSocketTransportConnection(socket, sessions.Options.MaxMessageBytes);
+        await session.RunConnectionAsync(connection, context.RequestAborted).ConfigureAwait(false);
+    }
+}
+
+/// <summary>Checks the session id, resume secret and user of a connection request; answers the error itself.</summary>
+internal static class SessionAuthenticator
+{
+    public static async Task<PushSession?> AuthenticateAsync(HttpContext context, PushSessionManager sessions)
+    {
+        var sessionId = context.Request.Query[PushProtocol.Query.SessionId].ToString();
+        var secret = context.Request.Query[PushProtocol.Query.Secret].ToString();
+        if (sessionId.Length == 0 || secret.Length == 0)
+        {
+            await HttpErrors.WriteAsync(context, StatusCodes.Status400BadRequest, PushErrorCodes.InvalidRequest,
+                $"The query must carry '{PushProtocol.Query.SessionId}' and '{PushProtocol.Query.Secret}' from the negotiate response.").ConfigureAwait(false);
+            return null;
+        }
+
+        var session = sessions.Find(sessionId);
+        if (session is null || session.State == PushChannelState.Closed)
+        {
+            await HttpErrors.WriteAsync(context, StatusCodes.Status404NotFound, PushErrorCodes.SessionNotFound,
+                "No such session: it never existed, expired or was closed. Negotiate a new one.").ConfigureAwait(false);
+            return null;
+        }
+
+        if (!session.VerifySecret(secret) || !string.Equals(session.UserId, sessions.Options.UserIdProvider(context.User), StringComparison.Ordinal))
+        {
+            await HttpErrors.WriteAsync(context, StatusCodes.Status403Forbidden, PushErrorCodes.InvalidSessionSecret,
+                "The resume secret does not match the session, or the caller is not the session's user.").ConfigureAwait(false);
+            return null;
+        }
+
+        return session;
+    }
+}

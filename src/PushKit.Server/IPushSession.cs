@@ -1,0 +1,41 @@
+using System.Security.Claims;
+
+namespace PushKit.Server;
+
+/// <summary>
+/// The server-side view of one client's session: an <see cref="IPushChannel"/> (send with acknowledgement, read,
+/// close) plus who the client is.
+/// </summary>
+public interface IPushSession : IPushChannel
+{
+    /// <summary>The public session id (never null on the server).</summary>
+    new string SessionId { get; }
+
+    /// <summary>The user id the session is bound to (see <see cref="PushKitServerOptions.UserIdProvider"/>); null when anonymous.</summary>
+    string? UserId { get; }
+
+    /// <summary>The authenticated user that negotiated the session.</summary>
+    ClaimsPrincipal User { get; }
+
+    /// <summary>The transport of the live connection, if any (for example <c>websocket</c>).</summary>
+    string? Transport { get; }
+
+    /// <summary>A place for the application to keep per-session data.</summary>
+    IDictionary<object, object?> Items { get; }
+}
+
+/// <summary>Finds live sessions.</summary>
+public interface IPushSessionRegistry
+{
+    /// <summary>The number of sessions (connected, or disconnected and within the resume window).</summary>
+    int Count { get; }
+
+    /// <summary>Finds a session by id.</summary>
+    /// <param name="sessionId">The public session id.</param>
+    /// <returns>The session, or null when none has that id.</returns>
+    IPushSession? FindSession(string sessionId);
+
+    /// <summary>Lists the sessions, or those of one user.</summary>
+    /// <param name="userId">A user id to filter by, or null for all sessions.</param>
+    IReadOnlyList<IPushSession> GetSessions(string? userId = null);
+}

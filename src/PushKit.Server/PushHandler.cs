@@ -1,0 +1,29 @@
+namespace PushKit.Server;
+
+/// <summary>
+/// Handles what clients do. Derive from it, override what you need, and register it with
+/// <c>AddPushKit().AddHandler&lt;T&gt;()</c>; an instance is resolved from a new DI scope for each call.
+/// </summary>
+/// <remarks>
+/// Messages from one session are handled one at a time, in order. A message is acknowledged to the client when
+/// every handler has returned; an exception from a handler is logged and the message still counts as delivered
+/// (it is not redelivered, so one bad message cannot block a session).
+/// </remarks>
+public abstract class PushHandler
+{
+    /// <summary>Called when a session connects for the first time.</summary>
+    /// <param name="session">The session.</param>
+    /// <param name="cancellationToken">Signals that the connection ended.</param>
+    public virtual ValueTask OnSessionStartedAsync(IPushSession session, CancellationToken cancellationToken) => default;
+
+    /// <summary>Called for each message a client sends, in order, exactly once.</summary>
+    /// <param name="session">The sending session.</param>
+    /// <param name="message">The message.</param>
+    /// <param name="cancellationToken">Signals that the connection ended.</param>
+    public virtual ValueTask OnMessageAsync(IPushSession session, PushMessage message, CancellationToken cancellationToken) => default;
+
+    /// <summary>Called once when a session ends: closed by either side, or expired after the resume window.</summary>
+    /// <param name="session">The session.</param>
+    /// <param name="closeCode">Why it ended.</param>
+    public virtual ValueTask OnSessionEndedAsync(IPushSession session, PushCloseCode closeCode) => default;
+}

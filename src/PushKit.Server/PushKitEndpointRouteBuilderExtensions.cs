@@ -1,0 +1,40 @@
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
+using PushKit.Server.Endpoints;
+
+// Extension methods on IEndpointRouteBuilder live in its namespace so that they are found without a using.
+#pragma warning disable IDE0130
+namespace Microsoft.AspNetCore.Builder;
+#pragma warning restore IDE0130
+
+/// <summary>Maps the PushKit endpoints.</summary>
+public static class PushKitEndpointRouteBuilderExtensions
+{
+    /// <summary>
+    /// Maps PushKit under <paramref name="pattern"/>: <c>POST {pattern}/negotiate</c> and <c>GET {pattern}/ws</c>
+    /// (WebSocket). Requires <c>services.AddPushKit()</c>.
+    /// </summary>
+    /// <param name="endpoints">The application's endpoint route builder.</param>
+    /// <param name="pattern">The base path, for example <c>/push</c>.</param>
+    /// <returns>A convention builder for every PushKit endpoint, so <c>.RequireAuthorization()</c> and <c>.RequireCors()</c> apply to all of them.</returns>
+    public static IEndpointConventionBuilder MapPushKit(this IEndpointRouteBuilder endpoints, string pattern)
+    {
+        ArgumentNullException.ThrowIfNull(endpoints);
+        ArgumentNullException.ThrowIfNull(pattern);
+        if (endpoints.ServiceProvider.GetService(typeof(PushKit.Server.Sessions.PushSessionManager)) is null)
+        {
+            throw new InvalidOperationException("MapPushKit needs the PushKit services: call builder.Services.AddPushKit() first.");
+        }
+
+        var group = endpoints.MapGroup(pattern);
+        group.MapPost("/negotiate", NegotiateEndpoint.HandleAsync).WithDisplayName("PushKit negotiate");
+
+        // WebSocket upgrades need the WebSocket middleware; a sub-pipeline adds it so the app does not have to.
+        var webSockets = endpoints.CreateApplicationBuilder();
+        webSockets.UseWebSockets();
+        webSockets.Run(WebSocketEndpoint.HandleAsync);
+        group.Map("/ws", webSockets.Build()).WithDisplayName("PushKit WebSocket");
+        return group;
+    }
+}

@@ -1,0 +1,54 @@
+using System.Security.Claims;
+using PushKit.Protocol;
+
+namespace PushKit.Server;
+
+/// <summary>Options of the PushKit server. Validated when the host starts; every problem is listed at once.</summary>
+public sealed class PushKitServerOptions
+{
+    /// <summary>
+    /// The largest encoded frame or batch (WebSocket message, HTTP body) accepted from a client, and the limit this
+    /// server's sends must fit. Default 1 MiB (<see cref="PushProtocol.DefaultMaxMessageBytes"/>); from 1 KiB to 64 MiB.
+    /// </summary>
+    public int MaxMessageBytes { get; set; } = PushProtocol.DefaultMaxMessageBytes;
+
+    /// <summary>How long <see cref="IPushChannel.SendAsync"/> on a server-side session waits for the client's ack. Default 30 seconds.</summary>
+    public TimeSpan AckTimeout { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>
+    /// How long a session is kept after its connection drops (or after negotiation, until its first connection),
+    /// with its unacknowledged messages, so that the client can resume it. Default 2 minutes.
+    /// </summary>
+    public TimeSpan ResumeWindow { get; set; } = TimeSpan.FromMinutes(2);
+
+    /// <summary>The heartbeat interval advertised to clients in the negotiate response. Default 15 seconds.</summary>
+    public TimeSpan HeartbeatInterval { get; set; } = TimeSpan.FromSeconds(15);
+
+    /// <summary>The heartbeat timeout advertised to clients; must exceed <see cref="HeartbeatInterval"/>. Default 30 seconds.</summary>
+    public TimeSpan HeartbeatTimeout { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>
+    /// The transports this server offers, in its order of preference (names from <see cref="PushProtocol.Transports"/>).
+    /// Default: WebSocket.
+    /// </summary>
+    public IList<string> Transports { get; } = [PushProtocol.Transports.WebSocket];
+
+    /// <summary>
+    /// Maps the authenticated user to the user id that sessions are bound to and that
+    /// <see cref="IPushSender.SendToUserAsync"/> addresses. Default: the <see cref="ClaimTypes.NameIdentifier"/> claim,
+    /// else the identity's name; null for anonymous callers.
+    /// </summary>
+    public Func<ClaimsPrincipal, string?> UserIdProvider { get; set; } = DefaultUserId;
+
+    /// <summary>
+    /// How many messages from one client may wait for the application when no <see cref="PushHandler"/> is registered
+    /// and messages are read with <see cref="IPushChannel.ReadAllAsync"/>. When full, the client is slowed down
+    /// (its messages are not acknowledged until there is room). Default 1,024.
+    /// </summary>
+    public int InboundQueueCapacity { get; set; } = 1024;
+
+    internal static string? DefaultUserId(ClaimsPrincipal user) =>
+        user.Identity?.IsAuthenticated == true
+            ? user.FindFirst(ClaimTypes.NameIdentifier)?.Value ?? user.Identity.Name
+            : null;
+}

@@ -1,0 +1,64 @@
+using Microsoft.Extensions.Options;
+using PushKit.Protocol;
+
+namespace PushKit.Server;
+
+/// <summary>Validates <see cref="PushKitServerOptions"/>, listing every problem at once.</summary>
+internal sealed class PushKitServerOptionsValidator : IValidateOptions<PushKitServerOptions>
+{
+    private static readonly string[] s_knownTransports = [PushProtocol.Transports.WebSocket];
+
+    public ValidateOptionsResult Validate(string? name, PushKitServerOptions options)
+    {
+        var errors = new List<string>();
+        if (options.MaxMessageBytes is < 1024 or > 64 * 1024 * 1024)
+        {
+            errors.Add($"PushKitServerOptions.MaxMessageBytes must be between 1024 and 67108864 bytes (was {options.MaxMessageBytes}).");
+        }
+
+        if (options.AckTimeout <= TimeSpan.Zero)
+        {
+            errors.Add($"PushKitServerOptions.AckTimeout must be positive (was {options.AckTimeout}).");
+        }
+
+        if (options.ResumeWindow <= TimeSpan.Zero)
+        {
+            errors.Add($"PushKitServerOptions.ResumeWindow must be positive (was {options.ResumeWindow}).");
+        }
+
+        if (options.HeartbeatInterval <= TimeSpan.Zero)
+        {
+            errors.Add($"PushKitServerOptions.HeartbeatInterval must be positive (was {options.HeartbeatInterval}).");
+        }
+
+        if (options.HeartbeatTimeout <= options.HeartbeatInterval)
+        {
+            errors.Add($"PushKitServerOptions.HeartbeatTimeout ({options.HeartbeatTimeout}) must exceed HeartbeatInterval ({options.HeartbeatInterval}).");
+        }
+
+        if (options.Transports.Count == 0)
+        {
+            errors.Add("PushKitServerOptions.Transports must name at least one transport.");
+        }
+
+        foreach (var transport in options.Transports)
+        {
+            if (!s_knownTransports.Contains(transport))
+            {
+                errors.Add($"PushKitServerOptions.Transports: '{transport}' is not a transport this server implements ({string.Join(", ", s_knownTransports)}).");
+            }
+        }
+
+        if (options.UserIdProvider is null)
+        {
+            errors.Add("PushKitServerOptions.UserIdProvider must not be null.");
+        }
+
+        if (options.InboundQueueCapacity < 1)
+        {
+            errors.Add($"PushKitServerOptions.InboundQueueCapacity must be at least 1 (was {options.InboundQueueCapacity}).");
+        }
+
+        return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
+    }
+}

@@ -1,0 +1,275 @@
+using System.Runtime.CompilerServices;
+using System.Security.Claims;
+using System.Security.Cryptography;
+using System.Threading.Channels;
+using Microsoft.Extensions.Logging;
+using PushKit.Connections;
+using PushKit.Delivery;
+
+namespace PushKit.Server.Sessions;
+
+/// <summary>One client's session on the server: its delivery engine, its connection and its lifetime.</summary>
+internal sealed partial class PushSession : IPushSession
+{
+    private static readonly TimeSpan s_supersedeWait = TimeSpan.FromSeconds(5);
+
+    private readonly PushSessionManager _manager;
+    private readonly byte[] _secretHash;
+    private readonly SemaphoreSlim _connectionLock = new(1, 1);
+    private readonly Channel<PushMessage>? _inbound;
+    private readonly ILogger _logger;
+    private readonly object _stateGate = new();
+    private Task<ConnectionEnd>? _run;
+    private PushChannelState _state = PushChannelState.Disconnected;
+    private long _disconnectedAt;
+    private bool _started;
+    private string? _transport;
+    private Dictionary<object, object?>? _items;
+
+    public PushSession(PushSessionManager manager, string sessionId, byte[] secretHash, ClaimsPrincipal user, string? userId, long createdAt, ILogger logger)
+    {
+        _manager = manager;
+        SessionId = sessionId;
+        _secretHash = secretHash;
+        User = user;
+        UserId = userId;
+        _disconnectedAt = createdAt;
+        _logger = logger;
+        var options = manager.Options;
+        if (!manager.HasHandlers)
+        {
+            _inbound = Channel.CreateBounded<PushMessage>(new BoundedChannelOptions(options.InboundQueueCapacity) { SingleWriter = true });
+        }
+
+        Engine = new DeliveryEngine($"session {sessionId}", options.MaxMessageBytes, DeliverAsync, logger);
+    }
+
+    public event EventHandler<PushChannelStateChangedEventArgs>? StateChanged;
+
+    public string SessionId { get; }
+
+    string? IPushChannel.SessionId => SessionId;
+
+    public string? UserId { get; }
+
+    public ClaimsPrincipal User { get; }
+
+    public string? Transport => Volatile.Read(ref _transport);
+
+    public IDictionary<object, object?> Items => LazyInitializer.EnsureInitialized(ref _items);
+
+    public PushChannelState State
+    {
+        get
+        {
+            lock (_stateGate)
+            {
+                return _state;
+            }
+        }
+    }
+
+    internal DeliveryEngine Engine { get; }
+
+    /// <summary>The timestamp (<see cref="TimeProvider.GetTimestamp"/>) since which the session has had no connection; 0 while connected.</summary>
+    internal long DisconnectedAt
+    {
+        get
+        {
+            lock (_stateGate)
+            {
+                return _state == PushChannelState.Connected ? 0 : _disconnectedAt;
+            }
+        }
+    }
+
+    public bool VerifySecret(string secret) =>
+        CryptographicOperations.FixedTimeEquals(_secretHash, PushSessionManager.HashSecret(secret));
+
+    public Task ConnectAsync(CancellationToken cancellationToken = default) =>
+        State == PushChannelState.Closed
+            ? Task.FromException(new PushChannelClosedException("The session is closed.", PushCloseCode.SessionNotFound))
+            : Task.CompletedTask;
+
+    public async ValueTask SendAsync(PushMessage message, CancellationToken cancellationToken = default)
+    {
+        var acknowledged = Engine.Enqueue(message, trackAck: true)!;
+        try
+        {
+            await acknowledged.WaitAsync(_manager.Options.AckTimeout, _manager.TimeProvider, cancellationToken).ConfigureAwait(false);
+        }
+        catch (TimeoutException ex)
+        {
+            throw new PushAckTimeoutException(
+                $"Session {SessionId} did not acknowledge the message within {_manager.Options.AckTimeout}. It stays queued and may still be delivered.", ex);
+        }
+    }
+
+    public async IAsyncEnumerable<PushMessage> ReadAllAsync([EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        if (_inbound is null)
+        {
+            throw new InvalidOperationException(
+                "Messages from this session are dispatched to the registered PushHandler(s); ReadAllAsync is available only when no handler is registered.");
+        }
+
+        while (await _inbound.Reader.WaitToReadAsync(cancellationToken).ConfigureAwait(false))
+        {
+            while (_inbound.Reader.TryRead(out var message))
+            {
+                yield return message;
+            }
+        }
+    }
+
+    public Task CloseAsync(CancellationToken cancellationToken = default)
+    {
+        End(PushCloseCode.Normal, "The server closed the session.");
+        return Task.CompletedTask;
+    }
+
+    public ValueTask DisposeAsync() => new(CloseAsync());
+
+    /// <summary>
+    /// Carries the session over <paramref name="connection"/> until it ends. A live older connection is superseded
+    /// first: it is closed with <see cref="PushCloseCode.Superseded"/>.
+    /// </summary>
+    public async Task<ConnectionEnd> RunConnectionAsync(IPushTransportConnection connection, CancellationToken cancellationToken)
+    {
+        Task<ConnectionEnd> run;
+        bool firstConnection;
+        await _connectionLock.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            if (State == PushChannelState.Closed)
+            {
+                return new ConnectionEnd(ConnectionEndKind.ClosedLocally, PushCloseCode.SessionNotFound, "The session is closed.");
+            }
+
+            Task<ConnectionEnd>? previous;
+            lock (_stateGate)
+            {
+                previous = _run;
+            }
+
+            if (previous is not null)
+            {
+                Log.Superseded(_logger, SessionId);
+                Engine.CloseConnection(PushCloseCode.Superseded, "Another connection took over this session.");
+                try
+                {
+                    await previous.WaitAsync(s_supersedeWait, cancellationToken).ConfigureAwait(false);
+                }
+                catch (TimeoutException)
+                {
+                    // The old connection did not close in time; RunAsync below refuses to share the engine, so wait is required.
+                    await previous.ConfigureAwait(false);
+                }
+            }
+
+            run = Engine.RunAsync(connection, cancellationToken);
+            lock (_stateGate)
+            {
+                _run = run;
+            }
+
+            Volatile.Write(ref _transport, connection.TransportName);
+            firstConnection = !_started;
+            _started = true;
+            SetState(PushChannelState.Connected, null, null);
+        }
+        finally
+        {
+            _connectionLock.Release();
+        }
+
+        if (firstConnection)
+        {
+            await _manager.OnSessionStartedAsync(this, cancellationToken).ConfigureAwait(false);
+        }
+
+        var end = await run.ConfigureAwait(false);
+        var stillCurrent = false;
+        lock (_stateGate)
+        {
+            if (ReferenceEquals(_run, run))
+            {
+                _run = null;
+                stillCurrent = true;
+            }
+        }
+
+        if (stillCurrent)
+        {
+            Volatile.Write(ref _transport, null);
+            if (end.Kind == ConnectionEndKind.ClosedByPeer && end.Code == PushCloseCode.Normal)
+            {
+                // The client closed its channel: the session is over, nothing will resume it.
+                End(PushCloseCode.Normal, end.Reason ?? "The client closed the session.");
+            }
+            else if (State != PushChannelState.Closed)
+            {
+                lock (_stateGate)
+                {
+                    _disconnectedAt = _manager.TimeProvider.GetTimestamp();
+                }
+
+                SetState(PushChannelState.Disconnected, end.Code, end.Reason);
+            }
+        }
+
+        Log.ConnectionEnded(_logger, SessionId, end.Kind, end.Code, end.Reason);
+        return end;
+    }
+
+    /// <summary>Ends the session for good: fails unacknowledged sends, closes the connection, removes the session.</summary>
+    public void End(PushCloseCode code, string reason)
+    {
+        if (!SetState(PushChannelState.Closed, code, reason))
+        {
+            return;
+        }
+
+        Engine.Shutdown(code, reason, new PushChannelClosedException($"Session {SessionId} ended: {reason}", code));
+        _inbound?.Writer.TryComplete();
+        _manager.OnSessionEnded(this, code);
+    }
+
+    private async ValueTask DeliverAsync(PushMessage message, CancellationToken cancellationToken)
+    {
+        if (_inbound is not null)
+        {
+            await _inbound.Writer.WriteAsync(message, cancellationToken).ConfigureAwait(false);
+            return;
+        }
+
+        await _manager.DispatchAsync(this, message, cancellationToken).ConfigureAwait(false);
+    }
+
+    private bool SetState(PushChannelState state, PushCloseCode? code, string? reason)
+    {
+        PushChannelState previous;
+        lock (_stateGate)
+        {
+            previous = _state;
+            if (previous == state || previous == PushChannelState.Closed)
+            {
+                return false;
+            }
+
+            _state = state;
+        }
+
+        StateChanged?.Invoke(this, new PushChannelStateChangedEventArgs(previous, state, code, reason));
+        return true;
+    }
+
+    private static partial class Log
+    {
+        [LoggerMessage(10, LogLevel.Debug, "Session {SessionId}: a new connection supersedes the live one")]
+        public static partial void Superseded(ILogger logger, string sessionId);
+
+        [LoggerMessage(11, LogLevel.Debug, "Session {SessionId}: connection ended ({Kind}, {CloseCode}, {Reason})")]
+        public static partial void ConnectionEnded(ILogger logger, string sessionId, ConnectionEndKind kind, PushCloseCode? closeCode, string? reason);
+    }
+}

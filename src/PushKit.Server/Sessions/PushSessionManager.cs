@@ -1,0 +1,187 @@
+using System.Security.Claims;
+using System.Security.Cryptography;
+using System.Text;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+
+namespace PushKit.Server.Sessions;
+
+/// <summary>Creates, finds and ends sessions, and dispatches their messages to the application's handlers.</summary>
+internal sealed partial class PushSessionManager : IPushSessionRegistry
+{
+    private readonly IPushSessionStore _store;
+    private readonly IServiceScopeFactory _scopeFactory;
+    private readonly ILoggerFactory _loggerFactory;
+    private readonly ILogger _logger;
+
+    public PushSessionManager(
+        IPushSessionStore store,
+        IOptions<PushKitServerOptions> options,
+        IServiceScopeFactory scopeFactory,
+        TimeProvider timeProvider,
+        ILoggerFactory loggerFactory)
+    {
+        _store = store;
+        Options = options.Value;
+        _scopeFactory = scopeFactory;
+        TimeProvider = timeProvider;
+        _loggerFactory = loggerFactory;
+        _logger = loggerFactory.CreateLogger("PushKit.Server.Sessions");
+
+        // Whether any PushHandler is registered decides once where client messages go: handlers, or ReadAllAsync.
+        using var scope = scopeFactory.CreateScope();
+        HasHandlers = scope.ServiceProvider.GetServices<PushHandler>().Any();
+    }
+
+    public PushKitServerOptions Options { get; }
+
+    public TimeProvider TimeProvider { get; }
+
+    public bool HasHandlers { get; }
+
+    public int Count => _store.Count;
+
+    public PushSession Create(ClaimsPrincipal user, out string resumeSecret)
+    {
+        // 128 bits of id (public) and 256 bits of secret (never stored, only its SHA-256).
+        var sessionId = NewToken(16);
+        resumeSecret = NewToken(32);
+        var session = new PushSession(
+            this,
+            sessionId,
+            HashSecret(resumeSecret),
+            user,
+            Options.UserIdProvider(user),
+            TimeProvider.GetTimestamp(),
+            _loggerFactory.CreateLogger("PushKit.Server.Session"));
+        _store.Add(session);
+        Log.SessionCreated(_logger, sessionId, session.UserId);
+        return session;
+    }
+
+    public PushSession? Find(string sessionId) => _store.Find(sessionId);
+
+    IPushSession? IPushSessionRegistry.FindSession(string sessionId) => _store.Find(sessionId);
+
+    public IReadOnlyList<IPushSession> GetSessions(string? userId = null) =>
+        (userId is null ? _store.All() : _store.ForUser(userId)).ToArray<IPushSession>();
+
+    public IEnumerable<PushSession> All() => _store.All();
+
+    public IEnumerable<PushSession> ForUser(string userId) => _store.ForUser(userId);
+
+    /// <summary>Ends the sessions that have had no connection for longer than the resume window.</summary>
+    public int ExpireIdleSessions()
+    {
+        var expired = 0;
+        foreach (var session in _store.All())
+        {
+            var since = session.DisconnectedAt;
+            if (since != 0 && TimeProvider.GetElapsedTime(since) > Options.ResumeWindow)
+            {
+                Log.SessionExpired(_logger, session.SessionId);
+                session.End(PushCloseCode.SessionNotFound, "The session expired: no connection within the resume window.");
+                expired++;
+            }
+        }
+
+        return expired;
+    }
+
+    public async ValueTask OnSessionStartedAsync(PushSession session, CancellationToken cancellationToken)
+    {
+        if (!HasHandlers)
+        {
+            return;
+        }
+
+        await using var scope = _scopeFactory.CreateAsyncScope();
+        foreach (var handler in scope.ServiceProvider.GetServices<PushHandler>())
+        {
+            try
+            {
+                await handler.OnSessionStartedAsync(session, cancellationToken).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is not OperationCanceledException)
+            {
+                Log.HandlerFailed(_logger, session.SessionId, nameof(PushHandler.OnSessionStartedAsync), ex);
+            }
+        }
+    }
+
+    public async ValueTask DispatchAsync(PushSession session, PushMessage message, CancellationToken cancellationToken)
+    {
+        await using var scope = _scopeFactory.CreateAsyncScope();
+        foreach (var handler in scope.ServiceProvider.GetServices<PushHandler>())
+        {
+            try
+            {
+                await handler.OnMessageAsync(session, message, cancellationToken).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is not OperationCanceledException)
+            {
+                // Logged, not retried: a message that makes a handler throw must not block the session forever.
+                Log.HandlerFailed(_logger, session.SessionId, nameof(PushHandler.OnMessageAsync), ex);
+            }
+        }
+    }
+
+    public void OnSessionEnded(PushSession session, PushCloseCode code)
+    {
+        _store.Remove(session);
+        Log.SessionEnded(_logger, session.SessionId, code);
+        if (HasHandlers)
+        {
+            _ = NotifyEndedAsync(session, code);
+        }
+    }
+
+    private async Task NotifyEndedAsync(PushSession session, PushCloseCode code)
+    {
+        try
+        {
+            await using var scope = _scopeFactory.CreateAsyncScope();
+            foreach (var handler in scope.ServiceProvider.GetServices<PushHandler>())
+            {
+                try
+                {
+                    await handler.OnSessionEndedAsync(session, code).ConfigureAwait(false);
+                }
+                catch (Exception ex)
+                {
+                    Log.HandlerFailed(_logger, session.SessionId, nameof(PushHandler.OnSessionEndedAsync), ex);
+                }
+            }
+        }
+        catch (ObjectDisposedException)
+        {
+            // The host is shutting down and its services are gone.
+        }
+    }
+
+    internal static byte[] HashSecret(string secret) => SHA256.HashData(Encoding.UTF8.GetBytes(secret));
+
+    private static string NewToken(int bytes)
+    {
+        Span<byte> random = stackalloc byte[bytes];
+        RandomNumberGenerator.Fill(random);
+        // base64url without padding: safe in URLs and query strings as is.
+        return Convert.ToBase64String(random).TrimEnd('=').Replace('+', '-').Replace('/', '_');
+    }
+
+    private static partial class Log
+    {
+        [LoggerMessage(20, LogLevel.Debug, "Session {SessionId} created for user {UserId}")]
+        public static partial void SessionCreated(ILogger logger, string sessionId, string? userId);
+
+        [LoggerMessage(21, LogLevel.Debug, "Session {SessionId} expired after the resume window")]
+        public static partial void SessionExpired(ILogger logger, string sessionId);
+
+        [LoggerMessage(22, LogLevel.Debug, "Session {SessionId} ended ({CloseCode})")]
+        public static partial void SessionEnded(ILogger logger, string sessionId, PushCloseCode closeCode);
+
+        [LoggerMessage(23, LogLevel.Error, "Session {SessionId}: a handler's {Method} threw")]
+        public static partial void HandlerFailed(ILogger logger, string sessionId, string method, Exception exception);
+    }
+}

@@ -1,0 +1,94 @@
+using System.Net.WebSockets;
+using PushKit.Protocol;
+
+namespace PushKit.Client;
+
+/// <summary>Options of a PushKit client channel.</summary>
+public sealed class PushClientOptions
+{
+    /// <summary>The server's PushKit base URL, for example <c>https://example.com/push</c> (what the server passed to <c>MapPushKit</c>). Required.</summary>
+    public Uri? Url { get; set; }
+
+    /// <summary>The transports to try, in order of preference. Default: WebSocket.</summary>
+    public IList<IPushTransport> Transports { get; } = [PushTransports.WebSocket];
+
+    /// <summary>How long <see cref="IPushChannel.SendAsync"/> waits for the server's acknowledgement. Default 30 seconds.</summary>
+    public TimeSpan AckTimeout { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>How long negotiation plus opening a transport may take. Default 15 seconds.</summary>
+    public TimeSpan ConnectTimeout { get; set; } = TimeSpan.FromSeconds(15);
+
+    /// <summary>The largest frame or batch accepted from the server. Default 1 MiB.</summary>
+    public int MaxMessageBytes { get; set; } = PushProtocol.DefaultMaxMessageBytes;
+
+    /// <summary>
+    /// How many received messages may wait for <see cref="IPushChannel.ReadAllAsync"/>. When full, the server is slowed
+    /// down (messages are acknowledged only when there is room). Default 1,024.
+    /// </summary>
+    public int ReceiveQueueCapacity { get; set; } = 1024;
+
+    /// <summary>Supplies a bearer token sent as <c>Authorization: Bearer …</c> on every request; null for none.</summary>
+    public Func<CancellationToken, ValueTask<string?>>? AccessTokenProvider { get; set; }
+
+    /// <summary>Headers sent on every request (negotiate and WebSocket handshake).</summary>
+    public IDictionary<string, string> Headers { get; } = new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase);
+
+    /// <summary>Creates the HTTP handler used for negotiation; null for a default <see cref="SocketsHttpHandler"/>.</summary>
+    public Func<HttpMessageHandler>? HttpMessageHandlerFactory { get; set; }
+
+    /// <summary>Adjusts each <see cref="ClientWebSocket"/>'s options (proxy, certificates, keep-alive) before it connects.</summary>
+    public Action<ClientWebSocketOptions>? ConfigureWebSocket { get; set; }
+
+    /// <summary>The clock for timeouts; <see cref="TimeProvider.System"/> by default (tests use a fake).</summary>
+    public TimeProvider TimeProvider { get; set; } = TimeProvider.System;
+
+    /// <summary>Checks the options and lists every problem at once.</summary>
+    /// <exception cref="ArgumentException">At least one option is invalid; the message lists them all.</exception>
+    public void Validate()
+    {
+        var errors = new List<string>();
+        if (Url is null)
+        {
+            errors.Add("PushClientOptions.Url is required (the server's PushKit base URL, for example https://example.com/push).");
+        }
+        else if (!Url.IsAbsoluteUri || Url.Scheme is not ("http" or "https" or "ws" or "wss"))
+        {
+            errors.Add($"PushClientOptions.Url must be an absolute http, https, ws or wss URL (was '{Url}').");
+        }
+
+        if (Transports.Count == 0)
+        {
+            errors.Add("PushClientOptions.Transports must name at least one transport.");
+        }
+
+        if (AckTimeout <= TimeSpan.Zero)
+        {
+            errors.Add($"PushClientOptions.AckTimeout must be positive (was {AckTimeout}).");
+        }
+
+        if (ConnectTimeout <= TimeSpan.Zero)
+        {
+            errors.Add($"PushClientOptions.ConnectTimeout must be positive (was {ConnectTimeout}).");
+        }
+
+        if (MaxMessageBytes < 1024)
+        {
+            errors.Add($"PushClientOptions.MaxMessageBytes must be at least 1024 (was {MaxMessageBytes}).");
+        }
+
+        if (ReceiveQueueCapacity < 1)
+        {
+            errors.Add($"PushClientOptions.ReceiveQueueCapacity must be at least 1 (was {ReceiveQueueCapacity}).");
+        }
+
+        if (TimeProvider is null)
+        {
+            errors.Add("PushClientOptions.TimeProvider must not be null.");
+        }
+
+        if (errors.Count > 0)
+        {
+            throw new ArgumentException("Invalid PushKit client options:" + Environment.NewLine + string.Join(Environment.NewLine, errors.Select(e => "- " + e)));
+        }
+    }
+}

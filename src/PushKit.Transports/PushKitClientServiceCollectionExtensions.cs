@@ -1,0 +1,33 @@
+using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Options;
+using PushKit;
+using PushKit.Client;
+
+// Extension methods on IServiceCollection live in its namespace so that they are found without a using.
+#pragma warning disable IDE0130
+namespace Microsoft.Extensions.DependencyInjection;
+#pragma warning restore IDE0130
+
+/// <summary>Registers a PushKit client channel for dependency injection.</summary>
+public static class PushKitClientServiceCollectionExtensions
+{
+    /// <summary>
+    /// Registers a singleton <see cref="IPushChannel"/> configured by <paramref name="configure"/>. The channel is
+    /// created on first use and not connected: call <see cref="IPushChannel.ConnectAsync"/> (for example from a hosted service).
+    /// The container disposes it.
+    /// </summary>
+    /// <param name="services">The application's services.</param>
+    /// <param name="configure">Configures <see cref="PushClientOptions"/>; <see cref="PushClientOptions.Url"/> is required.</param>
+    public static IServiceCollection AddPushKitClient(this IServiceCollection services, Action<PushClientOptions> configure)
+    {
+        ArgumentNullException.ThrowIfNull(services);
+        ArgumentNullException.ThrowIfNull(configure);
+        services.AddOptions<PushClientOptions>().Configure(configure);
+        services.TryAddSingleton<IPushChannel>(sp => new PushChannel(
+            sp.GetRequiredService<IOptions<PushClientOptions>>().Value,
+            sp.GetService<ILoggerFactory>() ?? NullLoggerFactory.Instance));
+        return services;
+    }
+}

@@ -1,0 +1,56 @@
+using System.Net.WebSockets;
+using PushKit.Connections;
+using PushKit.Protocol;
+
+namespace PushKit.Client.WebSockets;
+
+/// <summary>The WebSocket client transport: <c>GET {base}/ws?session=…&amp;secret=…</c> upgraded to a WebSocket.</summary>
+internal sealed class WebSocketPushTransport : IPushTransport
+{
+    public string Name => PushProtocol.Transports.WebSocket;
+
+    public async ValueTask<IPushTransportConnection> ConnectAsync(PushTransportContext context, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        var options = context.Options;
+        var socket = new ClientWebSocket();
+        try
+        {
+            socket.Options.CollectHttpResponseDetails = true;
+            foreach (var (name, value) in options.Headers)
+            {
+                socket.Options.SetRequestHeader(name, value);
+            }
+
+            if (options.AccessTokenProvider is { } tokens && await tokens(cancellationToken).ConfigureAwait(false) is { Length: > 0 } token)
+            {
+                socket.Options.SetRequestHeader("Authorization", "Bearer " + token);
+            }
+
+            options.ConfigureWebSocket?.Invoke(socket.Options);
+            await socket.ConnectAsync(context.GetEndpointUrl("ws", webSocket: true), cancellationToken).ConfigureAwait(false);
+            return new WebSocketTransportConnection(socket, options.MaxMessageBytes);
+        }
+        catch (WebSocketException ex)
+        {
+            var status = socket.HttpStatusCode == 0 ? (int?)null : (int)socket.HttpStatusCode;
+            socket.Dispose();
+            var code = status switch
+            {
+                404 => PushErrorCodes.SessionNotFound,
+                403 => PushErrorCodes.InvalidSessionSecret,
+                _ => null,
+            };
+            throw new PushConnectException(
+                $"The WebSocket connection could not be opened{(status is null ? "" : $" (HTTP {status}{(code is null ? "" : ", " + code)})")}: {ex.Message}",
+                status,
+                code,
+                ex);
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+    }
+}
