@@ -21,9 +21,9 @@ public sealed class PushChannelBuilder
     public PushChannelBuilder WithUrl(string url)
     {
         ArgumentNullException.ThrowIfNull(url);
-        if (!Uri.TryCreate(url, UriKind.Absolute, out var uri))
+        if (!Uri.TryCreate(url, UriKind.Absolute, out var uri) || uri.Scheme is not ("http" or "https" or "ws" or "wss"))
         {
-            throw new ArgumentException($"'{url}' is not an absolute URL.", nameof(url));
+            throw new ArgumentException($"'{url}' is not an absolute http, https, ws or wss URL.", nameof(url));
         }
 
         _options.Url = uri;

@@ -231,7 +231,12 @@ internal sealed partial class DeliveryEngine
             end = new ConnectionEnd(ConnectionEndKind.Lost, null, ex.Message, Error: ex);
         }
 
-        if (end.Kind == ConnectionEndKind.ClosedByPeer)
+        if (end.Kind == ConnectionEndKind.ClosedByPeer && run.LocalClose is { SendFrame: true } initiated)
+        {
+            // This side started the close; the peer's close is only its answer.
+            end = new ConnectionEnd(ConnectionEndKind.ClosedLocally, initiated.Code, initiated.Reason, initiated.RetryAfterMs);
+        }
+        else if (end.Kind == ConnectionEndKind.ClosedByPeer)
         {
             // Answer the peer's close so the transport ends cleanly.
             run.RequestClose(end.Code ?? PushCloseCode.Normal, null, retryAfterMs: null, sendFrame: false);

@@ -336,6 +336,12 @@ internal static class FrameCodec
                 }
                 else
                 {
+                    if (!Utf8.IsValid(reader.ValueSpan))
+                    {
+                        error = "'data' is not valid UTF-8.";
+                        return FrameParseStatus.Malformed;
+                    }
+
                     data = reader.ValueSpan.ToArray();
                     dataLength = data.Length;
                 }

@@ -1,0 +1,200 @@
+using System.Threading.Channels;
+using Microsoft.Extensions.Logging.Abstractions;
+using PushKit.Delivery;
+
+namespace PushKit.Tests.Delivery;
+
+public class DeliveryEngineTests
+{
+    private static readonly TimeSpan s_timeout = TimeSpan.FromSeconds(10);
+
+    private sealed class End
+    {
+        public Channel<PushMessage> Received { get; } = Channel.CreateUnbounded<PushMessage>();
+
+        public DeliveryEngine Engine { get; }
+
+        public End(string name, int limit = 1024 * 1024) =>
+            Engine = new DeliveryEngine(name, limit, (m, ct) => Received.Writer.WriteAsync(m, ct), NullLogger.Instance);
+
+        public async Task<List<string>> ReadAsync(int count)
+        {
+            var result = new List<string>();
+            using var cts = new CancellationTokenSource(s_timeout);
+            while (result.Count < count)
+            {
+                result.Add((await Received.Reader.ReadAsync(cts.Token)).GetString());
+            }
+
+            return result;
+        }
+    }
+
+    [Fact]
+    public async Task Messages_flow_both_ways_in_order_and_acks_complete_sends()
+    {
+        var (a, b) = InMemoryConnection.CreatePair();
+        var left = new End("left");
+        var right = new End("right");
+        var runs = new[] { left.Engine.RunAsync(a), right.Engine.RunAsync(b) };
+
+        var acks = Enumerable.Range(1, 500).Select(i => left.Engine.Enqueue(PushMessage.FromString($"L{i}"), trackAck: true)!).ToArray();
+        var back = Enumerable.Range(1, 500).Select(i => right.Engine.Enqueue(PushMessage.FromString($"R{i}"), trackAck: true)!).ToArray();
+
+        Assert.Equal(Enumerable.Range(1, 500).Select(i => $"L{i}"), await right.ReadAsync(500));
+        Assert.Equal(Enumerable.Range(1, 500).Select(i => $"R{i}"), await left.ReadAsync(500));
+        await Task.WhenAll(acks.Concat(back)).WaitAsync(s_timeout);
+        Assert.Equal(0, left.Engine.UnacknowledgedCount);
+        Assert.Equal(0, right.Engine.UnacknowledgedCount);
+
+        left.Engine.CloseConnection(PushCloseCode.Normal, "done");
+        var ends = await Task.WhenAll(runs).WaitAsync(s_timeout);
+        Assert.Equal(ConnectionEndKind.ClosedLocally, ends[0].Kind);
+        Assert.Equal((ConnectionEndKind.ClosedByPeer, (PushCloseCode?)PushCloseCode.Normal), (ends[1].Kind, ends[1].Code));
+    }
+
+    [Fact]
+    public async Task Unacknowledged_messages_are_replayed_on_the_next_connection_and_duplicates_dropped()
+    {
+        var left = new End("left");
+        var right = new End("right");
+
+        // First connection: the right side receives 1..3 but its acks never reach the left side.
+        var (a1, b1) = InMemoryConnection.CreatePair();
+        var leftRun = left.Engine.RunAsync(a1);
+        var rightRun = right.Engine.RunAsync(b1);
+        for (var i = 1; i <= 3; i++)
+        {
+            _ = left.Engine.Enqueue(PushMessage.FromString($"m{i}"), trackAck: false);
+        }
+
+        Assert.Equal(["m1", "m2", "m3"], await right.ReadAsync(3));
+        a1.Abort();
+        await Task.WhenAll(leftRun, rightRun).WaitAsync(s_timeout);
+
+        // Whatever the left side still holds is replayed; the right side drops what it delivered already.
+        var pendingBefore = left.Engine.UnacknowledgedCount;
+        _ = left.Engine.Enqueue(PushMessage.FromString("m4"), trackAck: false);
+        var (a2, b2) = InMemoryConnection.CreatePair();
+        leftRun = left.Engine.RunAsync(a2);
+        rightRun = right.Engine.RunAsync(b2);
+
+        Assert.Equal(["m4"], await right.ReadAsync(1));
+        await WaitUntilAsync(() => left.Engine.UnacknowledgedCount == 0);
+        Assert.True(pendingBefore <= 3);
+        Assert.False(right.Received.Reader.TryRead(out _));
+        Assert.Equal(4, right.Engine.LastDelivered);
+        left.Engine.CloseConnection(PushCloseCode.Normal, null);
+        await Task.WhenAll(leftRun, rightRun).WaitAsync(s_timeout);
+    }
+
+    [Fact]
+    public async Task A_replayed_duplicate_is_dropped_and_acknowledged_again()
+    {
+        var (a, b) = InMemoryConnection.CreatePair();
+        var right = new End("right");
+        var run = right.Engine.RunAsync(b);
+        b.Inject("{\"type\":\"msg\",\"seq\":1,\"contentType\":\"text/plain\",\"data\":\"one\"}\n{\"type\":\"msg\",\"seq\":1,\"contentType\":\"text/plain\",\"data\":\"one again\"}\n{\"type\":\"msg\",\"seq\":2,\"contentType\":\"text/plain\",\"data\":\"two\"}");
+        Assert.Equal(["one", "two"], await right.ReadAsync(2));
+        await WaitUntilAsync(() => Sent(b).Contains("{\"type\":\"ack\",\"seq\":2}", StringComparison.Ordinal));
+        b.Abort();
+        await run.WaitAsync(s_timeout);
+        Assert.False(right.Received.Reader.TryRead(out _));
+    }
+
+    [Theory]
+    [InlineData("{\"type\":\"msg\",\"seq\":2,\"data\":\"gap\"}", "Sequence gap")]
+    [InlineData("{\"type\":\"ack\",\"seq\":5}", "Invalid ack")]
+    [InlineData("{\"type\":\"msg\"", "Malformed frame")]
+    public async Task Protocol_violations_close_the_connection_with_4400(string batch, string reason)
+    {
+        var (a, b) = InMemoryConnection.CreatePair();
+        var right = new End("right");
+        var run = right.Engine.RunAsync(b);
+        b.Inject(batch);
+        var end = await run.WaitAsync(s_timeout);
+        Assert.Equal((ConnectionEndKind.ClosedLocally, (PushCloseCode?)PushCloseCode.ProtocolError), (end.Kind, end.Code));
+        Assert.Contains(reason, end.Reason, StringComparison.Ordinal);
+        Assert.Contains("\"code\":4400", Sent(b), StringComparison.Ordinal);
+        _ = a;
+    }
+
+    [Fact]
+    public async Task Unknown_frame_types_get_an_error_frame_and_the_connection_goes_on()
+    {
+        var (a, b) = InMemoryConnection.CreatePair();
+        var right = new End("right");
+        var run = right.Engine.RunAsync(b);
+        b.Inject("{\"type\":\"teleport\"}\n{\"type\":\"ping\"}\n{\"type\":\"msg\",\"seq\":1,\"data\":\"still here\"}");
+        Assert.Equal(["still here"], await right.ReadAsync(1));
+        await WaitUntilAsync(() => Sent(b).Contains("unknown_frame_type", StringComparison.Ordinal) && Sent(b).Contains("\"pong\"", StringComparison.Ordinal));
+        b.Abort();
+        Assert.Equal(ConnectionEndKind.Lost, (await run.WaitAsync(s_timeout)).Kind);
+        _ = a;
+    }
+
+    [Fact]
+    public async Task Oversize_messages_are_refused_before_anything_is_sent()
+    {
+        var left = new End("left", limit: 2048);
+        var error = Assert.Throws<PushMessageTooLargeException>(() => { _ = left.Engine.Enqueue(new PushMessage(new byte[4096]), trackAck: true); });
+        Assert.Equal(2048, error.LimitBytes);
+        Assert.Equal(0, left.Engine.UnacknowledgedCount);
+        _ = left.Engine.Enqueue(PushMessage.FromString("small"), trackAck: false);
+        Assert.Equal(1, left.Engine.UnacknowledgedCount);
+        await Task.CompletedTask;
+    }
+
+    [Fact]
+    public async Task Shutdown_fails_pending_sends_and_refuses_new_ones()
+    {
+        var left = new End("left");
+        var pending = left.Engine.Enqueue(PushMessage.FromString("never acked"), trackAck: true)!;
+        left.Engine.Shutdown(PushCloseCode.Normal, "bye", new PushChannelClosedException("closed", PushCloseCode.Normal));
+        await Assert.ThrowsAsync<PushChannelClosedException>(() => pending.WaitAsync(s_timeout));
+        Assert.Throws<PushChannelClosedException>(() => { _ = left.Engine.Enqueue(PushMessage.FromString("late"), trackAck: true); });
+    }
+
+    [Fact]
+    public async Task Messages_queued_while_disconnected_are_sent_on_connect()
+    {
+        var left = new End("left");
+        var right = new End("right");
+        var ack = left.Engine.Enqueue(PushMessage.FromString("queued"), trackAck: true)!;
+        var (a, b) = InMemoryConnection.CreatePair();
+        var runs = new[] { left.Engine.RunAsync(a), right.Engine.RunAsync(b) };
+        Assert.Equal(["queued"], await right.ReadAsync(1));
+        await ack.WaitAsync(s_timeout);
+        left.Engine.CloseConnection(PushCloseCode.Normal, null);
+        await Task.WhenAll(runs).WaitAsync(s_timeout);
+    }
+
+    [Fact]
+    public async Task A_second_concurrent_connection_is_refused()
+    {
+        var left = new End("left");
+        var (a, _) = InMemoryConnection.CreatePair();
+        var run = left.Engine.RunAsync(a);
+        var (c, _) = InMemoryConnection.CreatePair();
+        await Assert.ThrowsAsync<InvalidOperationException>(() => left.Engine.RunAsync(c));
+        a.Abort();
+        await run.WaitAsync(s_timeout);
+    }
+
+    private static string Sent(InMemoryConnection connection)
+    {
+        lock (connection.Sent)
+        {
+            return string.Join("\n", connection.Sent);
+        }
+    }
+
+    private static async Task WaitUntilAsync(Func<bool> condition)
+    {
+        using var cts = new CancellationTokenSource(s_timeout);
+        while (!condition())
+        {
+            await Task.Delay(10, cts.Token);
+        }
+    }
+}

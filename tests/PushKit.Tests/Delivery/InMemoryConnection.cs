@@ -1,0 +1,82 @@
+using System.Buffers;
+using System.Threading.Channels;
+using PushKit.Connections;
+
+namespace PushKit.Tests.Delivery;
+
+/// <summary>A pair of connected in-memory transport connections for unit tests of the delivery machine.</summary>
+internal sealed class InMemoryConnection : IPushTransportConnection
+{
+    private readonly Channel<object> _incoming = Channel.CreateUnbounded<object>();
+    private InMemoryConnection _peer = null!;
+
+    public string TransportName => "memory";
+
+    /// <summary>Every batch this side sent, as text.</summary>
+    public List<string> Sent { get; } = [];
+
+    public static (InMemoryConnection A, InMemoryConnection B) CreatePair()
+    {
+        var a = new InMemoryConnection();
+        var b = new InMemoryConnection();
+        a._peer = b;
+        b._peer = a;
+        return (a, b);
+    }
+
+    /// <summary>Injects a raw batch as if the peer had sent it.</summary>
+    public void Inject(string batch) => _incoming.Writer.TryWrite(System.Text.Encoding.UTF8.GetBytes(batch));
+
+    public ValueTask SendAsync(ReadOnlyMemory<byte> frames, CancellationToken cancellationToken = default)
+    {
+        lock (Sent)
+        {
+            Sent.Add(System.Text.Encoding.UTF8.GetString(frames.Span));
+        }
+
+        _peer._incoming.Writer.TryWrite(frames.ToArray());
+        return ValueTask.CompletedTask;
+    }
+
+    public async ValueTask<PushReceiveResult> ReceiveAsync(IBufferWriter<byte> destination, CancellationToken cancellationToken = default)
+    {
+        object item;
+        try
+        {
+            item = await _incoming.Reader.ReadAsync(cancellationToken);
+        }
+        catch (ChannelClosedException ex)
+        {
+            throw new IOException("connection lost", ex);
+        }
+
+        switch (item)
+        {
+            case byte[] bytes:
+                destination.Write(bytes);
+                return PushReceiveResult.Data;
+            case PushCloseCode code:
+                return PushReceiveResult.Closed(code, "closed");
+            default:
+                throw new InvalidOperationException();
+        }
+    }
+
+    public ValueTask CloseAsync(PushCloseCode code, string? reason, CancellationToken cancellationToken = default)
+    {
+        _peer._incoming.Writer.TryWrite(code);
+        return ValueTask.CompletedTask;
+    }
+
+    public void Abort()
+    {
+        _incoming.Writer.TryComplete();
+        _peer._incoming.Writer.TryComplete();
+    }
+
+    public ValueTask DisposeAsync()
+    {
+        Abort();
+        return ValueTask.CompletedTask;
+    }
+}

@@ -1,0 +1,135 @@
+using System.Security.Claims;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Options;
+using Microsoft.Extensions.Time.Testing;
+using PushKit.Client;
+using PushKit.Server;
+using PushKit.Server.Sessions;
+
+namespace PushKit.Tests.Options;
+
+public class OptionsValidationTests
+{
+    [Fact]
+    public void Server_options_list_every_problem_at_once()
+    {
+        var options = new PushKitServerOptions
+        {
+            MaxMessageBytes = 10,
+            AckTimeout = TimeSpan.Zero,
+            ResumeWindow = TimeSpan.FromSeconds(-1),
+            HeartbeatInterval = TimeSpan.FromSeconds(10),
+            HeartbeatTimeout = TimeSpan.FromSeconds(5),
+            InboundQueueCapacity = 0,
+        };
+        options.Transports.Add("carrier-pigeon");
+
+        var result = new PushKitServerOptionsValidator().Validate(null, options);
+
+        Assert.True(result.Failed);
+        var failures = result.Failures!.ToArray();
+        Assert.Equal(6, failures.Length);
+        Assert.Contains(failures, f => f.Contains("MaxMessageBytes", StringComparison.Ordinal));
+        Assert.Contains(failures, f => f.Contains("AckTimeout", StringComparison.Ordinal));
+        Assert.Contains(failures, f => f.Contains("ResumeWindow", StringComparison.Ordinal));
+        Assert.Contains(failures, f => f.Contains("HeartbeatTimeout", StringComparison.Ordinal));
+        Assert.Contains(failures, f => f.Contains("carrier-pigeon", StringComparison.Ordinal));
+        Assert.Contains(failures, f => f.Contains("InboundQueueCapacity", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void Default_server_options_are_valid()
+    {
+        Assert.True(new PushKitServerOptionsValidator().Validate(null, new PushKitServerOptions()).Succeeded);
+    }
+
+    [Fact]
+    public void AddPushKit_validates_options_when_resolved()
+    {
+        var services = new ServiceCollection();
+        services.AddPushKit(o => o.MaxMessageBytes = 1);
+        using var provider = services.BuildServiceProvider();
+        var error = Assert.Throws<OptionsValidationException>(() => provider.GetRequiredService<IOptions<PushKitServerOptions>>().Value);
+        Assert.Contains("MaxMessageBytes", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Client_options_list_every_problem_at_once()
+    {
+        var options = new PushClientOptions { AckTimeout = TimeSpan.Zero, ConnectTimeout = TimeSpan.Zero, MaxMessageBytes = 1, ReceiveQueueCapacity = 0 };
+        options.Transports.Clear();
+        var error = Assert.Throws<ArgumentException>(options.Validate);
+        foreach (var name in new[] { "Url", "Transports", "AckTimeout", "ConnectTimeout", "MaxMessageBytes", "ReceiveQueueCapacity" })
+        {
+            Assert.Contains(name, error.Message, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
+    public void Client_rejects_a_relative_or_foreign_url()
+    {
+        Assert.Throws<ArgumentException>(() => new PushChannelBuilder().WithUrl("/push"));
+        var error = Assert.Throws<ArgumentException>(() => new PushChannelBuilder().WithUrl("ftp://example.com/push").Build());
+        Assert.Contains("http", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Transport_context_builds_endpoint_urls_with_the_session_query()
+    {
+        var context = new PushTransportContext
+        {
+            BaseUrl = new Uri("https://example.com/app/push/"),
+            SessionId = "s1",
+            ResumeSecret = "a+b/c",
+            Options = new PushClientOptions(),
+            LoggerFactory = Microsoft.Extensions.Logging.Abstractions.NullLoggerFactory.Instance,
+        };
+        Assert.Equal("wss://example.com/app/push/ws?session=s1&secret=a%2Bb%2Fc", context.GetEndpointUrl("ws", webSocket: true).AbsoluteUri);
+        Assert.Equal("https://example.com/app/push/send?session=s1&secret=a%2Bb%2Fc", context.GetEndpointUrl("send", webSocket: false).AbsoluteUri);
+    }
+
+    [Fact]
+    public void Sessions_expire_after_the_resume_window_and_not_before()
+    {
+        var time = new FakeTimeProvider();
+        var services = new ServiceCollection();
+        services.AddSingleton<TimeProvider>(time);
+        services.AddPushKit(o => o.ResumeWindow = TimeSpan.FromMinutes(2));
+        using var provider = services.BuildServiceProvider();
+        var manager = provider.GetRequiredService<PushSessionManager>();
+
+        var session = manager.Create(new ClaimsPrincipal(), out var secret);
+        var pending = session.Engine.Enqueue(PushMessage.FromString("waiting"), trackAck: true)!;
+        Assert.True(session.VerifySecret(secret));
+        Assert.False(session.VerifySecret(secret + "x"));
+
+        time.Advance(TimeSpan.FromMinutes(2) - TimeSpan.FromSeconds(1));
+        Assert.Equal(0, manager.ExpireIdleSessions());
+        Assert.Same(session, manager.Find(session.SessionId));
+
+        time.Advance(TimeSpan.FromSeconds(2));
+        Assert.Equal(1, manager.ExpireIdleSessions());
+        Assert.Null(manager.Find(session.SessionId));
+        Assert.Equal(PushChannelState.Closed, session.State);
+        var error = Assert.Throws<AggregateException>(() => pending.Wait()).InnerException;
+        Assert.Equal(PushCloseCode.SessionNotFound, Assert.IsType<PushChannelClosedException>(error).CloseCode);
+    }
+
+    [Fact]
+    public void Session_ids_and_secrets_are_long_random_and_url_safe()
+    {
+        var services = new ServiceCollection();
+        services.AddPushKit();
+        using var provider = services.BuildServiceProvider();
+        var manager = provider.GetRequiredService<PushSessionManager>();
+        var seen = new HashSet<string>();
+        for (var i = 0; i < 100; i++)
+        {
+            var session = manager.Create(new ClaimsPrincipal(), out var secret);
+            Assert.True(seen.Add(session.SessionId) && seen.Add(secret));
+            Assert.True(session.SessionId.Length >= 22, "≥ 128 bits of id");
+            Assert.True(secret.Length >= 43, "≥ 256 bits of secret");
+            Assert.Matches("^[A-Za-z0-9_-]+$", secret);
+        }
+    }
+}

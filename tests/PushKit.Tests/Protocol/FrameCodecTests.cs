@@ -1,0 +1,190 @@
+using System.Buffers;
+using System.Text;
+using PushKit.Protocol;
+
+namespace PushKit.Tests.Protocol;
+
+public class FrameCodecTests
+{
+    private static string Encode(Action<IBufferWriter<byte>> write)
+    {
+        var buffer = new ArrayBufferWriter<byte>();
+        write(buffer);
+        return Encoding.UTF8.GetString(buffer.WrittenSpan);
+    }
+
+    private static Frame ParseOk(string json)
+    {
+        var status = FrameCodec.TryParse(Encoding.UTF8.GetBytes(json), out var frame, out var error);
+        Assert.True(status == FrameParseStatus.Ok, $"{status}: {error}");
+        return frame;
+    }
+
+    private static Frame RoundTrip(long sequence, PushMessage message) =>
+        ParseOk(Encode(w => FrameCodec.WriteMessage(w, sequence, message)));
+
+    [Fact]
+    public void Text_message_round_trips_with_every_field()
+    {
+        var message = new PushMessage("héllo \"wörld\"\n\t\\ 😀"u8.ToArray(), "text/plain; charset=utf-8")
+        {
+            Id = "m-1",
+            Topic = "chat/room-1",
+            Headers = new Dictionary<string, string> { ["k"] = "v", ["x-émoji"] = "😀" },
+        };
+
+        var json = Encode(w => FrameCodec.WriteMessage(w, 42, message));
+        Assert.StartsWith("{\"type\":\"msg\",\"seq\":42,", json, StringComparison.Ordinal);
+        Assert.Contains("\"data\":", json, StringComparison.Ordinal);
+        Assert.DoesNotContain('\n', json);
+
+        var frame = ParseOk(json);
+        Assert.Equal(FrameType.Message, frame.Type);
+        Assert.Equal(42, frame.Sequence);
+        Assert.Equal(message.Payload.ToArray(), frame.Message!.Payload.ToArray());
+        Assert.Equal("m-1", frame.Message.Id);
+        Assert.Equal("chat/room-1", frame.Message.Topic);
+        Assert.Equal(message.ContentType, frame.Message.ContentType);
+        Assert.Equal(message.Headers, frame.Message.Headers);
+    }
+
+    [Fact]
+    public void Binary_payload_travels_as_base64_and_round_trips_byte_for_byte()
+    {
+        var payload = new byte[4096];
+        new Random(7).NextBytes(payload);
+        var json = Encode(w => FrameCodec.WriteMessage(w, 1, new PushMessage(payload)));
+        Assert.Contains("\"dataBase64\":", json, StringComparison.Ordinal);
+        var frame = ParseOk(json);
+        Assert.Equal(payload, frame.Message!.Payload.ToArray());
+        Assert.Equal(PushMessage.DefaultContentType, frame.Message.ContentType);
+    }
+
+    [Fact]
+    public void Textual_content_type_with_invalid_utf8_falls_back_to_base64()
+    {
+        byte[] payload = [0xC3, 0x28, 0xFF, 0x00];
+        var json = Encode(w => FrameCodec.WriteMessage(w, 1, new PushMessage(payload, "text/plain")));
+        Assert.Contains("\"dataBase64\":", json, StringComparison.Ordinal);
+        Assert.Equal(payload, ParseOk(json).Message!.Payload.ToArray());
+    }
+
+    [Fact]
+    public void Empty_payload_round_trips()
+    {
+        Assert.Empty(RoundTrip(3, new PushMessage(ReadOnlyMemory<byte>.Empty)).Message!.Payload.ToArray());
+        Assert.Empty(RoundTrip(3, PushMessage.FromString("")).Message!.Payload.ToArray());
+    }
+
+    [Fact]
+    public void Json_helpers_round_trip()
+    {
+        var frame = RoundTrip(9, PushMessage.FromJson(new Sample("a", 3), topic: "t"));
+        Assert.Equal(PushMessage.JsonContentType, frame.Message!.ContentType);
+        Assert.Equal(new Sample("a", 3), frame.Message.GetJson<Sample>());
+        Assert.Equal("t", frame.Message.Topic);
+    }
+
+    [Fact]
+    public void Encoded_body_is_computed_once_per_message()
+    {
+        var message = PushMessage.FromString("broadcast");
+        var first = Encode(w => FrameCodec.WriteMessage(w, 1, message));
+        var second = Encode(w => FrameCodec.WriteMessage(w, 2, message));
+        Assert.Equal(first.Replace("\"seq\":1,", "\"seq\":2,", StringComparison.Ordinal), second);
+        Assert.True(System.Runtime.CompilerServices.Unsafe.AreSame(
+            ref System.Runtime.InteropServices.MemoryMarshal.GetReference(message.EncodedBody),
+            ref System.Runtime.InteropServices.MemoryMarshal.GetReference(message.EncodedBody)));
+    }
+
+    [Theory]
+    [InlineData("text/plain", true)]
+    [InlineData("text/html; charset=utf-8", true)]
+    [InlineData("application/json", true)]
+    [InlineData("Application/JSON; charset=utf-8", true)]
+    [InlineData("application/vnd.api+json", true)]
+    [InlineData("application/octet-stream", false)]
+    [InlineData("image/png", false)]
+    public void Textual_content_types_are_recognised(string contentType, bool textual) =>
+        Assert.Equal(textual, FrameCodec.IsTextual(contentType));
+
+    [Fact]
+    public void Control_frames_round_trip()
+    {
+        Assert.Equal(5, ParseOk(Encode(w => FrameCodec.WriteAck(w, 5))).Sequence);
+        Assert.Equal(FrameType.Ack, ParseOk(Encode(w => FrameCodec.WriteAck(w, 0))).Type);
+        Assert.Equal(FrameType.Ping, ParseOk(Encode(FrameCodec.WritePing)).Type);
+        Assert.Equal(FrameType.Pong, ParseOk(Encode(FrameCodec.WritePong)).Type);
+
+        var close = ParseOk(Encode(w => FrameCodec.WriteClose(w, PushCloseCode.GoingAway, "bye", 1500)));
+        Assert.Equal((FrameType.Close, PushCloseCode.GoingAway, "bye", (int?)1500), (close.Type, close.CloseCode, close.Text, close.RetryAfterMs));
+
+        var error = ParseOk(Encode(w => FrameCodec.WriteError(w, PushErrorCodes.UnknownFrameType, "what?")));
+        Assert.Equal((FrameType.Error, PushErrorCodes.UnknownFrameType, "what?"), (error.Type, error.ErrorCode, error.Text));
+    }
+
+    [Fact]
+    public void Fields_may_come_in_any_order_and_unknown_fields_are_ignored()
+    {
+        var frame = ParseOk("{\"data\":\"hi\",\"future\":{\"a\":[1,2]},\"seq\":7,\"contentType\":\"text/plain\",\"type\":\"msg\"}");
+        Assert.Equal(7, frame.Sequence);
+        Assert.Equal("hi", frame.Message!.GetString());
+    }
+
+    [Fact]
+    public void Unknown_frame_type_is_reported_with_its_name()
+    {
+        var status = FrameCodec.TryParse("{\"type\":\"teleport\",\"seq\":1}"u8, out _, out var name);
+        Assert.Equal(FrameParseStatus.UnknownType, status);
+        Assert.Equal("teleport", name);
+    }
+
+    [Theory]
+    [InlineData("", "empty")]
+    [InlineData("not json", "garbage")]
+    [InlineData("[1,2]", "array")]
+    [InlineData("\"msg\"", "string")]
+    [InlineData("{\"seq\":1}", "no type")]
+    [InlineData("{\"type\":1}", "numeric type")]
+    [InlineData("{\"type\":\"msg\",\"data\":\"x\"}", "msg without seq")]
+    [InlineData("{\"type\":\"msg\",\"seq\":0,\"data\":\"x\"}", "msg seq 0")]
+    [InlineData("{\"type\":\"msg\",\"seq\":-1,\"data\":\"x\"}", "negative seq")]
+    [InlineData("{\"type\":\"msg\",\"seq\":\"1\",\"data\":\"x\"}", "string seq")]
+    [InlineData("{\"type\":\"msg\",\"seq\":1.5,\"data\":\"x\"}", "fractional seq")]
+    [InlineData("{\"type\":\"msg\",\"seq\":1}", "msg without data")]
+    [InlineData("{\"type\":\"msg\",\"seq\":1,\"data\":5}", "numeric data")]
+    [InlineData("{\"type\":\"msg\",\"seq\":1,\"dataBase64\":\"!!!\"}", "bad base64")]
+    [InlineData("{\"type\":\"msg\",\"seq\":1,\"data\":\"x\",\"headers\":[1]}", "headers not object")]
+    [InlineData("{\"type\":\"msg\",\"seq\":1,\"data\":\"x\",\"headers\":{\"a\":1}}", "header not string")]
+    [InlineData("{\"type\":\"msg\",\"seq\":1,\"data\":\"\\ud800\"}", "lone surrogate")]
+    [InlineData("{\"type\":\"ack\"}", "ack without seq")]
+    [InlineData("{\"type\":\"close\"}", "close without code")]
+    [InlineData("{\"type\":\"close\",\"code\":1000,\"retryAfterMs\":-5}", "negative retry")]
+    [InlineData("{\"type\":\"ping\"", "truncated")]
+    [InlineData("{\"type\":\"ping\"}{\"type\":\"pong\"}", "two objects")]
+    [InlineData("{\"type\":\"ping\"} x", "trailing data")]
+    [InlineData("{\"a\":{\"b\":{\"c\":{\"d\":{\"e\":{\"f\":{\"g\":{\"h\":{\"i\":1}}}}}}}},\"type\":\"ping\"}", "too deep")]
+    public void Malformed_frames_are_rejected_with_a_reason(string json, string because)
+    {
+        var status = FrameCodec.TryParse(Encoding.UTF8.GetBytes(json), out _, out var error);
+        Assert.True(status == FrameParseStatus.Malformed, $"{because}: got {status}");
+        Assert.False(string.IsNullOrWhiteSpace(error), because);
+    }
+
+    [Fact]
+    public void Invalid_utf8_in_a_frame_is_malformed()
+    {
+        byte[] json = [.. "{\"type\":\"msg\",\"seq\":1,\"data\":\""u8, 0xFF, 0xFE, .. "\"}"u8];
+        Assert.Equal(FrameParseStatus.Malformed, FrameCodec.TryParse(json, out _, out _));
+    }
+
+    [Fact]
+    public void Batches_split_on_newlines_and_skip_blank_lines()
+    {
+        var batch = Encoding.UTF8.GetBytes("{\"type\":\"ping\"}\n\n{\"type\":\"pong\"}\r\n{\"type\":\"ack\",\"seq\":1}\n");
+        var lines = FrameCodec.SplitBatch(batch).Select(l => Encoding.UTF8.GetString(l.Span)).ToArray();
+        Assert.Equal(["{\"type\":\"ping\"}", "{\"type\":\"pong\"}", "{\"type\":\"ack\",\"seq\":1}"], lines);
+    }
+
+    private sealed record Sample(string Name, int Count);
+}
