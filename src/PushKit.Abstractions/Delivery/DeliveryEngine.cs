@@ -210,6 +210,7 @@ internal sealed partial class DeliveryEngine
         run.Ring();
         var writer = WriteLoopAsync(run);
         ConnectionEnd end;
+        var drain = false;
         try
         {
             end = await ReadLoopAsync(run).ConfigureAwait(false);
@@ -219,6 +220,7 @@ internal sealed partial class DeliveryEngine
             Log.ProtocolViolation(_logger, _name, ex.CloseCode, ex.Message);
             end = new ConnectionEnd(ConnectionEndKind.ClosedLocally, ex.CloseCode, ex.Message, Error: ex);
             run.RequestClose(ex.CloseCode, ex.Message, retryAfterMs: null, sendFrame: true);
+            drain = true;
         }
         catch (Exception ex) when (run.LocalClose is { } local)
         {
@@ -256,6 +258,11 @@ internal sealed partial class DeliveryEngine
             Log.WriteLoopEnded(_logger, _name, ex.Message);
         }
 
+        if (drain)
+        {
+            await DrainAsync(run).ConfigureAwait(false);
+        }
+
         lock (_gate)
         {
             _current = null;
@@ -266,6 +273,26 @@ internal sealed partial class DeliveryEngine
         run.Dispose();
         Log.ConnectionEnded(_logger, _name, connection.TransportName, end.Kind, end.Code, end.Reason);
         return end;
+    }
+
+    /// <summary>
+    /// After closing for a protocol violation, reads and discards until the peer answers the close (or the grace
+    /// period ends), so that the close frame is not lost to a connection reset.
+    /// </summary>
+    private static async Task DrainAsync(Run run)
+    {
+        var scratch = new ArrayBufferWriter<byte>(4096);
+        try
+        {
+            while (!(await run.Connection.ReceiveAsync(scratch, run.Token).ConfigureAwait(false)).IsClosed)
+            {
+                scratch.ResetWrittenCount();
+            }
+        }
+        catch (Exception ex) when (ex is not OutOfMemoryException)
+        {
+            // Cancelled by the grace period, reset by the peer, or more oversize data: the connection is done either way.
+        }
     }
 
     private async Task<ConnectionEnd> ReadLoopAsync(Run run)

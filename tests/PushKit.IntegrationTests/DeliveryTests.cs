@@ -1,0 +1,195 @@
+using System.Text;
+using PushKit.IntegrationTests.Infrastructure;
+using PushKit.Server;
+
+namespace PushKit.IntegrationTests;
+
+/// <summary>Messages both ways over real Kestrel and real WebSockets: order, exactly once, acks, size, fan-out.</summary>
+public class DeliveryTests
+{
+    [Fact]
+    public async Task Ten_thousand_client_messages_reach_the_handler_in_order_exactly_once()
+    {
+        var collector = new Collector();
+        await using var server = await PushTestServer.StartAsync(push => push.AddCollector(collector));
+        var client = await server.ConnectClientAsync();
+
+        // Sends are sequenced in call order, so they may all be in flight at once.
+        var sends = Enumerable.Range(1, 10_000).Select(i => client.SendStringAsync(i.ToString(System.Globalization.CultureInfo.InvariantCulture)).AsTask()).ToArray();
+        await Task.WhenAll(sends).WaitAsync(TestTimeouts.Default);
+
+        var received = await collector.TakeAsync(10_000);
+        Assert.Equal(Enumerable.Range(1, 10_000).Select(i => i.ToString(System.Globalization.CultureInfo.InvariantCulture)), received.Select(m => m.GetString()));
+        Assert.Equal(10_000, collector.Count);
+    }
+
+    [Fact]
+    public async Task Ten_thousand_server_messages_reach_the_client_in_order_exactly_once()
+    {
+        await using var server = await PushTestServer.StartAsync();
+        var client = await server.ConnectClientAsync();
+        for (var i = 1; i <= 10_000; i++)
+        {
+            Assert.True(await server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString($"n{i}")));
+        }
+
+        var received = await client.ReadAsync(10_000);
+        Assert.Equal(Enumerable.Range(1, 10_000).Select(i => $"n{i}"), received.Select(m => m.GetString()));
+
+        // Nothing more arrives: every message exactly once. A marker sent last must be the very next message.
+        await server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString("end"));
+        Assert.Equal("end", (await client.ReadAsync(1)).Single().GetString());
+    }
+
+    [Fact]
+    public async Task A_client_send_completes_only_after_the_server_handled_it()
+    {
+        var collector = new Collector();
+        await using var server = await PushTestServer.StartAsync(push => push.AddCollector(collector));
+        var client = await server.ConnectClientAsync();
+        for (var i = 0; i < 20; i++)
+        {
+            await client.SendStringAsync($"m{i}").AsTask().WaitAsync(TestTimeouts.Default);
+            Assert.Equal(i + 1, collector.Count);
+        }
+    }
+
+    [Fact]
+    public async Task A_server_side_send_completes_when_the_client_acknowledged_it()
+    {
+        await using var server = await PushTestServer.StartAsync();
+        var client = await server.ConnectClientAsync();
+        var session = server.Sessions.FindSession(client.SessionId!)!;
+        Assert.Equal(PushChannelState.Connected, session.State);
+        Assert.Equal("websocket", session.Transport);
+
+        await session.SendAsync(PushMessage.FromJson(new { text = "hello" }, topic: "greetings")).AsTask().WaitAsync(TestTimeouts.Default);
+        var message = (await client.ReadAsync(1)).Single();
+        Assert.Equal("greetings", message.Topic);
+        Assert.Equal(PushMessage.JsonContentType, message.ContentType);
+        Assert.Equal("{\"text\":\"hello\"}", message.GetString());
+    }
+
+    [Fact]
+    public async Task A_broadcast_reaches_each_of_100_concurrent_clients_in_order()
+    {
+        await using var server = await PushTestServer.StartAsync();
+        var clients = await Task.WhenAll(Enumerable.Range(0, 100).Select(_ => server.ConnectClientAsync()));
+        Assert.Equal(100, server.Sessions.Count);
+
+        for (var i = 0; i < 50; i++)
+        {
+            Assert.Equal(100, await server.Sender.BroadcastAsync(PushMessage.FromString($"b{i}")));
+        }
+
+        var all = await Task.WhenAll(clients.Select(c => c.ReadAsync(50)));
+        foreach (var received in all)
+        {
+            Assert.Equal(Enumerable.Range(0, 50).Select(i => $"b{i}"), received.Select(m => m.GetString()));
+        }
+    }
+
+    [Fact]
+    public async Task Large_binary_and_text_payloads_round_trip_byte_for_byte_both_ways()
+    {
+        var collector = new Collector();
+        await using var server = await PushTestServer.StartAsync(push => push.AddCollector(collector));
+        var client = await server.ConnectClientAsync();
+
+        var binary = new byte[700 * 1024];
+        new Random(42).NextBytes(binary);
+        var allBytes = Enumerable.Range(0, 256).Select(i => (byte)i).ToArray();
+        var text = string.Concat(Enumerable.Repeat("Grüße, 世界! \"quoted\" \\ \n\t 😀 ", 10_000));
+        var headers = new Dictionary<string, string> { ["x-trace"] = "abc", ["x-ünicode"] = "✓" };
+        PushMessage[] messages =
+        [
+            new PushMessage(binary, "application/octet-stream") { Id = "bin-1", Headers = headers },
+            new PushMessage(allBytes, "image/x-test"),
+            new PushMessage(Encoding.UTF8.GetBytes(text), "text/plain; charset=utf-8") { Topic = "big-text" },
+        ];
+
+        foreach (var message in messages)
+        {
+            await client.SendAsync(message).AsTask().WaitAsync(TestTimeouts.Default);
+            await server.Sessions.FindSession(client.SessionId!)!.SendAsync(message).AsTask().WaitAsync(TestTimeouts.Default);
+        }
+
+        var atServer = await collector.TakeAsync(messages.Length);
+        var atClient = await client.ReadAsync(messages.Length);
+        for (var i = 0; i < messages.Length; i++)
+        {
+            foreach (var received in new[] { atServer[i], atClient[i] })
+            {
+                Assert.Equal(messages[i].Payload.ToArray(), received.Payload.ToArray());
+                Assert.Equal(messages[i].ContentType, received.ContentType);
+                Assert.Equal(messages[i].Id, received.Id);
+                Assert.Equal(messages[i].Topic, received.Topic);
+                Assert.Equal(messages[i].Headers, received.Headers);
+            }
+        }
+    }
+
+    [Fact]
+    public async Task States_and_session_lifetime_are_observable_on_both_ends()
+    {
+        var collector = new Collector();
+        await using var server = await PushTestServer.StartAsync(push => push.AddCollector(collector));
+        var client = server.CreateClient();
+        var states = new List<PushChannelState>();
+        client.StateChanged += (_, e) =>
+        {
+            lock (states)
+            {
+                states.Add(e.CurrentState);
+            }
+        };
+
+        Assert.Equal(PushChannelState.Disconnected, client.State);
+        Assert.Null(client.SessionId);
+        await client.ConnectAsync().WaitAsync(TestTimeouts.Default);
+        var started = await collector.Started.Task.WaitAsync(TestTimeouts.Default);
+        Assert.Equal(client.SessionId, started.SessionId);
+
+        await client.CloseAsync().WaitAsync(TestTimeouts.Default);
+        Assert.Equal(PushCloseCode.Normal, await collector.Ended.Task.WaitAsync(TestTimeouts.Default));
+        Assert.Equal([PushChannelState.Connecting, PushChannelState.Connected, PushChannelState.Closed], states);
+        Assert.Null(server.Sessions.FindSession(client.SessionId!));
+
+        var afterClose = await Assert.ThrowsAsync<PushChannelClosedException>(() => client.SendStringAsync("too late").AsTask());
+        Assert.NotNull(afterClose.Message);
+    }
+
+    [Fact]
+    public async Task Closing_a_session_on_the_server_closes_the_client_and_fails_later_sends()
+    {
+        await using var server = await PushTestServer.StartAsync();
+        var client = await server.ConnectClientAsync();
+        var closed = new TaskCompletionSource<PushChannelStateChangedEventArgs>(TaskCreationOptions.RunContinuationsAsynchronously);
+        client.StateChanged += (_, e) =>
+        {
+            if (e.CurrentState == PushChannelState.Closed)
+            {
+                closed.TrySetResult(e);
+            }
+        };
+
+        var session = server.Sessions.FindSession(client.SessionId!)!;
+        await session.CloseAsync();
+        var change = await closed.Task.WaitAsync(TestTimeouts.Default);
+        Assert.Equal(PushCloseCode.Normal, change.CloseCode);
+        await Assert.ThrowsAsync<PushChannelClosedException>(() => session.SendAsync(PushMessage.FromString("x")).AsTask());
+        Assert.False(await server.Sender.SendToSessionAsync(session.SessionId, PushMessage.FromString("x")));
+    }
+
+    [Fact]
+    public async Task Messages_from_clients_can_be_read_from_the_session_when_no_handler_is_registered()
+    {
+        await using var server = await PushTestServer.StartAsync();
+        var client = await server.ConnectClientAsync();
+        var session = server.Sessions.FindSession(client.SessionId!)!;
+        var send = client.SendStringAsync("to the session reader").AsTask();
+        var received = await session.ReadAsync(1);
+        Assert.Equal("to the session reader", received.Single().GetString());
+        await send.WaitAsync(TestTimeouts.Default);
+    }
+}
