@@ -156,7 +156,8 @@ internal sealed partial class PushChannel : IPushChannel
         url.Path = url.Path.TrimEnd('/') + "/negotiate";
         using var request = new HttpRequestMessage(HttpMethod.Post, url.Uri)
         {
-            Content = new StringContent($"{{\"protocolVersion\":{PushProtocol.Version}}}", Encoding.UTF8, "application/json"),
+            Content = new StringContent(
+                $"{{\"protocolVersion\":{PushProtocol.Version},\"maxMessageBytes\":{_options.MaxMessageBytes}}}", Encoding.UTF8, "application/json"),
         };
         foreach (var (name, value) in _options.Headers)
         {

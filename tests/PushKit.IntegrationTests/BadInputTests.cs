@@ -85,6 +85,32 @@ public sealed class BadInputTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Negotiate_with_a_version_as_a_string_is_400()
+    {
+        var (status, error) = await PostNegotiateAsync(new StringContent("{\"protocolVersion\":\"1\"}", Encoding.UTF8, "application/json"));
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        Assert.Equal("invalid_request", error.GetProperty("code").GetString());
+    }
+
+    [Fact]
+    public async Task Negotiate_with_a_tiny_client_limit_is_400()
+    {
+        var (status, error) = await PostNegotiateAsync(JsonContent.Create(new { protocolVersion = 1, maxMessageBytes = 10 }));
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        Assert.Contains("maxMessageBytes", error.GetProperty("message").GetString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task The_server_never_sends_a_client_more_than_the_client_accepts()
+    {
+        var client = await _server.ConnectClientAsync(o => o.MaxMessageBytes = 4096);
+        var error = await Assert.ThrowsAsync<PushMessageTooLargeException>(() => _server.Sender.SendToSessionAsync(client.SessionId!, new PushMessage(new byte[8192])).AsTask());
+        Assert.Equal(4096, error.LimitBytes);
+        await _server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString("small"));
+        Assert.Equal("small", (await client.ReadAsync(1)).Single().GetString());
+    }
+
+    [Fact]
     public async Task Negotiate_with_an_oversize_body_is_413()
     {
         var (status, error) = await PostNegotiateAsync(new StringContent($"{{\"protocolVersion\":1,\"pad\":\"{new string('x', 10_000)}\"}}", Encoding.UTF8, "application/json"));

@@ -34,7 +34,7 @@ internal sealed class WebSocketTransportConnection : IPushTransportConnection
             var result = await _socket.ReceiveAsync(memory, cancellationToken).ConfigureAwait(false);
             if (result.MessageType == WebSocketMessageType.Close)
             {
-                var code = _socket.CloseStatus is { } status ? (PushCloseCode?)(int)status : null;
+                var code = _socket.CloseStatus is { } status and >= (WebSocketCloseStatus)1000 and <= (WebSocketCloseStatus)4999 ? (PushCloseCode?)(int)status : null;
                 return PushReceiveResult.Closed(code, _socket.CloseStatusDescription);
             }
 
@@ -65,7 +65,7 @@ internal sealed class WebSocketTransportConnection : IPushTransportConnection
         {
             await _socket.CloseOutputAsync((WebSocketCloseStatus)(int)code, Truncate(reason), cancellationToken).ConfigureAwait(false);
         }
-        catch (Exception ex) when (ex is WebSocketException or ObjectDisposedException or OperationCanceledException or IOException)
+        catch (Exception ex) when (ex is WebSocketException or ObjectDisposedException or OperationCanceledException or IOException or ArgumentException)
         {
             // The peer is gone already; nothing left to close gracefully.
         }

@@ -167,8 +167,11 @@ internal sealed partial class DeliveryEngine
                 entry = default;
             }
 
+            // Nothing is left to send: the queued messages failed with the error above.
             _count = 0;
             _head = 0;
+            _lastAcked = _lastAssigned;
+            _sendCursor = _lastAssigned + 1;
             run = _current;
         }
 
@@ -308,6 +311,7 @@ internal sealed partial class DeliveryEngine
                 return new ConnectionEnd(ConnectionEndKind.ClosedByPeer, result.CloseCode, result.CloseReason);
             }
 
+            var reportedUnknown = false;
             foreach (var line in FrameCodec.SplitBatch(buffer.WrittenMemory))
             {
                 var status = FrameCodec.TryParse(line.Span, out var frame, out var error);
@@ -318,8 +322,14 @@ internal sealed partial class DeliveryEngine
 
                 if (status == FrameParseStatus.UnknownType)
                 {
-                    Log.UnknownFrameType(_logger, _name, error);
-                    run.EnqueueControl(Control.Error(PushErrorCodes.UnknownFrameType, $"Unknown frame type '{error}'; the frame was ignored."));
+                    // One error frame per batch at most, so that a flood of unknown frames cannot amplify into replies.
+                    if (!reportedUnknown)
+                    {
+                        reportedUnknown = true;
+                        Log.UnknownFrameType(_logger, _name, error);
+                        run.EnqueueControl(Control.Error(PushErrorCodes.UnknownFrameType, $"Unknown frame type '{Truncate(error, 64)}'; the frame was ignored."));
+                    }
+
                     continue;
                 }
 
@@ -518,6 +528,9 @@ internal sealed partial class DeliveryEngine
             }
         }
     }
+
+    private static string? Truncate(string? text, int length) =>
+        text is null || text.Length <= length ? text : text[..length] + "…";
 
     private void Grow()
     {

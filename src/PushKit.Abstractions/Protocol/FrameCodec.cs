@@ -194,7 +194,17 @@ internal static class FrameCodec
         frame = default;
         try
         {
-            return TryParseCore(json, out frame, out error);
+            var status = TryParseCore(json, out frame, out error);
+
+            // A frame of a type this version does not know is ignored, whatever its fields look like: a later
+            // protocol revision may give known field names other meanings.
+            if (status == FrameParseStatus.Malformed && PeekType(json) is { } type && !IsKnownType(type))
+            {
+                error = type;
+                return FrameParseStatus.UnknownType;
+            }
+
+            return status;
         }
         catch (JsonException ex)
         {
@@ -419,9 +429,9 @@ internal static class FrameCodec
                 frame = new Frame { Type = FrameType.Pong };
                 return FrameParseStatus.Ok;
             case "close":
-                if (code is not { } closeCode)
+                if (code is not { } closeCode || closeCode is < 1000 or > 4999)
                 {
-                    error = "A 'close' frame needs a numeric 'code'.";
+                    error = "A 'close' frame needs a numeric 'code' from 1000 to 4999.";
                     return FrameParseStatus.Malformed;
                 }
 
@@ -433,6 +443,42 @@ internal static class FrameCodec
             default:
                 error = type;
                 return FrameParseStatus.UnknownType;
+        }
+    }
+
+    private static bool IsKnownType(string type) => type is "msg" or "ack" or "ping" or "pong" or "close" or "error";
+
+    /// <summary>The top-level <c>type</c> string of a frame that is well-formed JSON, else null.</summary>
+    private static string? PeekType(ReadOnlySpan<byte> json)
+    {
+        try
+        {
+            var reader = new Utf8JsonReader(json, s_readerOptions);
+            if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject)
+            {
+                return null;
+            }
+
+            string? type = null;
+            while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
+            {
+                var isType = reader.ValueTextEquals("type"u8);
+                reader.Read();
+                if (isType && reader.TokenType == JsonTokenType.String)
+                {
+                    type = reader.GetString();
+                }
+                else
+                {
+                    reader.Skip();
+                }
+            }
+
+            return reader.TokenType == JsonTokenType.EndObject && !reader.Read() ? type : null;
+        }
+        catch (Exception ex) when (ex is JsonException or InvalidOperationException)
+        {
+            return null;
         }
     }
 

@@ -7,6 +7,9 @@ namespace PushKit.Protocol;
 internal sealed class NegotiateRequest
 {
     public int ProtocolVersion { get; set; }
+
+    /// <summary>The largest frame or batch the client accepts; the server's sends to it stay within it. Optional.</summary>
+    public int? MaxMessageBytes { get; set; }
 }
 
 /// <summary>The answer to <c>POST {base}/negotiate</c>.</summary>
@@ -55,7 +58,7 @@ internal sealed class ErrorBody
     public int[]? SupportedVersions { get; set; }
 }
 
-[JsonSourceGenerationOptions(JsonSerializerDefaults.Web, DefaultIgnoreCondition = JsonIgnoreCondition.Never)]
+[JsonSourceGenerationOptions(JsonSerializerDefaults.Web, DefaultIgnoreCondition = JsonIgnoreCondition.Never, NumberHandling = JsonNumberHandling.Strict)]
 [JsonSerializable(typeof(NegotiateRequest))]
 [JsonSerializable(typeof(NegotiateResponse))]
 [JsonSerializable(typeof(ErrorResponse))]

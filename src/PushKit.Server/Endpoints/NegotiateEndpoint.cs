@@ -59,7 +59,14 @@ internal static class NegotiateEndpoint
             return;
         }
 
-        var session = sessions.Create(context.User, out var secret);
+        if (request.MaxMessageBytes is < 1024)
+        {
+            await HttpErrors.WriteAsync(context, StatusCodes.Status400BadRequest, PushErrorCodes.InvalidRequest,
+                $"'maxMessageBytes' must be at least 1024 (was {request.MaxMessageBytes}).").ConfigureAwait(false);
+            return;
+        }
+
+        var session = sessions.Create(context.User, out var secret, request.MaxMessageBytes);
         var response = new NegotiateResponse
         {
             ProtocolVersion = PushProtocol.Version,

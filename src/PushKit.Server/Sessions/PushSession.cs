@@ -26,7 +26,7 @@ internal sealed partial class PushSession : IPushSession
     private string? _transport;
     private Dictionary<object, object?>? _items;
 
-    public PushSession(PushSessionManager manager, string sessionId, byte[] secretHash, ClaimsPrincipal user, string? userId, long createdAt, ILogger logger)
+    public PushSession(PushSessionManager manager, string sessionId, byte[] secretHash, ClaimsPrincipal user, string? userId, long createdAt, int peerMaxMessageBytes, ILogger logger)
     {
         _manager = manager;
         SessionId = sessionId;
@@ -41,7 +41,7 @@ internal sealed partial class PushSession : IPushSession
             _inbound = Channel.CreateBounded<PushMessage>(new BoundedChannelOptions(options.InboundQueueCapacity) { SingleWriter = true });
         }
 
-        Engine = new DeliveryEngine($"session {sessionId}", options.MaxMessageBytes, DeliverAsync, logger);
+        Engine = new DeliveryEngine($"session {sessionId}", peerMaxMessageBytes, DeliverAsync, logger);
     }
 
     public event EventHandler<PushChannelStateChangedEventArgs>? StateChanged;
@@ -143,6 +143,8 @@ internal sealed partial class PushSession : IPushSession
         {
             if (State == PushChannelState.Closed)
             {
+                // The session ended between the handshake and now: say so on the connection before dropping it.
+                await SendCloseAsync(connection, PushCloseCode.SessionNotFound, "The session is closed.").ConfigureAwait(false);
                 return new ConnectionEnd(ConnectionEndKind.ClosedLocally, PushCloseCode.SessionNotFound, "The session is closed.");
             }
 
@@ -220,6 +222,21 @@ internal sealed partial class PushSession : IPushSession
 
         Log.ConnectionEnded(_logger, SessionId, end.Kind, end.Code, end.Reason);
         return end;
+    }
+
+    private static async Task SendCloseAsync(IPushTransportConnection connection, PushCloseCode code, string reason)
+    {
+        try
+        {
+            var frame = new System.Buffers.ArrayBufferWriter<byte>(128);
+            PushKit.Protocol.FrameCodec.WriteClose(frame, code, reason, retryAfterMs: null);
+            await connection.SendAsync(frame.WrittenMemory).ConfigureAwait(false);
+            await connection.CloseAsync(code, reason).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is IOException or System.Net.WebSockets.WebSocketException or OperationCanceledException or ObjectDisposedException)
+        {
+            // The client is gone already.
+        }
     }
 
     /// <summary>Ends the session for good: fails unacknowledged sends, closes the connection, removes the session.</summary>

@@ -42,7 +42,11 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
 
     public int Count => _store.Count;
 
-    public PushSession Create(ClaimsPrincipal user, out string resumeSecret)
+    /// <summary>Creates and stores a session.</summary>
+    /// <param name="user">The negotiating user.</param>
+    /// <param name="resumeSecret">The new session's secret (only its hash is kept).</param>
+    /// <param name="clientMaxMessageBytes">The largest frame the client accepts, when it said; sends stay within it.</param>
+    public PushSession Create(ClaimsPrincipal user, out string resumeSecret, int? clientMaxMessageBytes = null)
     {
         // 128 bits of id (public) and 256 bits of secret (never stored, only its SHA-256).
         var sessionId = NewToken(16);
@@ -54,6 +58,7 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
             user,
             Options.UserIdProvider(user),
             TimeProvider.GetTimestamp(),
+            Math.Min(Options.MaxMessageBytes, clientMaxMessageBytes ?? int.MaxValue),
             _loggerFactory.CreateLogger("PushKit.Server.Session"));
         _store.Add(session);
         Log.SessionCreated(_logger, sessionId, session.UserId);

@@ -170,6 +170,37 @@ public class DeliveryEngineTests
     }
 
     [Fact]
+    public async Task Shutdown_with_messages_still_queued_closes_the_connection_cleanly()
+    {
+        var (a, b) = InMemoryConnection.CreatePair();
+        var left = new End("left");
+        var right = new End("right");
+        var runs = new[] { left.Engine.RunAsync(a), right.Engine.RunAsync(b) };
+        var pending = Enumerable.Range(0, 2000).Select(i => left.Engine.Enqueue(PushMessage.FromString($"q{i}"), trackAck: true)!).ToArray();
+        left.Engine.Shutdown(PushCloseCode.Normal, "bye", new PushChannelClosedException("closed"));
+
+        var ends = await Task.WhenAll(runs).WaitAsync(s_timeout);
+        Assert.Equal((ConnectionEndKind.ClosedLocally, (PushCloseCode?)PushCloseCode.Normal), (ends[0].Kind, ends[0].Code));
+        Assert.Equal((ConnectionEndKind.ClosedByPeer, (PushCloseCode?)PushCloseCode.Normal), (ends[1].Kind, ends[1].Code));
+        Assert.All(pending, p => Assert.True(p.IsCompleted));
+    }
+
+    [Fact]
+    public async Task A_flood_of_unknown_frames_gets_one_error_frame_per_batch()
+    {
+        var (a, b) = InMemoryConnection.CreatePair();
+        var right = new End("right");
+        var run = right.Engine.RunAsync(b);
+        b.Inject(string.Join("\n", Enumerable.Repeat("{\"type\":\"x\"}", 100)) + "\n{\"type\":\"msg\",\"seq\":1,\"data\":\"marker\"}");
+        Assert.Equal(["marker"], await right.ReadAsync(1));
+        await WaitUntilAsync(() => Sent(b).Contains("\"ack\"", StringComparison.Ordinal));
+        Assert.Equal(1, Sent(b).Split("unknown_frame_type").Length - 1);
+        b.Abort();
+        await run.WaitAsync(s_timeout);
+        _ = a;
+    }
+
+    [Fact]
     public async Task A_second_concurrent_connection_is_refused()
     {
         var left = new End("left");

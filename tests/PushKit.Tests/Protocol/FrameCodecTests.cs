@@ -140,6 +140,15 @@ public class FrameCodecTests
     }
 
     [Theory]
+    [InlineData("{\"type\":\"future\",\"seq\":-1,\"code\":[1],\"headers\":7}")]
+    [InlineData("{\"seq\":\"x\",\"type\":\"future\"}")]
+    public void An_unknown_type_is_ignored_whatever_its_fields(string json)
+    {
+        Assert.Equal(FrameParseStatus.UnknownType, FrameCodec.TryParse(Encoding.UTF8.GetBytes(json), out _, out var name));
+        Assert.Equal("future", name);
+    }
+
+    [Theory]
     [InlineData("", "empty")]
     [InlineData("not json", "garbage")]
     [InlineData("[1,2]", "array")]
@@ -159,6 +168,7 @@ public class FrameCodecTests
     [InlineData("{\"type\":\"msg\",\"seq\":1,\"data\":\"\\ud800\"}", "lone surrogate")]
     [InlineData("{\"type\":\"ack\"}", "ack without seq")]
     [InlineData("{\"type\":\"close\"}", "close without code")]
+    [InlineData("{\"type\":\"close\",\"code\":5}", "close code out of range")]
     [InlineData("{\"type\":\"close\",\"code\":1000,\"retryAfterMs\":-5}", "negative retry")]
     [InlineData("{\"type\":\"ping\"", "truncated")]
     [InlineData("{\"type\":\"ping\"}{\"type\":\"pong\"}", "two objects")]
