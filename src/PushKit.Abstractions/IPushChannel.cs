@@ -13,6 +13,9 @@ public interface IPushChannel : IAsyncDisposable
     /// <summary>The public id of the session this channel carries; null before the first negotiation.</summary>
     string? SessionId { get; }
 
+    /// <summary>The transport of the live connection (for example <c>websocket</c>, <c>sse</c>, <c>longpolling</c>); null when not connected.</summary>
+    string? Transport { get; }
+
     /// <summary>The current state.</summary>
     PushChannelState State { get; }
 

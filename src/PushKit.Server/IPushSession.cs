@@ -17,9 +17,6 @@ public interface IPushSession : IPushChannel
     /// <summary>The authenticated user that negotiated the session.</summary>
     ClaimsPrincipal User { get; }
 
-    /// <summary>The transport of the live connection, if any (for example <c>websocket</c>).</summary>
-    string? Transport { get; }
-
     /// <summary>A place for the application to keep per-session data.</summary>
     IDictionary<object, object?> Items { get; }
 }

@@ -12,8 +12,9 @@ namespace Microsoft.AspNetCore.Builder;
 public static class PushKitEndpointRouteBuilderExtensions
 {
     /// <summary>
-    /// Maps PushKit under <paramref name="pattern"/>: <c>POST {pattern}/negotiate</c> and <c>GET {pattern}/ws</c>
-    /// (WebSocket). Requires <c>services.AddPushKit()</c>.
+    /// Maps PushKit under <paramref name="pattern"/>: <c>POST {pattern}/negotiate</c>, <c>GET {pattern}/ws</c>
+    /// (WebSocket), <c>GET {pattern}/sse</c> (Server-Sent Events), <c>GET {pattern}/poll</c> (long-polling) and
+    /// <c>POST {pattern}/send</c> (upstream for SSE and long-polling). Requires <c>services.AddPushKit()</c>.
     /// </summary>
     /// <param name="endpoints">The application's endpoint route builder.</param>
     /// <param name="pattern">The base path, for example <c>/push</c>.</param>
@@ -35,6 +36,9 @@ public static class PushKitEndpointRouteBuilderExtensions
         webSockets.UseWebSockets();
         webSockets.Run(WebSocketEndpoint.HandleAsync);
         group.Map("/ws", webSockets.Build()).WithDisplayName("PushKit WebSocket");
+        group.MapGet("/sse", HttpTransportEndpoints.SseAsync).WithDisplayName("PushKit Server-Sent Events");
+        group.MapGet("/poll", HttpTransportEndpoints.PollAsync).WithDisplayName("PushKit long-polling");
+        group.MapPost("/send", HttpTransportEndpoints.SendAsync).WithDisplayName("PushKit send");
         return group;
     }
 }

@@ -29,9 +29,22 @@ public sealed class PushKitServerOptions
 
     /// <summary>
     /// The transports this server offers, in its order of preference (names from <see cref="PushProtocol.Transports"/>).
-    /// Default: WebSocket.
+    /// Default: WebSocket, Server-Sent Events, long-polling. Clear it and add names to restrict or reorder.
     /// </summary>
-    public IList<string> Transports { get; } = [PushProtocol.Transports.WebSocket];
+    public IList<string> Transports { get; } =
+        [PushProtocol.Transports.WebSocket, PushProtocol.Transports.ServerSentEvents, PushProtocol.Transports.LongPolling];
+
+    /// <summary>
+    /// How long a long-poll is held when there is nothing to send. Default 25 seconds, below the common 60-second
+    /// proxy limit; from 1 second to 5 minutes.
+    /// </summary>
+    public TimeSpan LongPollingTimeout { get; set; } = TimeSpan.FromSeconds(25);
+
+    /// <summary>How often an idle Server-Sent Events stream carries a keep-alive comment. Default 15 seconds.</summary>
+    public TimeSpan SseKeepAliveInterval { get; set; } = TimeSpan.FromSeconds(15);
+
+    /// <summary>The <c>retry:</c> hint an SSE stream gives EventSource clients for reconnecting. Default 2 seconds.</summary>
+    public TimeSpan SseRetryHint { get; set; } = TimeSpan.FromSeconds(2);
 
     /// <summary>
     /// Maps the authenticated user to the user id that sessions are bound to and that

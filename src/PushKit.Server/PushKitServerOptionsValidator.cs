@@ -6,7 +6,8 @@ namespace PushKit.Server;
 /// <summary>Validates <see cref="PushKitServerOptions"/>, listing every problem at once.</summary>
 internal sealed class PushKitServerOptionsValidator : IValidateOptions<PushKitServerOptions>
 {
-    private static readonly string[] s_knownTransports = [PushProtocol.Transports.WebSocket];
+    private static readonly string[] s_knownTransports =
+        [PushProtocol.Transports.WebSocket, PushProtocol.Transports.ServerSentEvents, PushProtocol.Transports.LongPolling];
 
     public ValidateOptionsResult Validate(string? name, PushKitServerOptions options)
     {
@@ -47,6 +48,26 @@ internal sealed class PushKitServerOptionsValidator : IValidateOptions<PushKitSe
             {
                 errors.Add($"PushKitServerOptions.Transports: '{transport}' is not a transport this server implements ({string.Join(", ", s_knownTransports)}).");
             }
+        }
+
+        if (options.LongPollingTimeout < TimeSpan.FromSeconds(1) || options.LongPollingTimeout > TimeSpan.FromMinutes(5))
+        {
+            errors.Add($"PushKitServerOptions.LongPollingTimeout must be from 1 second to 5 minutes (was {options.LongPollingTimeout}).");
+        }
+
+        if (options.SseKeepAliveInterval <= TimeSpan.Zero)
+        {
+            errors.Add($"PushKitServerOptions.SseKeepAliveInterval must be positive (was {options.SseKeepAliveInterval}).");
+        }
+
+        if (options.SseRetryHint < TimeSpan.Zero)
+        {
+            errors.Add($"PushKitServerOptions.SseRetryHint must not be negative (was {options.SseRetryHint}).");
+        }
+
+        if (options.Transports.Distinct(StringComparer.Ordinal).Count() != options.Transports.Count)
+        {
+            errors.Add("PushKitServerOptions.Transports must not name a transport twice.");
         }
 
         if (options.UserIdProvider is null)

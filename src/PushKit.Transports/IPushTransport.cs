@@ -38,6 +38,9 @@ public sealed class PushTransportContext
     /// <summary>For the transport's logs.</summary>
     public required ILoggerFactory LoggerFactory { get; init; }
 
+    /// <summary>The channel's HTTP client (no overall timeout: streams and polls are long-lived) for HTTP transports.</summary>
+    public required HttpClient HttpClient { get; init; }
+
     /// <summary>
     /// The URL of a PushKit endpoint under the base URL, with the session's query string.
     /// </summary>
@@ -65,6 +68,12 @@ public static class PushTransports
 {
     /// <summary>WebSocket (<see cref="System.Net.WebSockets.ClientWebSocket"/>): full duplex, the fastest transport.</summary>
     public static IPushTransport WebSocket { get; } = new WebSockets.WebSocketPushTransport();
+
+    /// <summary>Server-Sent Events downstream and HTTP POST upstream: works where WebSockets are blocked.</summary>
+    public static IPushTransport ServerSentEvents { get; } = new Http.SsePushTransport();
+
+    /// <summary>HTTP long-polling downstream and HTTP POST upstream: works through proxies that buffer streamed responses.</summary>
+    public static IPushTransport LongPolling { get; } = new Http.LongPollingPushTransport();
 }
 
 /// <summary>

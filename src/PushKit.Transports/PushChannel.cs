@@ -26,6 +26,7 @@ internal sealed partial class PushChannel : IPushChannel
     private Task? _run;
     private string? _sessionId;
     private bool _connectStarted;
+    private string? _transport;
 
     public PushChannel(PushClientOptions options, ILoggerFactory loggerFactory)
     {
@@ -33,7 +34,11 @@ internal sealed partial class PushChannel : IPushChannel
         _options = options;
         _loggerFactory = loggerFactory;
         _logger = loggerFactory.CreateLogger("PushKit.Client.PushChannel");
-        _http = new HttpClient(options.HttpMessageHandlerFactory?.Invoke() ?? new SocketsHttpHandler(), disposeHandler: true);
+        _http = new HttpClient(options.HttpMessageHandlerFactory?.Invoke() ?? new SocketsHttpHandler(), disposeHandler: true)
+        {
+            // SSE streams and long-polls are long-lived; every request has its own cancellation instead.
+            Timeout = Timeout.InfiniteTimeSpan,
+        };
         _inbound = Channel.CreateBounded<PushMessage>(new BoundedChannelOptions(options.ReceiveQueueCapacity) { SingleWriter = true });
     }
 
@@ -52,8 +57,16 @@ internal sealed partial class PushChannel : IPushChannel
         }
     }
 
-    /// <summary>The name of the transport in use, if connected.</summary>
-    public string? Transport { get; private set; }
+    public string? Transport
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _transport;
+            }
+        }
+    }
 
     public async Task ConnectAsync(CancellationToken cancellationToken = default)
     {
@@ -106,6 +119,7 @@ internal sealed partial class PushChannel : IPushChannel
             ResumeSecret = negotiated.ResumeSecret,
             Options = _options,
             LoggerFactory = _loggerFactory,
+            HttpClient = _http,
         };
 
         var failures = new List<string>();
@@ -123,7 +137,7 @@ internal sealed partial class PushChannel : IPushChannel
             {
                 connection = await transport.ConnectAsync(context, cancellationToken).ConfigureAwait(false);
             }
-            catch (Exception ex) when (ex is PushConnectException or HttpRequestException or IOException)
+            catch (Exception ex) when (ex is PushConnectException or HttpRequestException or IOException or System.Net.WebSockets.WebSocketException)
             {
                 failures.Add($"{transport.Name}: {ex.Message}");
                 Log.TransportSkipped(_logger, transport.Name, ex.Message);
@@ -134,12 +148,15 @@ internal sealed partial class PushChannel : IPushChannel
             lock (_gate)
             {
                 _engine = engine;
-                Transport = transport.Name;
+                _transport = transport.Name;
             }
 
             Log.Connected(_logger, negotiated.SessionId, transport.Name);
             _run = RunAsync(engine, connection);
-            SetState(PushChannelState.Connected, null, null, null);
+            var reason = failures.Count == 0
+                ? $"Connected over {transport.Name}."
+                : $"Connected over {transport.Name}; skipped {string.Join("; ", failures)}.";
+            SetState(PushChannelState.Connected, null, reason, null);
             return;
         }
 
@@ -243,6 +260,10 @@ internal sealed partial class PushChannel : IPushChannel
         }
 
         Log.ConnectionEnded(_logger, SessionId, end.Kind, end.Code, end.Reason);
+        lock (_gate)
+        {
+            _transport = null;
+        }
 
         // Resuming after a lost connection is not implemented yet: the channel ends with the connection, and any
         // unacknowledged send fails with the reason.

@@ -9,8 +9,17 @@ public sealed class PushClientOptions
     /// <summary>The server's PushKit base URL, for example <c>https://example.com/push</c> (what the server passed to <c>MapPushKit</c>). Required.</summary>
     public Uri? Url { get; set; }
 
-    /// <summary>The transports to try, in order of preference. Default: WebSocket.</summary>
-    public IList<IPushTransport> Transports { get; } = [PushTransports.WebSocket];
+    /// <summary>
+    /// The transports to try, in order of preference; the first one that the server offers and that works is used.
+    /// Default: WebSocket, then Server-Sent Events, then long-polling. Clear it and add to restrict or reorder.
+    /// </summary>
+    public IList<IPushTransport> Transports { get; } = [PushTransports.WebSocket, PushTransports.ServerSentEvents, PushTransports.LongPolling];
+
+    /// <summary>
+    /// How long an opened transport may take to show it really delivers (the SSE stream's first event, the first
+    /// long-poll's answer) before the client moves on to the next transport. Default 5 seconds.
+    /// </summary>
+    public TimeSpan TransportDetectionTimeout { get; set; } = TimeSpan.FromSeconds(5);
 
     /// <summary>How long <see cref="IPushChannel.SendAsync"/> waits for the server's acknowledgement. Default 30 seconds.</summary>
     public TimeSpan AckTimeout { get; set; } = TimeSpan.FromSeconds(30);
@@ -69,6 +78,11 @@ public sealed class PushClientOptions
         if (ConnectTimeout <= TimeSpan.Zero)
         {
             errors.Add($"PushClientOptions.ConnectTimeout must be positive (was {ConnectTimeout}).");
+        }
+
+        if (TransportDetectionTimeout <= TimeSpan.Zero)
+        {
+            errors.Add($"PushClientOptions.TransportDetectionTimeout must be positive (was {TransportDetectionTimeout}).");
         }
 
         if (MaxMessageBytes < 1024)

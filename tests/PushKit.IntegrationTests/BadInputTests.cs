@@ -174,6 +174,7 @@ public sealed class BadInputTests : IAsyncLifetime
             ResumeSecret = "x",
             Options = new PushClientOptions { Url = _server.BaseUrl },
             LoggerFactory = Microsoft.Extensions.Logging.Abstractions.NullLoggerFactory.Instance,
+            HttpClient = _server.Http,
         };
         var error = await Assert.ThrowsAsync<PushConnectException>(() => PushTransports.WebSocket.ConnectAsync(context).AsTask());
         Assert.Equal(404, error.StatusCode);

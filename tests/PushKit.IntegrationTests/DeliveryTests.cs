@@ -4,15 +4,19 @@ using PushKit.Server;
 
 namespace PushKit.IntegrationTests;
 
-/// <summary>Messages both ways over real Kestrel and real WebSockets: order, exactly once, acks, size, fan-out.</summary>
+/// <summary>
+/// Messages both ways over real Kestrel, proven on every transport (WebSocket, SSE, long-polling): order, exactly
+/// once, acks, size, fan-out, lifetime.
+/// </summary>
 public class DeliveryTests
 {
-    [Fact]
-    public async Task Ten_thousand_client_messages_reach_the_handler_in_order_exactly_once()
+    [Theory]
+    [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
+    public async Task Ten_thousand_client_messages_reach_the_handler_in_order_exactly_once(string transport)
     {
         var collector = new Collector();
         await using var server = await PushTestServer.StartAsync(push => push.AddCollector(collector));
-        var client = await server.ConnectClientAsync();
+        var client = await server.ConnectClientAsync(transport);
 
         // Sends are sequenced in call order, so they may all be in flight at once.
         var sends = Enumerable.Range(1, 10_000).Select(i => client.SendStringAsync(i.ToString(System.Globalization.CultureInfo.InvariantCulture)).AsTask()).ToArray();
@@ -23,11 +27,12 @@ public class DeliveryTests
         Assert.Equal(10_000, collector.Count);
     }
 
-    [Fact]
-    public async Task Ten_thousand_server_messages_reach_the_client_in_order_exactly_once()
+    [Theory]
+    [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
+    public async Task Ten_thousand_server_messages_reach_the_client_in_order_exactly_once(string transport)
     {
         await using var server = await PushTestServer.StartAsync();
-        var client = await server.ConnectClientAsync();
+        var client = await server.ConnectClientAsync(transport);
         for (var i = 1; i <= 10_000; i++)
         {
             Assert.True(await server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString($"n{i}")));
@@ -41,12 +46,13 @@ public class DeliveryTests
         Assert.Equal("end", (await client.ReadAsync(1)).Single().GetString());
     }
 
-    [Fact]
-    public async Task A_client_send_completes_only_after_the_server_handled_it()
+    [Theory]
+    [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
+    public async Task A_client_send_completes_only_after_the_server_handled_it(string transport)
     {
         var collector = new Collector();
         await using var server = await PushTestServer.StartAsync(push => push.AddCollector(collector));
-        var client = await server.ConnectClientAsync();
+        var client = await server.ConnectClientAsync(transport);
         for (var i = 0; i < 20; i++)
         {
             await client.SendStringAsync($"m{i}").AsTask().WaitAsync(TestTimeouts.Default);
@@ -54,14 +60,16 @@ public class DeliveryTests
         }
     }
 
-    [Fact]
-    public async Task A_server_side_send_completes_when_the_client_acknowledged_it()
+    [Theory]
+    [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
+    public async Task A_server_side_send_completes_when_the_client_acknowledged_it(string transport)
     {
         await using var server = await PushTestServer.StartAsync();
-        var client = await server.ConnectClientAsync();
+        var client = await server.ConnectClientAsync(transport);
         var session = server.Sessions.FindSession(client.SessionId!)!;
         Assert.Equal(PushChannelState.Connected, session.State);
-        Assert.Equal("websocket", session.Transport);
+        Assert.Equal(transport, session.Transport);
+        Assert.Equal(transport, client.Transport);
 
         await session.SendAsync(PushMessage.FromJson(new { text = "hello" }, topic: "greetings")).AsTask().WaitAsync(TestTimeouts.Default);
         var message = (await client.ReadAsync(1)).Single();
@@ -70,11 +78,12 @@ public class DeliveryTests
         Assert.Equal("{\"text\":\"hello\"}", message.GetString());
     }
 
-    [Fact]
-    public async Task A_broadcast_reaches_each_of_100_concurrent_clients_in_order()
+    [Theory]
+    [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
+    public async Task A_broadcast_reaches_each_of_100_concurrent_clients_in_order(string transport)
     {
         await using var server = await PushTestServer.StartAsync();
-        var clients = await Task.WhenAll(Enumerable.Range(0, 100).Select(_ => server.ConnectClientAsync()));
+        var clients = await Task.WhenAll(Enumerable.Range(0, 100).Select(_ => server.ConnectClientAsync(transport)));
         Assert.Equal(100, server.Sessions.Count);
 
         for (var i = 0; i < 50; i++)
@@ -89,12 +98,13 @@ public class DeliveryTests
         }
     }
 
-    [Fact]
-    public async Task Large_binary_and_text_payloads_round_trip_byte_for_byte_both_ways()
+    [Theory]
+    [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
+    public async Task Large_binary_and_text_payloads_round_trip_byte_for_byte_both_ways(string transport)
     {
         var collector = new Collector();
         await using var server = await PushTestServer.StartAsync(push => push.AddCollector(collector));
-        var client = await server.ConnectClientAsync();
+        var client = await server.ConnectClientAsync(transport);
 
         var binary = new byte[700 * 1024];
         new Random(42).NextBytes(binary);
@@ -129,12 +139,17 @@ public class DeliveryTests
         }
     }
 
-    [Fact]
-    public async Task States_and_session_lifetime_are_observable_on_both_ends()
+    [Theory]
+    [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
+    public async Task States_and_session_lifetime_are_observable_on_both_ends(string transport)
     {
         var collector = new Collector();
         await using var server = await PushTestServer.StartAsync(push => push.AddCollector(collector));
-        var client = server.CreateClient();
+        var client = server.CreateClient(o =>
+        {
+            o.Transports.Clear();
+            o.Transports.Add(Transports.ByName(transport));
+        });
         var states = new List<PushChannelState>();
         client.StateChanged += (_, e) =>
         {
@@ -159,11 +174,12 @@ public class DeliveryTests
         Assert.NotNull(afterClose.Message);
     }
 
-    [Fact]
-    public async Task Closing_a_session_on_the_server_closes_the_client_and_fails_later_sends()
+    [Theory]
+    [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
+    public async Task Closing_a_session_on_the_server_closes_the_client_and_fails_later_sends(string transport)
     {
         await using var server = await PushTestServer.StartAsync();
-        var client = await server.ConnectClientAsync();
+        var client = await server.ConnectClientAsync(transport);
         var closed = new TaskCompletionSource<PushChannelStateChangedEventArgs>(TaskCreationOptions.RunContinuationsAsynchronously);
         client.StateChanged += (_, e) =>
         {
@@ -181,11 +197,12 @@ public class DeliveryTests
         Assert.False(await server.Sender.SendToSessionAsync(session.SessionId, PushMessage.FromString("x")));
     }
 
-    [Fact]
-    public async Task Messages_from_clients_can_be_read_from_the_session_when_no_handler_is_registered()
+    [Theory]
+    [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
+    public async Task Messages_from_clients_can_be_read_from_the_session_when_no_handler_is_registered(string transport)
     {
         await using var server = await PushTestServer.StartAsync();
-        var client = await server.ConnectClientAsync();
+        var client = await server.ConnectClientAsync(transport);
         var session = server.Sessions.FindSession(client.SessionId!)!;
         var send = client.SendStringAsync("to the session reader").AsTask();
         var received = await session.ReadAsync(1);

@@ -28,7 +28,8 @@ public class HostingTests
         Assert.Equal("no-store", response.Headers.CacheControl?.ToString());
         var json = await response.Content.ReadFromJsonAsync<JsonElement>();
         Assert.Equal(1, json.GetProperty("protocolVersion").GetInt32());
-        Assert.Equal(["websocket"], json.GetProperty("transports").EnumerateArray().Select(t => t.GetString()));
+        Assert.Equal(["websocket", "sse", "longpolling"], json.GetProperty("transports").EnumerateArray().Select(t => t.GetString()));
+        Assert.Equal(25_000, json.GetProperty("longPolling").GetProperty("pollTimeoutMs").GetInt64());
         Assert.Equal(1024 * 1024, json.GetProperty("limits").GetProperty("maxMessageBytes").GetInt32());
         Assert.Equal(15_000, json.GetProperty("heartbeat").GetProperty("intervalMs").GetInt64());
         Assert.Equal(30_000, json.GetProperty("heartbeat").GetProperty("timeoutMs").GetInt64());

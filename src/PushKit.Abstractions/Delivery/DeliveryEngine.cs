@@ -396,6 +396,21 @@ internal sealed partial class DeliveryEngine
         }
     }
 
+    /// <summary>
+    /// Applies an acknowledgement that arrived outside a frame (an SSE <c>Last-Event-ID</c>); values beyond what was
+    /// sent are clamped rather than treated as a violation.
+    /// </summary>
+    public void AcknowledgeUpTo(long sequence)
+    {
+        long highest;
+        lock (_gate)
+        {
+            highest = _highestSent;
+        }
+
+        Acknowledge(Math.Min(sequence, highest));
+    }
+
     private void Acknowledge(long sequence)
     {
         List<TaskCompletionSource>? completed = null;

@@ -33,6 +33,14 @@ internal static class FrameCodec
     [ThreadStatic]
     private static ArrayBufferWriter<byte>? t_scratch;
 
+    /// <summary>Reads the sequence number of a message frame written by <see cref="WriteMessage"/>; false for any other frame.</summary>
+    public static bool TryGetMessageSequence(ReadOnlySpan<byte> frame, out long sequence)
+    {
+        sequence = 0;
+        return frame.StartsWith(MessagePrefix)
+            && Utf8Parser.TryParse(frame[MessagePrefix.Length..], out sequence, out _);
+    }
+
     /// <summary>The encoded size of a message frame for <paramref name="message"/> at the largest sequence number.</summary>
     public static int MaxMessageFrameLength(PushMessage message) => MessagePrefix.Length + 20 + 1 + message.EncodedBody.Length;
 

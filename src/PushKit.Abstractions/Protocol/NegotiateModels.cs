@@ -28,6 +28,13 @@ internal sealed class NegotiateResponse
     public NegotiateHeartbeat Heartbeat { get; set; } = new();
 
     public long ResumeWindowMs { get; set; }
+
+    public NegotiateLongPolling LongPolling { get; set; } = new();
+}
+
+internal sealed class NegotiateLongPolling
+{
+    public long PollTimeoutMs { get; set; }
 }
 
 internal sealed class NegotiateLimits

@@ -65,4 +65,10 @@ public static class PushErrorCodes
 
     /// <summary>A frame or body exceeds the size limit.</summary>
     public const string MessageTooBig = "message_too_big";
+
+    /// <summary>A newer long-poll for the same session took over; this one is answered and should not be repeated.</summary>
+    public const string PollSuperseded = "poll_superseded";
+
+    /// <summary>A POST to <c>{base}/send</c> arrived while the session has no open SSE or long-polling connection.</summary>
+    public const string NoOpenConnection = "no_open_connection";
 }

@@ -27,7 +27,7 @@ internal static class NegotiateEndpoint
         NegotiateRequest? request;
         try
         {
-            var body = await ReadBodyAsync(context.Request, context.RequestAborted).ConfigureAwait(false);
+            var body = await BodyReader.ReadAsync(context.Request, MaxBodyBytes, context.RequestAborted).ConfigureAwait(false);
             if (body is null)
             {
                 await HttpErrors.WriteAsync(context, StatusCodes.Status413PayloadTooLarge, PushErrorCodes.MessageTooBig,
@@ -80,6 +80,7 @@ internal static class NegotiateEndpoint
                 TimeoutMs = (long)options.HeartbeatTimeout.TotalMilliseconds,
             },
             ResumeWindowMs = (long)options.ResumeWindow.TotalMilliseconds,
+            LongPolling = new NegotiateLongPolling { PollTimeoutMs = (long)options.LongPollingTimeout.TotalMilliseconds },
         };
 
         // The response carries a secret: never cache it.
@@ -87,24 +88,5 @@ internal static class NegotiateEndpoint
         context.Response.ContentType = "application/json; charset=utf-8";
         await JsonSerializer.SerializeAsync(context.Response.Body, response, ProtocolJsonContext.Default.NegotiateResponse, context.RequestAborted)
             .ConfigureAwait(false);
-    }
-
-    /// <summary>Reads the body, or returns null when it exceeds <see cref="MaxBodyBytes"/>.</summary>
-    private static async Task<byte[]?> ReadBodyAsync(HttpRequest request, CancellationToken cancellationToken)
-    {
-        using var buffer = new MemoryStream();
-        var chunk = new byte[1024];
-        int read;
-        while ((read = await request.Body.ReadAsync(chunk, cancellationToken).ConfigureAwait(false)) > 0)
-        {
-            if (buffer.Length + read > MaxBodyBytes)
-            {
-                return null;
-            }
-
-            buffer.Write(chunk, 0, read);
-        }
-
-        return buffer.ToArray();
     }
 }

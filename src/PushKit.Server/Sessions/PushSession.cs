@@ -25,6 +25,7 @@ internal sealed partial class PushSession : IPushSession
     private bool _started;
     private string? _transport;
     private Dictionary<object, object?>? _items;
+    private Connections.HttpServerConnection? _httpConnection;
 
     public PushSession(PushSessionManager manager, string sessionId, byte[] secretHash, ClaimsPrincipal user, string? userId, long createdAt, int peerMaxMessageBytes, ILogger logger)
     {
@@ -80,6 +81,29 @@ internal sealed partial class PushSession : IPushSession
             {
                 return _state == PushChannelState.Connected ? 0 : _disconnectedAt;
             }
+        }
+    }
+
+    /// <summary>The session's latest SSE or long-polling connection, which POSTs to <c>{base}/send</c> feed.</summary>
+    internal Connections.HttpServerConnection? HttpConnection => Volatile.Read(ref _httpConnection);
+
+    internal void SetHttpConnection(Connections.HttpServerConnection connection) => Volatile.Write(ref _httpConnection, connection);
+
+    /// <summary>Returns the live long-polling connection, or attaches <paramref name="created"/> when there is none.</summary>
+    internal Connections.LongPollingServerConnection AttachLongPolling(Func<Connections.LongPollingServerConnection> create, out bool created)
+    {
+        lock (_stateGate)
+        {
+            if (_httpConnection is Connections.LongPollingServerConnection { IsDead: false } live)
+            {
+                created = false;
+                return live;
+            }
+
+            var connection = create();
+            _httpConnection = connection;
+            created = true;
+            return connection;
         }
     }
 

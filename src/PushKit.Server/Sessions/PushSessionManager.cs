@@ -36,6 +36,8 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
 
     public PushKitServerOptions Options { get; }
 
+    public ILogger Logger => _logger;
+
     public TimeProvider TimeProvider { get; }
 
     public bool HasHandlers { get; }

@@ -83,6 +83,15 @@ public sealed class PushTestServer : IAsyncDisposable
         return channel;
     }
 
+    /// <summary>Connects a client restricted to one transport (websocket, sse or longpolling).</summary>
+    public Task<IPushChannel> ConnectClientAsync(string transport, Action<PushClientOptions>? configure = null) =>
+        ConnectClientAsync(o =>
+        {
+            o.Transports.Clear();
+            o.Transports.Add(Transports.ByName(transport));
+            configure?.Invoke(o);
+        });
+
     public async Task<IPushChannel> ConnectClientAsync(Action<PushClientOptions>? configure = null)
     {
         var channel = CreateClient(configure);
@@ -206,6 +215,20 @@ public sealed class RawSocket : IAsyncDisposable
         Socket.Dispose();
         return ValueTask.CompletedTask;
     }
+}
+
+public static class Transports
+{
+    /// <summary>Every transport, for tests that prove a guarantee on each.</summary>
+    public static TheoryData<string> All => new() { "websocket", "sse", "longpolling" };
+
+    public static IPushTransport ByName(string name) => name switch
+    {
+        "websocket" => PushTransports.WebSocket,
+        "sse" => PushTransports.ServerSentEvents,
+        "longpolling" => PushTransports.LongPolling,
+        _ => throw new ArgumentOutOfRangeException(nameof(name), name, "Unknown transport."),
+    };
 }
 
 public static class TestTimeouts

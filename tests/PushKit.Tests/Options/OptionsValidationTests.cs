@@ -83,6 +83,7 @@ public class OptionsValidationTests
             ResumeSecret = "a+b/c",
             Options = new PushClientOptions(),
             LoggerFactory = Microsoft.Extensions.Logging.Abstractions.NullLoggerFactory.Instance,
+            HttpClient = new HttpClient(),
         };
         Assert.Equal("wss://example.com/app/push/ws?session=s1&secret=a%2Bb%2Fc", context.GetEndpointUrl("ws", webSocket: true).AbsoluteUri);
         Assert.Equal("https://example.com/app/push/send?session=s1&secret=a%2Bb%2Fc", context.GetEndpointUrl("send", webSocket: false).AbsoluteUri);

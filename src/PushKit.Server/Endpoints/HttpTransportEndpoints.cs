@@ -1,0 +1,201 @@
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using PushKit.Protocol;
+using PushKit.Server.Connections;
+using PushKit.Server.Sessions;
+
+namespace PushKit.Server.Endpoints;
+
+/// <summary>
+/// The HTTP transports: <c>GET {base}/sse</c> (Server-Sent Events), <c>GET {base}/poll</c> (long-polling) and
+/// <c>POST {base}/send</c> (upstream for both).
+/// </summary>
+internal static partial class HttpTransportEndpoints
+{
+    public static async Task SseAsync(HttpContext context)
+    {
+        var sessions = context.RequestServices.GetRequiredService<PushSessionManager>();
+        if (!await RequireTransportAsync(context, sessions, PushProtocol.Transports.ServerSentEvents).ConfigureAwait(false))
+        {
+            return;
+        }
+
+        var session = await SessionAuthenticator.AuthenticateAsync(context, sessions).ConfigureAwait(false);
+        if (session is null)
+        {
+            return;
+        }
+
+        var options = sessions.Options;
+        var connection = new SseServerConnection(context, options.SseKeepAliveInterval, sessions.TimeProvider);
+        await using (connection.ConfigureAwait(false))
+        {
+            await connection.StartAsync(options.SseRetryHint).ConfigureAwait(false);
+
+            // A browser's EventSource reconnects with the id of the last message it processed: that is an ack.
+            if (long.TryParse(context.Request.Headers["Last-Event-ID"], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var lastEventId)
+                && lastEventId > 0)
+            {
+                session.Engine.AcknowledgeUpTo(lastEventId);
+            }
+
+            session.SetHttpConnection(connection);
+            await session.RunConnectionAsync(connection, context.RequestAborted).ConfigureAwait(false);
+        }
+    }
+
+    public static async Task PollAsync(HttpContext context)
+    {
+        var sessions = context.RequestServices.GetRequiredService<PushSessionManager>();
+        if (!await RequireTransportAsync(context, sessions, PushProtocol.Transports.LongPolling).ConfigureAwait(false))
+        {
+            return;
+        }
+
+        var session = await SessionAuthenticator.AuthenticateAsync(context, sessions).ConfigureAwait(false);
+        if (session is null)
+        {
+            return;
+        }
+
+        var options = sessions.Options;
+        var connection = session.AttachLongPolling(
+            () => new LongPollingServerConnection(session.Engine.PeerMaxMessageBytes, options.LongPollingTimeout, sessions.TimeProvider),
+            out var created);
+        if (created)
+        {
+            // The first poll opens the connection and is answered at once; the session runs in the background
+            // until polls stop coming (see LongPollingServerConnection.AbandonAfter) or it is closed.
+            _ = RunInBackgroundAsync(session, connection, sessions.Logger);
+            context.Response.StatusCode = StatusCodes.Status200OK;
+            context.Response.ContentType = "application/x-ndjson";
+            context.Response.Headers.CacheControl = "no-store";
+            context.Response.ContentLength = 0;
+            return;
+        }
+
+        await connection.PollAsync(context).ConfigureAwait(false);
+    }
+
+    public static async Task SendAsync(HttpContext context)
+    {
+        var sessions = context.RequestServices.GetRequiredService<PushSessionManager>();
+        var session = await SessionAuthenticator.AuthenticateAsync(context, sessions).ConfigureAwait(false);
+        if (session is null)
+        {
+            return;
+        }
+
+        var limit = sessions.Options.MaxMessageBytes;
+        if (context.Request.ContentLength > limit)
+        {
+            await TooBigAsync(context, limit).ConfigureAwait(false);
+            return;
+        }
+
+        var body = await BodyReader.ReadAsync(context.Request, limit, context.RequestAborted).ConfigureAwait(false);
+        if (body is null)
+        {
+            await TooBigAsync(context, limit).ConfigureAwait(false);
+            return;
+        }
+
+        if (body.Length == 0)
+        {
+            await HttpErrors.WriteAsync(context, StatusCodes.Status400BadRequest, PushErrorCodes.InvalidRequest,
+                "The body must carry one or more frames separated by newlines.").ConfigureAwait(false);
+            return;
+        }
+
+        // Check the framing before anything reaches the session, so a bad body is refused alone and loses nothing.
+        var line = 0;
+        foreach (var frame in FrameCodec.SplitBatch(body))
+        {
+            line++;
+            if (FrameCodec.TryParse(frame.Span, out _, out var error) == FrameParseStatus.Malformed)
+            {
+                await HttpErrors.WriteAsync(context, StatusCodes.Status400BadRequest, PushErrorCodes.MalformedFrame,
+                    $"Frame {line} is malformed: {error}").ConfigureAwait(false);
+                return;
+            }
+        }
+
+        if (line == 0)
+        {
+            await HttpErrors.WriteAsync(context, StatusCodes.Status400BadRequest, PushErrorCodes.InvalidRequest,
+                "The body must carry one or more frames separated by newlines.").ConfigureAwait(false);
+            return;
+        }
+
+        if (session.HttpConnection is not { IsDead: false } connection
+            || !await connection.EnqueueInboundAsync(body, context.RequestAborted).ConfigureAwait(false))
+        {
+            await HttpErrors.WriteAsync(context, StatusCodes.Status409Conflict, PushErrorCodes.NoOpenConnection,
+                "The session has no open SSE or long-polling connection to send on; open one (GET sse or poll) first.").ConfigureAwait(false);
+            return;
+        }
+
+        context.Response.StatusCode = StatusCodes.Status204NoContent;
+    }
+
+    private static Task TooBigAsync(HttpContext context, int limit) =>
+        HttpErrors.WriteAsync(context, StatusCodes.Status413PayloadTooLarge, PushErrorCodes.MessageTooBig,
+            $"The body exceeds the limit of {limit} bytes.");
+
+    private static async Task<bool> RequireTransportAsync(HttpContext context, PushSessionManager sessions, string transport)
+    {
+        if (sessions.Options.Transports.Contains(transport))
+        {
+            return true;
+        }
+
+        await HttpErrors.WriteAsync(context, StatusCodes.Status404NotFound, PushErrorCodes.TransportNotEnabled,
+            $"The {transport} transport is not enabled on this server.").ConfigureAwait(false);
+        return false;
+    }
+
+    private static async Task RunInBackgroundAsync(PushSession session, LongPollingServerConnection connection, ILogger logger)
+    {
+        try
+        {
+            await using (connection.ConfigureAwait(false))
+            {
+                await session.RunConnectionAsync(connection, CancellationToken.None).ConfigureAwait(false);
+            }
+        }
+        catch (Exception ex)
+        {
+            Log.BackgroundRunFailed(logger, session.SessionId, ex);
+        }
+    }
+
+    private static partial class Log
+    {
+        [LoggerMessage(30, LogLevel.Error, "Session {SessionId}: the long-polling connection failed")]
+        public static partial void BackgroundRunFailed(ILogger logger, string sessionId, Exception exception);
+    }
+}
+
+/// <summary>Reads a request body up to a limit.</summary>
+internal static class BodyReader
+{
+    /// <summary>Returns the body, or null when it exceeds <paramref name="limit"/> bytes.</summary>
+    public static async Task<byte[]?> ReadAsync(HttpRequest request, int limit, CancellationToken cancellationToken)
+    {
+        using var buffer = new MemoryStream();
+        var chunk = new byte[8192];
+        int read;
+        while ((read = await request.Body.ReadAsync(chunk, cancellationToken).ConfigureAwait(false)) > 0)
+        {
+            if (buffer.Length + read > limit)
+            {
+                return null;
+            }
+
+            buffer.Write(chunk, 0, read);
+        }
+
+        return buffer.ToArray();
+    }
+}

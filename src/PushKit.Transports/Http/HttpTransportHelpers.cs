@@ -1,0 +1,61 @@
+using System.Net.Http.Headers;
+using System.Text.Json;
+using PushKit.Protocol;
+
+namespace PushKit.Client.Http;
+
+/// <summary>What the SSE and long-polling client transports share: authenticated requests, error bodies, upstream POSTs.</summary>
+internal static class HttpTransportHelpers
+{
+    public static async ValueTask<HttpRequestMessage> CreateRequestAsync(HttpMethod method, Uri url, PushClientOptions options, CancellationToken cancellationToken)
+    {
+        var request = new HttpRequestMessage(method, url);
+        foreach (var (name, value) in options.Headers)
+        {
+            request.Headers.TryAddWithoutValidation(name, value);
+        }
+
+        if (options.AccessTokenProvider is { } tokens && await tokens(cancellationToken).ConfigureAwait(false) is { Length: > 0 } token)
+        {
+            request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
+        }
+
+        return request;
+    }
+
+    /// <summary>Turns a failed response into a <see cref="PushConnectException"/> with the PushKit error code, when there is one.</summary>
+    public static async Task<PushConnectException> ToExceptionAsync(HttpResponseMessage response, string what, CancellationToken cancellationToken)
+    {
+        string? code = null, message = null;
+        try
+        {
+            var body = await response.Content.ReadAsByteArrayAsync(cancellationToken).ConfigureAwait(false);
+            var error = JsonSerializer.Deserialize(body, ProtocolJsonContext.Default.ErrorResponse);
+            code = error?.Error.Code;
+            message = error?.Error.Message;
+        }
+        catch (JsonException)
+        {
+            // Not a PushKit error body (a proxy's page, for example): report the status alone.
+        }
+
+        return new PushConnectException(
+            $"{what} was refused: HTTP {(int)response.StatusCode}{(code is null ? "" : $" {code}: {message}")}",
+            (int)response.StatusCode,
+            code);
+    }
+
+    /// <summary>POSTs one batch of frames to <c>{base}/send</c>.</summary>
+    public static async ValueTask PostBatchAsync(HttpClient http, Uri sendUrl, PushClientOptions options, ReadOnlyMemory<byte> frames, CancellationToken cancellationToken)
+    {
+        using var request = await CreateRequestAsync(HttpMethod.Post, sendUrl, options, cancellationToken).ConfigureAwait(false);
+        request.Content = new ReadOnlyMemoryContent(frames);
+        request.Content.Headers.ContentType = new MediaTypeHeaderValue("application/x-ndjson");
+        using var response = await http.SendAsync(request, cancellationToken).ConfigureAwait(false);
+        if (!response.IsSuccessStatusCode)
+        {
+            // The connection is unusable (ended, superseded, session gone): the write loop ends and so does the connection.
+            throw new IOException((await ToExceptionAsync(response, "Sending", cancellationToken).ConfigureAwait(false)).Message);
+        }
+    }
+}

@@ -1,0 +1,113 @@
+using System.Buffers;
+using System.Net;
+using PushKit.Connections;
+using PushKit.Protocol;
+
+namespace PushKit.Client.Http;
+
+/// <summary>
+/// The long-polling client transport: held <c>GET {base}/poll</c> requests downstream (the first is answered at
+/// once and opens the connection), <c>POST {base}/send</c> upstream.
+/// </summary>
+internal sealed class LongPollingPushTransport : IPushTransport
+{
+    public string Name => PushProtocol.Transports.LongPolling;
+
+    public async ValueTask<IPushTransportConnection> ConnectAsync(PushTransportContext context, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        var connection = new LongPollingClientConnection(context);
+        using var detection = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        detection.CancelAfter(context.Options.TransportDetectionTimeout);
+        try
+        {
+            using var response = await connection.PollAsync(detection.Token).ConfigureAwait(false);
+            if (!response.IsSuccessStatusCode)
+            {
+                throw await HttpTransportHelpers.ToExceptionAsync(response, "Long-polling", cancellationToken).ConfigureAwait(false);
+            }
+        }
+        catch (OperationCanceledException ex) when (!cancellationToken.IsCancellationRequested)
+        {
+            throw new PushConnectException($"The first long-poll was not answered within {context.Options.TransportDetectionTimeout}.", ex);
+        }
+
+        return connection;
+    }
+
+    private sealed class LongPollingClientConnection(PushTransportContext context) : IPushTransportConnection
+    {
+        private readonly Uri _pollUrl = context.GetEndpointUrl("poll", webSocket: false);
+        private readonly Uri _sendUrl = context.GetEndpointUrl("send", webSocket: false);
+        private readonly CancellationTokenSource _lifetime = new();
+
+        public string TransportName => PushProtocol.Transports.LongPolling;
+
+        public async Task<HttpResponseMessage> PollAsync(CancellationToken cancellationToken)
+        {
+            using var request = await HttpTransportHelpers.CreateRequestAsync(HttpMethod.Get, _pollUrl, context.Options, cancellationToken).ConfigureAwait(false);
+            return await context.HttpClient.SendAsync(request, HttpCompletionOption.ResponseContentRead, cancellationToken).ConfigureAwait(false);
+        }
+
+        public ValueTask SendAsync(ReadOnlyMemory<byte> frames, CancellationToken cancellationToken = default) =>
+            HttpTransportHelpers.PostBatchAsync(context.HttpClient, _sendUrl, context.Options, frames, cancellationToken);
+
+        public async ValueTask<PushReceiveResult> ReceiveAsync(IBufferWriter<byte> destination, CancellationToken cancellationToken = default)
+        {
+            using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _lifetime.Token);
+            while (true)
+            {
+                using var response = await PollAsync(linked.Token).ConfigureAwait(false);
+                if (response.StatusCode == HttpStatusCode.Conflict)
+                {
+                    // Another poller took over this session (poll_superseded).
+                    return PushReceiveResult.Closed(PushCloseCode.Superseded, "A newer poll took over the session.");
+                }
+
+                if (!response.IsSuccessStatusCode)
+                {
+                    throw new IOException((await HttpTransportHelpers.ToExceptionAsync(response, "Long-polling", linked.Token).ConfigureAwait(false)).Message);
+                }
+
+                var body = await response.Content.ReadAsByteArrayAsync(linked.Token).ConfigureAwait(false);
+                if (body.Length == 0)
+                {
+                    // The poll timed out with nothing to say: poll again.
+                    continue;
+                }
+
+                if (body.Length > context.Options.MaxMessageBytes + 1)
+                {
+                    throw new PushProtocolException(PushCloseCode.MessageTooBig, $"A poll response exceeded the limit of {context.Options.MaxMessageBytes} bytes.");
+                }
+
+                destination.Write(body);
+                return PushReceiveResult.Data;
+            }
+        }
+
+        public ValueTask CloseAsync(PushCloseCode code, string? reason, CancellationToken cancellationToken = default)
+        {
+            Abort();
+            return default;
+        }
+
+        public void Abort()
+        {
+            try
+            {
+                _lifetime.Cancel();
+            }
+            catch (ObjectDisposedException)
+            {
+            }
+        }
+
+        public ValueTask DisposeAsync()
+        {
+            Abort();
+            _lifetime.Dispose();
+            return default;
+        }
+    }
+}

@@ -1,0 +1,141 @@
+using System.Buffers;
+using System.Net.ServerSentEvents;
+using System.Text;
+using PushKit.Connections;
+using PushKit.Protocol;
+
+namespace PushKit.Client.Http;
+
+/// <summary>
+/// The Server-Sent Events client transport: <c>GET {base}/sse</c> downstream, parsed with
+/// <see cref="SseParser"/>; <c>POST {base}/send</c> upstream.
+/// </summary>
+internal sealed class SsePushTransport : IPushTransport
+{
+    public string Name => PushProtocol.Transports.ServerSentEvents;
+
+    public async ValueTask<IPushTransportConnection> ConnectAsync(PushTransportContext context, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        var options = context.Options;
+        using var request = await HttpTransportHelpers.CreateRequestAsync(HttpMethod.Get, context.GetEndpointUrl("sse", webSocket: false), options, cancellationToken).ConfigureAwait(false);
+        request.Headers.Accept.ParseAdd("text/event-stream");
+        var streamLifetime = new CancellationTokenSource();
+        HttpResponseMessage? response = null;
+        try
+        {
+            response = await context.HttpClient.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cancellationToken).ConfigureAwait(false);
+            if (!response.IsSuccessStatusCode)
+            {
+                throw await HttpTransportHelpers.ToExceptionAsync(response, "The SSE stream", cancellationToken).ConfigureAwait(false);
+            }
+
+            var stream = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
+            var events = SseParser.Create(stream).EnumerateAsync(streamLifetime.Token).GetAsyncEnumerator(streamLifetime.Token);
+
+            // The server opens every stream with an 'open' event. If it does not arrive in time, something between
+            // us (a buffering proxy) holds the stream back: this transport does not work here.
+            using var detection = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            detection.CancelAfter(options.TransportDetectionTimeout);
+            using (detection.Token.Register(streamLifetime.Cancel))
+            {
+                try
+                {
+                    if (!await events.MoveNextAsync().ConfigureAwait(false) || events.Current.EventType != "open")
+                    {
+                        throw new PushConnectException("The SSE stream did not start with the 'open' event.");
+                    }
+                }
+                catch (OperationCanceledException ex) when (!cancellationToken.IsCancellationRequested)
+                {
+                    throw new PushConnectException(
+                        $"The SSE stream opened but delivered nothing within {options.TransportDetectionTimeout} (a proxy may be buffering it).", ex);
+                }
+            }
+
+            return new SseClientConnection(context, response, events, streamLifetime);
+        }
+        catch
+        {
+            await streamLifetime.CancelAsync().ConfigureAwait(false);
+            streamLifetime.Dispose();
+            response?.Dispose();
+            throw;
+        }
+    }
+
+    private sealed class SseClientConnection(
+        PushTransportContext context,
+        HttpResponseMessage response,
+        IAsyncEnumerator<SseItem<string>> events,
+        CancellationTokenSource streamLifetime) : IPushTransportConnection
+    {
+        private readonly Uri _sendUrl = context.GetEndpointUrl("send", webSocket: false);
+
+        public string TransportName => PushProtocol.Transports.ServerSentEvents;
+
+        public ValueTask SendAsync(ReadOnlyMemory<byte> frames, CancellationToken cancellationToken = default) =>
+            HttpTransportHelpers.PostBatchAsync(context.HttpClient, _sendUrl, context.Options, frames, cancellationToken);
+
+        public async ValueTask<PushReceiveResult> ReceiveAsync(IBufferWriter<byte> destination, CancellationToken cancellationToken = default)
+        {
+            using var registration = cancellationToken.Register(streamLifetime.Cancel);
+            while (true)
+            {
+                if (!await events.MoveNextAsync().ConfigureAwait(false))
+                {
+                    // Orderly endings carry a close frame first; a bare end of stream is a lost connection.
+                    throw new IOException("The SSE stream ended.");
+                }
+
+                var item = events.Current;
+                if (item.EventType != SseParser.EventTypeDefault)
+                {
+                    continue;
+                }
+
+                var byteCount = Encoding.UTF8.GetByteCount(item.Data);
+                if (byteCount > context.Options.MaxMessageBytes)
+                {
+                    throw new PushProtocolException(PushCloseCode.MessageTooBig, $"An SSE event exceeded the limit of {context.Options.MaxMessageBytes} bytes.");
+                }
+
+                var span = destination.GetSpan(byteCount);
+                destination.Advance(Encoding.UTF8.GetBytes(item.Data, span));
+                return PushReceiveResult.Data;
+            }
+        }
+
+        public ValueTask CloseAsync(PushCloseCode code, string? reason, CancellationToken cancellationToken = default)
+        {
+            Abort();
+            return default;
+        }
+
+        public void Abort()
+        {
+            try
+            {
+                streamLifetime.Cancel();
+            }
+            catch (ObjectDisposedException)
+            {
+            }
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            Abort();
+            try
+            {
+                await events.DisposeAsync().ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is OperationCanceledException or IOException or HttpRequestException)
+            {
+            }
+
+            response.Dispose();
+            streamLifetime.Dispose();
+        }
+    }
+}
