@@ -1,16 +1,17 @@
+using Microsoft.Extensions.Logging;
 using PushKit.Server.Sessions;
 
 namespace PushKit.Server;
 
 /// <summary>Queues messages into sessions' delivery engines; the message is encoded once for every recipient.</summary>
-internal sealed class PushSender(PushSessionManager sessions) : IPushSender
+internal sealed partial class PushSender(PushSessionManager sessions) : IPushSender
 {
     public ValueTask<bool> SendToSessionAsync(string sessionId, PushMessage message, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(sessionId);
         ArgumentNullException.ThrowIfNull(message);
         var session = sessions.Find(sessionId);
-        return new(session is not null && TryEnqueue(session, message));
+        return new(session is not null && TryEnqueue(session, message, many: false));
     }
 
     public ValueTask<int> SendToUserAsync(string userId, PushMessage message, CancellationToken cancellationToken = default)
@@ -26,13 +27,20 @@ internal sealed class PushSender(PushSessionManager sessions) : IPushSender
         return new(EnqueueAll(sessions.All(), message, cancellationToken));
     }
 
-    private static int EnqueueAll(IEnumerable<PushSession> targets, PushMessage message, CancellationToken cancellationToken)
+    private int EnqueueAll(IEnumerable<PushSession> targets, PushMessage message, CancellationToken cancellationToken)
     {
+        // Too large for any client: refuse before anyone gets it.
+        var frameLength = PushKit.Protocol.FrameCodec.MaxMessageFrameLength(message);
+        if (frameLength > sessions.Options.MaxMessageBytes)
+        {
+            throw new PushMessageTooLargeException(frameLength, sessions.Options.MaxMessageBytes);
+        }
+
         var accepted = 0;
         foreach (var session in targets)
         {
             cancellationToken.ThrowIfCancellationRequested();
-            if (TryEnqueue(session, message))
+            if (TryEnqueue(session, message, many: true))
             {
                 accepted++;
             }
@@ -41,7 +49,7 @@ internal sealed class PushSender(PushSessionManager sessions) : IPushSender
         return accepted;
     }
 
-    private static bool TryEnqueue(PushSession session, PushMessage message)
+    private bool TryEnqueue(PushSession session, PushMessage message, bool many)
     {
         try
         {
@@ -53,5 +61,17 @@ internal sealed class PushSender(PushSessionManager sessions) : IPushSender
             // The session ended between lookup and enqueue.
             return false;
         }
+        catch (PushMessageTooLargeException ex) when (many)
+        {
+            // This client accepts less than the server's limit; the others still get the message.
+            Log.SkippedTooLarge(sessions.Logger, session.SessionId, ex.FrameBytes, ex.LimitBytes);
+            return false;
+        }
+    }
+
+    private static partial class Log
+    {
+        [LoggerMessage(40, LogLevel.Warning, "Session {SessionId} skipped: the message's {FrameBytes}-byte frame exceeds the client's limit of {LimitBytes} bytes")]
+        public static partial void SkippedTooLarge(ILogger logger, string sessionId, long frameBytes, long limitBytes);
     }
 }

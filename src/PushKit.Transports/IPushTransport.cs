@@ -42,7 +42,8 @@ public sealed class PushTransportContext
     public required HttpClient HttpClient { get; init; }
 
     /// <summary>
-    /// The URL of a PushKit endpoint under the base URL, with the session's query string.
+    /// The URL of a PushKit endpoint under the base URL, with the session id in the query string. The secret is not
+    /// in it: send it in the <see cref="PushProtocol.SecretHeader"/> header.
     /// </summary>
     /// <param name="path">The endpoint, for example <c>ws</c>.</param>
     /// <param name="webSocket">Use the ws/wss scheme instead of http/https.</param>
@@ -58,7 +59,8 @@ public sealed class PushTransportContext
             _ => "https",
         };
         builder.Path = builder.Path.TrimEnd('/') + "/" + path;
-        builder.Query = $"{PushProtocol.Query.SessionId}={Uri.EscapeDataString(SessionId)}&{PushProtocol.Query.Secret}={Uri.EscapeDataString(ResumeSecret)}";
+        // The secret travels in the PushKit-Secret header (see ApplySecret), not in the URL, which ends up in logs.
+        builder.Query = $"{PushProtocol.Query.SessionId}={Uri.EscapeDataString(SessionId)}";
         return builder.Uri;
     }
 }

@@ -267,10 +267,10 @@ internal sealed partial class PushChannel : IPushChannel
 
         // Resuming after a lost connection is not implemented yet: the channel ends with the connection, and any
         // unacknowledged send fails with the reason.
-        var code = end.Code ?? PushCloseCode.Normal;
         var finalState = end.Kind == ConnectionEndKind.Lost ? PushChannelState.Disconnected : PushChannelState.Closed;
         var reason = end.Reason ?? end.Kind.ToString();
-        engine.Shutdown(code, reason, new PushChannelClosedException($"The connection ended ({end.Kind}, {code}): {reason}", end.Code, end.Error));
+        var how = end.Code is { } code ? $"{end.Kind}, {code}" : end.Kind.ToString();
+        engine.Shutdown(end.Code ?? PushCloseCode.Normal, reason, new PushChannelClosedException($"The connection ended ({how}): {reason}", end.Code, end.Error));
         _inbound.Writer.TryComplete();
         SetState(finalState, end.Code, reason, end.Error);
     }

@@ -20,5 +20,8 @@ internal sealed partial class DeliveryEngine
 
         [LoggerMessage(5, LogLevel.Warning, "{Name}: the peer reported error '{Code}': {Message}")]
         public static partial void PeerError(ILogger logger, string name, string? code, string? message);
+
+        [LoggerMessage(6, LogLevel.Error, "{Name}: delivering a message to the application failed; the connection is dropped and the message will be replayed")]
+        public static partial void DeliveryFailed(ILogger logger, string name, Exception exception);
     }
 }

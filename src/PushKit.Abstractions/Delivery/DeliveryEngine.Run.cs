@@ -64,6 +64,13 @@ internal sealed partial class DeliveryEngine
 
         public CloseRequest? LocalClose => Volatile.Read(ref _localClose);
 
+        /// <summary>Inbound messages waiting for the application, in sequence order.</summary>
+        public Channel<Frame> Deliveries { get; } = Channel.CreateBounded<Frame>(
+            new BoundedChannelOptions(64) { SingleReader = true, SingleWriter = true });
+
+        /// <summary>The highest inbound sequence number queued for delivery on this connection (read loop only).</summary>
+        public long LastQueued { get; set; }
+
         public void Ring() => Doorbell.Writer.TryWrite(true);
 
         public void EnqueueControl(Control control)

@@ -207,10 +207,13 @@ internal sealed partial class DeliveryEngine
 
             _current = run;
             _sendCursor = _lastAcked + 1;
+            run.LastQueued = _lastDelivered;
         }
 
         // Something may be waiting already: replay, an ack owed, or messages queued while disconnected.
         run.Ring();
+        using var deliveryStop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        var delivery = DeliverLoopAsync(run, deliveryStop.Token);
         var writer = WriteLoopAsync(run);
         ConnectionEnd end;
         var drain = false;
@@ -245,6 +248,31 @@ internal sealed partial class DeliveryEngine
         {
             // Answer the peer's close so the transport ends cleanly.
             run.RequestClose(end.Code ?? PushCloseCode.Normal, null, retryAfterMs: null, sendFrame: false);
+        }
+
+        // Messages already received are still handed to the application: after an orderly close from the peer the
+        // queue is drained (they were sent for good); otherwise delivery stops and the unacknowledged rest is
+        // replayed by the peer on its next connection.
+        run.Deliveries.Writer.TryComplete();
+        if (end.Kind != ConnectionEndKind.ClosedByPeer)
+        {
+            await deliveryStop.CancelAsync().ConfigureAwait(false);
+        }
+
+        try
+        {
+            await delivery.WaitAsync(s_closeGrace + s_closeGrace, CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            await deliveryStop.CancelAsync().ConfigureAwait(false);
+            await delivery.ConfigureAwait(false);
+        }
+
+        if (end.Kind == ConnectionEndKind.ClosedByPeer)
+        {
+            // Flush the acks for what was just delivered before answering the close.
+            run.Ring();
         }
 
         if (run.LocalClose is null)
@@ -336,7 +364,7 @@ internal sealed partial class DeliveryEngine
                 switch (frame.Type)
                 {
                     case FrameType.Message:
-                        await ReceiveMessageAsync(frame, token).ConfigureAwait(false);
+                        await ReceiveMessageAsync(run, frame).ConfigureAwait(false);
                         break;
                     case FrameType.Ack:
                         Acknowledge(frame.Sequence);
@@ -367,32 +395,66 @@ internal sealed partial class DeliveryEngine
         }
     }
 
-    private async ValueTask ReceiveMessageAsync(Frame frame, CancellationToken token)
+    /// <summary>
+    /// Queues an inbound message for the delivery loop. Delivery runs apart from the read loop so that acks keep
+    /// flowing while the application handles a message (a handler may itself await an acknowledged send).
+    /// </summary>
+    private async ValueTask ReceiveMessageAsync(Run run, Frame frame)
     {
-        long expected;
-        lock (_gate)
+        if (frame.Sequence <= run.LastQueued)
         {
-            expected = _lastDelivered + 1;
-            if (frame.Sequence < expected)
+            lock (_gate)
             {
-                // A replayed message this side has delivered already: drop it, but make sure the peer learns that.
-                _ackDue = true;
-                return;
+                // A replay of something delivered already: drop it, but make sure the peer learns that.
+                // (Queued but not yet delivered: its ack follows its delivery.)
+                if (frame.Sequence <= _lastDelivered)
+                {
+                    _ackDue = true;
+                }
             }
+
+            return;
         }
 
-        if (frame.Sequence > expected)
+        if (frame.Sequence > run.LastQueued + 1)
         {
             throw new PushProtocolException(
                 PushCloseCode.ProtocolError,
-                $"Sequence gap: expected message {expected}, received {frame.Sequence}.");
+                $"Sequence gap: expected message {run.LastQueued + 1}, received {frame.Sequence}.");
         }
 
-        await _deliver(frame.Message!, token).ConfigureAwait(false);
-        lock (_gate)
+        run.LastQueued = frame.Sequence;
+        await run.Deliveries.Writer.WriteAsync(frame, run.Token).ConfigureAwait(false);
+    }
+
+    /// <summary>Hands queued inbound messages to the application in order and owes the peer an ack after each.</summary>
+    private async Task DeliverLoopAsync(Run run, CancellationToken token)
+    {
+        try
         {
-            _lastDelivered = frame.Sequence;
-            _ackDue = true;
+            await foreach (var frame in run.Deliveries.Reader.ReadAllAsync(token).ConfigureAwait(false))
+            {
+                await _deliver(frame.Message!, token).ConfigureAwait(false);
+                lock (_gate)
+                {
+                    _lastDelivered = frame.Sequence;
+                    _ackDue = true;
+                }
+
+                // Batch acks: ring once the queue is drained rather than once per message.
+                if (run.Deliveries.Reader.Count == 0)
+                {
+                    run.Ring();
+                }
+            }
+        }
+        catch (OperationCanceledException) when (token.IsCancellationRequested)
+        {
+        }
+        catch (Exception ex)
+        {
+            Log.DeliveryFailed(_logger, _name, ex);
+            run.Cancel();
         }
     }
 

@@ -22,6 +22,12 @@ public static class PushProtocol
         public const string LongPolling = "longpolling";
     }
 
+    /// <summary>
+    /// The request header that may carry the resume secret instead of the query string (clients that can set headers
+    /// should: URLs end up in logs). Browsers' WebSocket and EventSource cannot, so the query parameter remains.
+    /// </summary>
+    public const string SecretHeader = "PushKit-Secret";
+
     /// <summary>Query-string parameter names of the connection endpoints.</summary>
     public static class Query
     {

@@ -20,6 +20,7 @@ internal sealed class LongPollingServerConnection : HttpServerConnection
     private TaskCompletionSource _dataAvailable = NewSignal();
     private TaskCompletionSource _drained = NewSignal();
     private Poll? _currentPoll;
+    private TaskCompletionSource _pollHeld = NewSignal();
     private long _lastPollEnded;
 
     public LongPollingServerConnection(int maxPendingBytes, TimeSpan pollTimeout, TimeProvider timeProvider)
@@ -77,6 +78,7 @@ internal sealed class LongPollingServerConnection : HttpServerConnection
         }
 
         superseded?.Supersede();
+        _pollHeld.TrySetResult();
         try
         {
             using var timeout = new CancellationTokenSource(_pollTimeout, _timeProvider);
@@ -145,6 +147,50 @@ internal sealed class LongPollingServerConnection : HttpServerConnection
             }
         }
     }
+
+    /// <summary>Whether frames are waiting for a poll.</summary>
+    public bool HasPending
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _pending.WrittenCount > 0;
+            }
+        }
+    }
+
+    /// <summary>Waits (up to the poll timeout) for a poll to collect what is pending, the close frame included.</summary>
+    public override async ValueTask CloseAsync(PushCloseCode code, string? reason, CancellationToken cancellationToken = default)
+    {
+        using var timeout = new CancellationTokenSource(_pollTimeout, _timeProvider);
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(timeout.Token, cancellationToken);
+        while (true)
+        {
+            Task drained;
+            lock (_gate)
+            {
+                if (_pending.WrittenCount == 0)
+                {
+                    return;
+                }
+
+                drained = _drained.Task;
+            }
+
+            try
+            {
+                await drained.WaitAsync(linked.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+        }
+    }
+
+    /// <summary>Completes once a poll is being held (for tests that need a poll in place before the next).</summary>
+    internal Task PollHeld => _pollHeld.Task;
 
     protected override void OnAborted()
     {

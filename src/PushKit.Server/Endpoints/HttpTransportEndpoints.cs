@@ -53,9 +53,23 @@ internal static partial class HttpTransportEndpoints
             return;
         }
 
-        var session = await SessionAuthenticator.AuthenticateAsync(context, sessions).ConfigureAwait(false);
+        var session = await SessionAuthenticator.AuthenticateAsync(context, sessions, allowEnded: true).ConfigureAwait(false);
         if (session is null)
         {
+            return;
+        }
+
+        if (session.State == PushChannelState.Closed)
+        {
+            // An ended session's last long-polling connection may still hold its close frame: hand it over once.
+            if (session.HttpConnection is LongPollingServerConnection { HasPending: true } ending)
+            {
+                await ending.PollAsync(context).ConfigureAwait(false);
+                return;
+            }
+
+            await HttpErrors.WriteAsync(context, StatusCodes.Status404NotFound, PushErrorCodes.SessionNotFound,
+                "No such session: it never existed, expired or was closed. Negotiate a new one.").ConfigureAwait(false);
             return;
         }
 

@@ -41,19 +41,27 @@ internal static class WebSocketEndpoint
 /// <summary>Checks the session id, resume secret and user of a connection request; answers the error itself.</summary>
 internal static class SessionAuthenticator
 {
-    public static async Task<PushSession?> AuthenticateAsync(HttpContext context, PushSessionManager sessions)
+    /// <param name="context">The request.</param>
+    /// <param name="sessions">The sessions.</param>
+    /// <param name="allowEnded">Also return a session that has ended but is still delivering its close.</param>
+    public static async Task<PushSession?> AuthenticateAsync(HttpContext context, PushSessionManager sessions, bool allowEnded = false)
     {
         var sessionId = context.Request.Query[PushProtocol.Query.SessionId].ToString();
-        var secret = context.Request.Query[PushProtocol.Query.Secret].ToString();
+        var secret = context.Request.Headers[PushProtocol.SecretHeader].ToString();
+        if (secret.Length == 0)
+        {
+            secret = context.Request.Query[PushProtocol.Query.Secret].ToString();
+        }
+
         if (sessionId.Length == 0 || secret.Length == 0)
         {
             await HttpErrors.WriteAsync(context, StatusCodes.Status400BadRequest, PushErrorCodes.InvalidRequest,
-                $"The query must carry '{PushProtocol.Query.SessionId}' and '{PushProtocol.Query.Secret}' from the negotiate response.").ConfigureAwait(false);
+                $"The request must carry the session id ('{PushProtocol.Query.SessionId}' query parameter) and its secret ('{PushProtocol.SecretHeader}' header or '{PushProtocol.Query.Secret}' query parameter) from the negotiate response.").ConfigureAwait(false);
             return null;
         }
 
         var session = sessions.Find(sessionId);
-        if (session is null || session.State == PushChannelState.Closed)
+        if (session is null || (session.State == PushChannelState.Closed && !allowEnded))
         {
             await HttpErrors.WriteAsync(context, StatusCodes.Status404NotFound, PushErrorCodes.SessionNotFound,
                 "No such session: it never existed, expired or was closed. Negotiate a new one.").ConfigureAwait(false);

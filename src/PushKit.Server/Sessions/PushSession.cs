@@ -22,9 +22,9 @@ internal sealed partial class PushSession : IPushSession
     private Task<ConnectionEnd>? _run;
     private PushChannelState _state = PushChannelState.Disconnected;
     private long _disconnectedAt;
-    private bool _started;
     private string? _transport;
-    private Dictionary<object, object?>? _items;
+    private System.Collections.Concurrent.ConcurrentDictionary<object, object?>? _items;
+    private int _startNotified;
     private Connections.HttpServerConnection? _httpConnection;
 
     public PushSession(PushSessionManager manager, string sessionId, byte[] secretHash, ClaimsPrincipal user, string? userId, long createdAt, int peerMaxMessageBytes, ILogger logger)
@@ -161,7 +161,13 @@ internal sealed partial class PushSession : IPushSession
     public async Task<ConnectionEnd> RunConnectionAsync(IPushTransportConnection connection, CancellationToken cancellationToken)
     {
         Task<ConnectionEnd> run;
-        bool firstConnection;
+
+        // The application hears of the session before its first message can arrive.
+        if (Interlocked.Exchange(ref _startNotified, 1) == 0 && State != PushChannelState.Closed)
+        {
+            await _manager.OnSessionStartedAsync(this, cancellationToken).ConfigureAwait(false);
+        }
+
         await _connectionLock.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
@@ -200,18 +206,11 @@ internal sealed partial class PushSession : IPushSession
             }
 
             Volatile.Write(ref _transport, connection.TransportName);
-            firstConnection = !_started;
-            _started = true;
             SetState(PushChannelState.Connected, null, null);
         }
         finally
         {
             _connectionLock.Release();
-        }
-
-        if (firstConnection)
-        {
-            await _manager.OnSessionStartedAsync(this, cancellationToken).ConfigureAwait(false);
         }
 
         var end = await run.ConfigureAwait(false);
@@ -244,6 +243,12 @@ internal sealed partial class PushSession : IPushSession
             }
         }
 
+        if (State == PushChannelState.Closed)
+        {
+            // An ended session stays findable while its last connection delivers the close (a long-poll collects it).
+            _manager.Remove(this);
+        }
+
         Log.ConnectionEnded(_logger, SessionId, end.Kind, end.Code, end.Reason);
         return end;
     }
@@ -273,7 +278,13 @@ internal sealed partial class PushSession : IPushSession
 
         Engine.Shutdown(code, reason, new PushChannelClosedException($"Session {SessionId} ended: {reason}", code));
         _inbound?.Writer.TryComplete();
-        _manager.OnSessionEnded(this, code);
+        bool connected;
+        lock (_stateGate)
+        {
+            connected = _run is not null;
+        }
+
+        _manager.OnSessionEnded(this, code, remove: !connected);
     }
 
     private async ValueTask DeliverAsync(PushMessage message, CancellationToken cancellationToken)

@@ -30,9 +30,15 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
         _logger = loggerFactory.CreateLogger("PushKit.Server.Sessions");
 
         // Whether any PushHandler is registered decides once where client messages go: handlers, or ReadAllAsync.
-        using var scope = scopeFactory.CreateScope();
-        HasHandlers = scope.ServiceProvider.GetServices<PushHandler>().Any();
+        // Resolved lazily: handlers may depend on IPushSender, which depends on this manager.
+        _hasHandlers = new Lazy<bool>(() =>
+        {
+            using var scope = scopeFactory.CreateScope();
+            return scope.ServiceProvider.GetServices<PushHandler>().Any();
+        });
     }
+
+    private readonly Lazy<bool> _hasHandlers;
 
     public PushKitServerOptions Options { get; }
 
@@ -40,7 +46,7 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
 
     public TimeProvider TimeProvider { get; }
 
-    public bool HasHandlers { get; }
+    public bool HasHandlers => _hasHandlers.Value;
 
     public int Count => _store.Count;
 
@@ -134,9 +140,15 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
         }
     }
 
-    public void OnSessionEnded(PushSession session, PushCloseCode code)
+    public void Remove(PushSession session) => _store.Remove(session);
+
+    public void OnSessionEnded(PushSession session, PushCloseCode code, bool remove)
     {
-        _store.Remove(session);
+        if (remove)
+        {
+            _store.Remove(session);
+        }
+
         Log.SessionEnded(_logger, session.SessionId, code);
         if (HasHandlers)
         {

@@ -7,9 +7,11 @@ namespace PushKit.Client.Http;
 /// <summary>What the SSE and long-polling client transports share: authenticated requests, error bodies, upstream POSTs.</summary>
 internal static class HttpTransportHelpers
 {
-    public static async ValueTask<HttpRequestMessage> CreateRequestAsync(HttpMethod method, Uri url, PushClientOptions options, CancellationToken cancellationToken)
+    public static async ValueTask<HttpRequestMessage> CreateRequestAsync(HttpMethod method, Uri url, PushTransportContext context, CancellationToken cancellationToken)
     {
+        var options = context.Options;
         var request = new HttpRequestMessage(method, url);
+        request.Headers.TryAddWithoutValidation(PushProtocol.SecretHeader, context.ResumeSecret);
         foreach (var (name, value) in options.Headers)
         {
             request.Headers.TryAddWithoutValidation(name, value);
@@ -46,9 +48,10 @@ internal static class HttpTransportHelpers
     }
 
     /// <summary>POSTs one batch of frames to <c>{base}/send</c>.</summary>
-    public static async ValueTask PostBatchAsync(HttpClient http, Uri sendUrl, PushClientOptions options, ReadOnlyMemory<byte> frames, CancellationToken cancellationToken)
+    public static async ValueTask PostBatchAsync(PushTransportContext context, Uri sendUrl, ReadOnlyMemory<byte> frames, CancellationToken cancellationToken)
     {
-        using var request = await CreateRequestAsync(HttpMethod.Post, sendUrl, options, cancellationToken).ConfigureAwait(false);
+        var http = context.HttpClient;
+        using var request = await CreateRequestAsync(HttpMethod.Post, sendUrl, context, cancellationToken).ConfigureAwait(false);
         request.Content = new ReadOnlyMemoryContent(frames);
         request.Content.Headers.ContentType = new MediaTypeHeaderValue("application/x-ndjson");
         using var response = await http.SendAsync(request, cancellationToken).ConfigureAwait(false);

@@ -45,12 +45,12 @@ internal sealed class LongPollingPushTransport : IPushTransport
 
         public async Task<HttpResponseMessage> PollAsync(CancellationToken cancellationToken)
         {
-            using var request = await HttpTransportHelpers.CreateRequestAsync(HttpMethod.Get, _pollUrl, context.Options, cancellationToken).ConfigureAwait(false);
+            using var request = await HttpTransportHelpers.CreateRequestAsync(HttpMethod.Get, _pollUrl, context, cancellationToken).ConfigureAwait(false);
             return await context.HttpClient.SendAsync(request, HttpCompletionOption.ResponseContentRead, cancellationToken).ConfigureAwait(false);
         }
 
         public ValueTask SendAsync(ReadOnlyMemory<byte> frames, CancellationToken cancellationToken = default) =>
-            HttpTransportHelpers.PostBatchAsync(context.HttpClient, _sendUrl, context.Options, frames, cancellationToken);
+            HttpTransportHelpers.PostBatchAsync(context, _sendUrl, frames, cancellationToken);
 
         public async ValueTask<PushReceiveResult> ReceiveAsync(IBufferWriter<byte> destination, CancellationToken cancellationToken = default)
         {

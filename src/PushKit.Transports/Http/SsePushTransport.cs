@@ -18,7 +18,7 @@ internal sealed class SsePushTransport : IPushTransport
     {
         ArgumentNullException.ThrowIfNull(context);
         var options = context.Options;
-        using var request = await HttpTransportHelpers.CreateRequestAsync(HttpMethod.Get, context.GetEndpointUrl("sse", webSocket: false), options, cancellationToken).ConfigureAwait(false);
+        using var request = await HttpTransportHelpers.CreateRequestAsync(HttpMethod.Get, context.GetEndpointUrl("sse", webSocket: false), context, cancellationToken).ConfigureAwait(false);
         request.Headers.Accept.ParseAdd("text/event-stream");
         var streamLifetime = new CancellationTokenSource();
         HttpResponseMessage? response = null;
@@ -75,7 +75,7 @@ internal sealed class SsePushTransport : IPushTransport
         public string TransportName => PushProtocol.Transports.ServerSentEvents;
 
         public ValueTask SendAsync(ReadOnlyMemory<byte> frames, CancellationToken cancellationToken = default) =>
-            HttpTransportHelpers.PostBatchAsync(context.HttpClient, _sendUrl, context.Options, frames, cancellationToken);
+            HttpTransportHelpers.PostBatchAsync(context, _sendUrl, frames, cancellationToken);
 
         public async ValueTask<PushReceiveResult> ReceiveAsync(IBufferWriter<byte> destination, CancellationToken cancellationToken = default)
         {

@@ -17,6 +17,7 @@ internal sealed class WebSocketPushTransport : IPushTransport
         try
         {
             socket.Options.CollectHttpResponseDetails = true;
+            socket.Options.SetRequestHeader(PushProtocol.SecretHeader, context.ResumeSecret);
             foreach (var (name, value) in options.Headers)
             {
                 socket.Options.SetRequestHeader(name, value);

@@ -1,4 +1,5 @@
 using System.Threading.Channels;
+using Microsoft.Extensions.DependencyInjection;
 using PushKit.Server;
 
 namespace PushKit.IntegrationTests.Infrastructure;

@@ -74,7 +74,7 @@ public class OptionsValidationTests
     }
 
     [Fact]
-    public void Transport_context_builds_endpoint_urls_with_the_session_query()
+    public void Transport_context_builds_endpoint_urls_with_the_session_id_but_never_the_secret()
     {
         var context = new PushTransportContext
         {
@@ -85,8 +85,8 @@ public class OptionsValidationTests
             LoggerFactory = Microsoft.Extensions.Logging.Abstractions.NullLoggerFactory.Instance,
             HttpClient = new HttpClient(),
         };
-        Assert.Equal("wss://example.com/app/push/ws?session=s1&secret=a%2Bb%2Fc", context.GetEndpointUrl("ws", webSocket: true).AbsoluteUri);
-        Assert.Equal("https://example.com/app/push/send?session=s1&secret=a%2Bb%2Fc", context.GetEndpointUrl("send", webSocket: false).AbsoluteUri);
+        Assert.Equal("wss://example.com/app/push/ws?session=s1", context.GetEndpointUrl("ws", webSocket: true).AbsoluteUri);
+        Assert.Equal("https://example.com/app/push/send?session=s1", context.GetEndpointUrl("send", webSocket: false).AbsoluteUri);
     }
 
     [Fact]
