@@ -17,6 +17,10 @@ internal sealed partial class ChatHandler(IServiceProvider services, ILogger<Cha
     // Where a session's chat name is kept once it has joined.
     private const string NameKey = "chat.name";
 
+    // Resolved when needed rather than injected: today a PushHandler that takes IPushSender in its constructor
+    // hangs host startup, because PushKit creates the handlers while it builds the service IPushSender depends on.
+    private IPushSender Sender => services.GetRequiredService<IPushSender>();
+
     public override async ValueTask OnMessageAsync(IPushSession session, PushMessage message, CancellationToken cancellationToken)
     {
         if (!message.ContentType.StartsWith(PushMessage.JsonContentType, StringComparison.OrdinalIgnoreCase)
@@ -37,7 +41,7 @@ internal sealed partial class ChatHandler(IServiceProvider services, ILogger<Cha
         {
             name = string.IsNullOrWhiteSpace(chat.Name) ? "anonymous" : chat.Name.Trim();
             session.Items[NameKey] = name;
-            await BroadcastAsync(ChatMessage.System($"{name} joined"), cancellationToken);
+            await BroadcastAsync(ChatMessage.FromServer($"{name} joined"), cancellationToken);
         }
 
         if (!string.IsNullOrEmpty(chat.Text))
@@ -51,13 +55,13 @@ internal sealed partial class ChatHandler(IServiceProvider services, ILogger<Cha
         // Called when the client closes its channel, or when it vanished and the resume window (2 minutes) passed.
         if (session.Items.TryGetValue(NameKey, out var name))
         {
-            await BroadcastAsync(ChatMessage.System($"{name} left"), CancellationToken.None);
+            await BroadcastAsync(ChatMessage.FromServer($"{name} left"), CancellationToken.None);
         }
     }
 
     // BroadcastAsync queues the message in every session and returns; each client acknowledges on its own.
     private ValueTask<int> BroadcastAsync(ChatMessage chat, CancellationToken cancellationToken) =>
-        services.GetRequiredService<IPushSender>().BroadcastAsync(PushMessage.FromJson(chat, ChatJsonContext.Default.ChatMessage), cancellationToken);
+        Sender.BroadcastAsync(PushMessage.FromJson(chat, ChatJsonContext.Default.ChatMessage), cancellationToken);
 
     private static ChatMessage? TryReadChat(PushMessage message)
     {

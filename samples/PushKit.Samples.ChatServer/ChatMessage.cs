@@ -9,7 +9,7 @@ internal sealed record ChatMessage(string Name, string? Text)
     /// <summary>The name the server's own lines carry.</summary>
     public const string ServerName = "server";
 
-    public static ChatMessage System(string text) => new(ServerName, text);
+    public static ChatMessage FromServer(string text) => new(ServerName, text);
 }
 
 /// <summary>Source-generated JSON (camelCase, like the web defaults): no reflection, no trimming warnings.</summary>
