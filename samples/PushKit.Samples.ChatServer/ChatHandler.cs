@@ -12,14 +12,10 @@ namespace PushKit.Samples.ChatServer;
 /// when this handler returns. A new instance is created for each call, so per-session state lives in
 /// <see cref="IPushSession.Items"/>.
 /// </remarks>
-internal sealed partial class ChatHandler(IServiceProvider services, ILogger<ChatHandler> logger) : PushHandler
+internal sealed partial class ChatHandler(IPushSender sender, ILogger<ChatHandler> logger) : PushHandler
 {
     // Where a session's chat name is kept once it has joined.
     private const string NameKey = "chat.name";
-
-    // Resolved when needed rather than injected: today a PushHandler that takes IPushSender in its constructor
-    // hangs host startup, because PushKit creates the handlers while it builds the service IPushSender depends on.
-    private IPushSender Sender => services.GetRequiredService<IPushSender>();
 
     public override async ValueTask OnMessageAsync(IPushSession session, PushMessage message, CancellationToken cancellationToken)
     {
@@ -61,7 +57,7 @@ internal sealed partial class ChatHandler(IServiceProvider services, ILogger<Cha
 
     // BroadcastAsync queues the message in every session and returns; each client acknowledges on its own.
     private ValueTask<int> BroadcastAsync(ChatMessage chat, CancellationToken cancellationToken) =>
-        Sender.BroadcastAsync(PushMessage.FromJson(chat, ChatJsonContext.Default.ChatMessage), cancellationToken);
+        sender.BroadcastAsync(PushMessage.FromJson(chat, ChatJsonContext.Default.ChatMessage), cancellationToken);
 
     private static ChatMessage? TryReadChat(PushMessage message)
     {

@@ -3,7 +3,6 @@
 //   dotnet run --project samples/PushKit.Samples.ChatServer                                # http://localhost:5000
 //   dotnet run --project samples/PushKit.Samples.ChatServer -- --urls http://127.0.0.1:5077 # anywhere else
 using PushKit.Samples.ChatServer;
-using PushKit.Server; // AddHandler
 
 var builder = WebApplication.CreateBuilder(args);
 
@@ -12,7 +11,8 @@ builder.Services.AddPushKit().AddHandler<ChatHandler>();
 
 var app = builder.Build();
 
-// The endpoints clients connect to: POST /push/negotiate and GET /push/ws (WebSocket).
+// The endpoints clients connect to: POST /push/negotiate, then GET /push/ws (WebSocket), GET /push/sse
+// (Server-Sent Events) or GET /push/poll (long-polling), with POST /push/send upstream for the last two.
 app.MapPushKit("/push");
 
 // Once Kestrel listens, say how to connect a client to the address it actually bound.

@@ -22,35 +22,46 @@ internal sealed class SsePushTransport : IPushTransport
         request.Headers.Accept.ParseAdd("text/event-stream");
         var streamLifetime = new CancellationTokenSource();
         HttpResponseMessage? response = null;
+
+        // From the request to the server's 'open' event, everything must happen within the detection timeout. If it
+        // does not, something between us (a proxy that buffers responses) holds the stream back: this transport
+        // does not work here, and the client moves on.
+        using var detection = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        detection.CancelAfter(options.TransportDetectionTimeout);
+        var registration = detection.Token.Register(streamLifetime.Cancel);
         try
         {
-            response = await context.HttpClient.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cancellationToken).ConfigureAwait(false);
-            if (!response.IsSuccessStatusCode)
+            IAsyncEnumerator<SseItem<string>> events;
+            try
             {
-                throw await HttpTransportHelpers.ToExceptionAsync(response, "The SSE stream", cancellationToken).ConfigureAwait(false);
+                response = await context.HttpClient.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, streamLifetime.Token).ConfigureAwait(false);
+                if (!response.IsSuccessStatusCode)
+                {
+                    throw await HttpTransportHelpers.ToExceptionAsync(response, "The SSE stream", cancellationToken).ConfigureAwait(false);
+                }
+
+                var stream = await response.Content.ReadAsStreamAsync(streamLifetime.Token).ConfigureAwait(false);
+                events = SseParser.Create(stream).EnumerateAsync(streamLifetime.Token).GetAsyncEnumerator(streamLifetime.Token);
+                if (!await events.MoveNextAsync().ConfigureAwait(false) || events.Current.EventType != "open")
+                {
+                    throw new PushConnectException("The SSE stream did not start with the 'open' event.");
+                }
+            }
+            catch (OperationCanceledException ex) when (!cancellationToken.IsCancellationRequested)
+            {
+                throw new PushConnectException(
+                    $"The SSE stream opened but delivered nothing within {options.TransportDetectionTimeout} (a proxy may be buffering it).", ex);
+            }
+            finally
+            {
+                // From here on the stream lives as long as the connection, whatever the detection timer does.
+                await registration.DisposeAsync().ConfigureAwait(false);
             }
 
-            var stream = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
-            var events = SseParser.Create(stream).EnumerateAsync(streamLifetime.Token).GetAsyncEnumerator(streamLifetime.Token);
-
-            // The server opens every stream with an 'open' event. If it does not arrive in time, something between
-            // us (a buffering proxy) holds the stream back: this transport does not work here.
-            using var detection = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-            detection.CancelAfter(options.TransportDetectionTimeout);
-            using (detection.Token.Register(streamLifetime.Cancel))
+            if (streamLifetime.IsCancellationRequested)
             {
-                try
-                {
-                    if (!await events.MoveNextAsync().ConfigureAwait(false) || events.Current.EventType != "open")
-                    {
-                        throw new PushConnectException("The SSE stream did not start with the 'open' event.");
-                    }
-                }
-                catch (OperationCanceledException ex) when (!cancellationToken.IsCancellationRequested)
-                {
-                    throw new PushConnectException(
-                        $"The SSE stream opened but delivered nothing within {options.TransportDetectionTimeout} (a proxy may be buffering it).", ex);
-                }
+                // The detection timer fired just as the stream opened: it is cancelled, so count it as not working.
+                throw new PushConnectException($"The SSE stream opened just as the detection timeout of {options.TransportDetectionTimeout} ran out.");
             }
 
             return new SseClientConnection(context, response, events, streamLifetime);
