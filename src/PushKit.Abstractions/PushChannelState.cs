@@ -28,13 +28,16 @@ public sealed class PushChannelStateChangedEventArgs : EventArgs
     /// <param name="closeCode">The close code that caused the change, if any.</param>
     /// <param name="reason">A human-readable reason, if any.</param>
     /// <param name="exception">The error that caused the change, if any.</param>
+    /// <param name="isSessionReset">Whether the channel continues on a new session because the old one could not be resumed.</param>
     public PushChannelStateChangedEventArgs(
         PushChannelState previousState,
         PushChannelState currentState,
         PushCloseCode? closeCode = null,
         string? reason = null,
-        Exception? exception = null)
+        Exception? exception = null,
+        bool isSessionReset = false)
     {
+        IsSessionReset = isSessionReset;
         PreviousState = previousState;
         CurrentState = currentState;
         CloseCode = closeCode;
@@ -56,4 +59,12 @@ public sealed class PushChannelStateChangedEventArgs : EventArgs
 
     /// <summary>The error that caused the change, if any.</summary>
     public Exception? Exception { get; }
+
+    /// <summary>
+    /// True on a change to <see cref="PushChannelState.Connected"/> when the previous session could not be resumed
+    /// (it expired, or the server lost it) and the channel started a new one: messages the peer sent to the old
+    /// session that had not arrived are gone, so the application should assume a gap and catch up (reload state).
+    /// The client's own unacknowledged sends are carried over to the new session.
+    /// </summary>
+    public bool IsSessionReset { get; }
 }

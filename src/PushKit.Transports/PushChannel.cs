@@ -4,6 +4,8 @@ using System.Text;
 using System.Text.Json;
 using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
+using Polly;
+using Polly.Retry;
 using PushKit.Connections;
 using PushKit.Delivery;
 using PushKit.Protocol;
@@ -27,6 +29,11 @@ internal sealed partial class PushChannel : IPushChannel
     private string? _sessionId;
     private bool _connectStarted;
     private string? _transport;
+    private NegotiateResponse? _session;
+    private bool _pendingSessionReset;
+    private int _disposed;
+    private readonly CancellationTokenSource _lifetime = new();
+    private readonly ResiliencePipeline _reconnect;
 
     public PushChannel(PushClientOptions options, ILoggerFactory loggerFactory)
     {
@@ -40,6 +47,7 @@ internal sealed partial class PushChannel : IPushChannel
             Timeout = Timeout.InfiniteTimeSpan,
         };
         _inbound = Channel.CreateBounded<PushMessage>(new BoundedChannelOptions(options.ReceiveQueueCapacity) { SingleWriter = true });
+        _reconnect = options.ReconnectPipeline ?? CreateDefaultReconnectPipeline(options);
     }
 
     public event EventHandler<PushChannelStateChangedEventArgs>? StateChanged;
@@ -79,7 +87,7 @@ internal sealed partial class PushChannel : IPushChannel
 
             if (_connectStarted)
             {
-                throw new InvalidOperationException("ConnectAsync was called already; a channel connects once.");
+                throw new InvalidOperationException("ConnectAsync was called already; a channel connects once and then reconnects by itself.");
             }
 
             _connectStarted = true;
@@ -88,16 +96,9 @@ internal sealed partial class PushChannel : IPushChannel
         SetState(PushChannelState.Connecting, null, null, null);
         try
         {
-            using var timeout = new CancellationTokenSource(_options.ConnectTimeout, _options.TimeProvider);
-            using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeout.Token);
-            try
-            {
-                await ConnectCoreAsync(linked.Token).ConfigureAwait(false);
-            }
-            catch (OperationCanceledException ex) when (timeout.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
-            {
-                throw new PushConnectException($"Connecting to {_options.Url} did not complete within {_options.ConnectTimeout}.", ex);
-            }
+            var (connection, reason) = await OpenAttemptAsync(resume: false, cancellationToken).ConfigureAwait(false);
+            _run = RunLoopAsync(connection);
+            SetState(PushChannelState.Connected, null, reason, null);
         }
         catch (Exception ex)
         {
@@ -108,62 +109,129 @@ internal sealed partial class PushChannel : IPushChannel
         }
     }
 
-    private async Task ConnectCoreAsync(CancellationToken cancellationToken)
+    /// <summary>
+    /// One attempt, bounded by <see cref="PushClientOptions.ConnectTimeout"/>, to open a connection: for the current
+    /// session when <paramref name="resume"/> is set, falling back to a new session when the server no longer has it.
+    /// </summary>
+    private async Task<(IPushTransportConnection Connection, string Reason)> OpenAttemptAsync(bool resume, CancellationToken cancellationToken)
+    {
+        using var timeout = new CancellationTokenSource(_options.ConnectTimeout, _options.TimeProvider);
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeout.Token);
+        try
+        {
+            if (resume && _session is { } session)
+            {
+                try
+                {
+                    var (connection, reason) = await OpenTransportsAsync(session, linked.Token).ConfigureAwait(false);
+                    return (connection, "Resumed: " + reason);
+                }
+                catch (PushConnectException ex) when (ex.ErrorCode == PushErrorCodes.SessionNotFound)
+                {
+                    // The server no longer has the session (expired, or the server restarted): start a new one.
+                    Log.SessionNotResumed(_logger, session.SessionId, ex.Message);
+                    var (connection, reason) = await StartNewSessionAsync(linked.Token).ConfigureAwait(false);
+                    _pendingSessionReset = true;
+                    return (connection, $"Not resumed: session {session.SessionId} is gone on the server ({ex.Message}); started session {SessionId}. Messages sent to the old session and not yet received are lost. {reason}");
+                }
+            }
+
+            return await StartNewSessionAsync(linked.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException ex) when (timeout.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+        {
+            throw new PushConnectException($"Connecting to {_options.Url} did not complete within {_options.ConnectTimeout}.", ex);
+        }
+    }
+
+    /// <summary>Negotiates a new session, moves any unacknowledged sends over to it, and opens a transport.</summary>
+    private async Task<(IPushTransportConnection Connection, string Reason)> StartNewSessionAsync(CancellationToken cancellationToken)
     {
         var negotiated = await NegotiateAsync(cancellationToken).ConfigureAwait(false);
+        var engine = new DeliveryEngine("client " + negotiated.SessionId, negotiated.Limits.MaxMessageBytes, DeliverAsync, _logger)
+        {
+            Heartbeat = new HeartbeatSettings(
+                TimeSpan.FromMilliseconds(negotiated.Heartbeat.IntervalMs > 0 ? negotiated.Heartbeat.IntervalMs : 15_000),
+                TimeSpan.FromMilliseconds(negotiated.Heartbeat.TimeoutMs > 0 ? negotiated.Heartbeat.TimeoutMs : 30_000),
+                _options.TimeProvider),
+        };
+        var (connection, reason) = await OpenTransportsAsync(negotiated, cancellationToken).ConfigureAwait(false);
+
+        DeliveryEngine? previous;
+        lock (_gate)
+        {
+            previous = _engine;
+            _engine = engine;
+            _session = negotiated;
+        }
+
+        // Sends the old session never confirmed go to the new one, in order, with their message ids, so the server
+        // can drop any it had already applied (see docs/reliability.md).
+        if (previous is not null)
+        {
+            engine.Adopt(previous.Detach(new PushChannelClosedException("The session was replaced.")));
+        }
+
         Volatile.Write(ref _sessionId, negotiated.SessionId);
+        return (connection, reason);
+    }
+
+    /// <summary>Opens the first transport, in the client's order of preference, that the server offers and that works.</summary>
+    private async Task<(IPushTransportConnection Connection, string Reason)> OpenTransportsAsync(NegotiateResponse session, CancellationToken cancellationToken)
+    {
         var context = new PushTransportContext
         {
             BaseUrl = _options.Url!,
-            SessionId = negotiated.SessionId,
-            ResumeSecret = negotiated.ResumeSecret,
+            SessionId = session.SessionId,
+            ResumeSecret = session.ResumeSecret,
             Options = _options,
             LoggerFactory = _loggerFactory,
             HttpClient = _http,
         };
 
         var failures = new List<string>();
+        var tried = 0;
+        var notFound = 0;
         foreach (var transport in _options.Transports)
         {
-            if (!negotiated.Transports.Contains(transport.Name))
+            if (!session.Transports.Contains(transport.Name))
             {
                 failures.Add($"{transport.Name}: not offered by the server");
                 Log.TransportSkipped(_logger, transport.Name, "not offered by the server");
                 continue;
             }
 
-            IPushTransportConnection connection;
+            tried++;
             try
             {
-                connection = await transport.ConnectAsync(context, cancellationToken).ConfigureAwait(false);
+                var connection = await transport.ConnectAsync(context, cancellationToken).ConfigureAwait(false);
+                lock (_gate)
+                {
+                    _transport = transport.Name;
+                }
+
+                Log.Connected(_logger, session.SessionId, transport.Name);
+                var reason = failures.Count == 0
+                    ? $"Connected over {transport.Name}."
+                    : $"Connected over {transport.Name}; skipped {string.Join("; ", failures)}.";
+                return (connection, reason);
             }
             catch (Exception ex) when (ex is PushConnectException or HttpRequestException or IOException or System.Net.WebSockets.WebSocketException)
             {
+                if (ex is PushConnectException { ErrorCode: PushErrorCodes.SessionNotFound })
+                {
+                    notFound++;
+                }
+
                 failures.Add($"{transport.Name}: {ex.Message}");
                 Log.TransportSkipped(_logger, transport.Name, ex.Message);
-                continue;
             }
-
-            var engine = new DeliveryEngine("client " + negotiated.SessionId, negotiated.Limits.MaxMessageBytes, DeliverAsync, _logger);
-            lock (_gate)
-            {
-                _engine = engine;
-                _transport = transport.Name;
-            }
-
-            Log.Connected(_logger, negotiated.SessionId, transport.Name);
-            _run = RunAsync(engine, connection);
-            var reason = failures.Count == 0
-                ? $"Connected over {transport.Name}."
-                : $"Connected over {transport.Name}; skipped {string.Join("; ", failures)}.";
-            SetState(PushChannelState.Connected, null, reason, null);
-            return;
         }
 
         throw new PushConnectException(
             $"No transport could connect to {_options.Url}. Tried: {string.Join("; ", failures)}.",
             null,
-            failures.Count > 0 && failures.TrueForAll(f => f.Contains(PushErrorCodes.SessionNotFound, StringComparison.Ordinal)) ? PushErrorCodes.SessionNotFound : null);
+            tried > 0 && notFound == tried ? PushErrorCodes.SessionNotFound : null);
     }
 
     private async Task<NegotiateResponse> NegotiateAsync(CancellationToken cancellationToken)
@@ -251,28 +319,114 @@ internal sealed partial class PushChannel : IPushChannel
         }
     }
 
-    private async Task RunAsync(DeliveryEngine engine, IPushTransportConnection connection)
+    /// <summary>
+    /// Carries the session over one connection after another: when a connection is lost, reconnects through the
+    /// reconnect pipeline (resuming the session, or starting a new one when the server lost it), until the channel
+    /// is closed, the server ends the session, or the pipeline gives up.
+    /// </summary>
+    private async Task RunLoopAsync(IPushTransportConnection connection)
     {
-        ConnectionEnd end;
-        await using (connection.ConfigureAwait(false))
+        var lifetime = _lifetime.Token;
+        while (true)
         {
-            end = await engine.RunAsync(connection).ConfigureAwait(false);
-        }
+            DeliveryEngine engine;
+            lock (_gate)
+            {
+                engine = _engine!;
+            }
 
-        Log.ConnectionEnded(_logger, SessionId, end.Kind, end.Code, end.Reason);
+            ConnectionEnd end;
+            await using (connection.ConfigureAwait(false))
+            {
+                end = await engine.RunAsync(connection, lifetime).ConfigureAwait(false);
+            }
+
+            lock (_gate)
+            {
+                _transport = null;
+            }
+
+            Log.ConnectionEnded(_logger, SessionId, end.Kind, end.Code, end.Reason);
+            if (lifetime.IsCancellationRequested || State == PushChannelState.Closed)
+            {
+                return;
+            }
+
+            var reason = end.Reason ?? end.Kind.ToString();
+            var how = end.Code is { } code ? $"{end.Kind}, {code}" : end.Kind.ToString();
+            if (IsFinal(end) || !_options.AutoReconnect)
+            {
+                var finalState = IsFinal(end) ? PushChannelState.Closed : PushChannelState.Disconnected;
+                Finish(finalState, end.Code, reason, new PushChannelClosedException($"The connection ended ({how}): {reason}", end.Code, end.Error));
+                return;
+            }
+
+            SetState(PushChannelState.Reconnecting, end.Code, $"Connection lost ({how}): {reason}", end.Error);
+            string openedReason;
+            try
+            {
+                if (end.RetryAfterMs is { } retryAfter and > 0)
+                {
+                    // The server said when to come back (shutdown, overload): honour it before the first attempt.
+                    await Task.Delay(TimeSpan.FromMilliseconds(retryAfter), _options.TimeProvider, lifetime).ConfigureAwait(false);
+                }
+
+                (connection, openedReason) = await _reconnect.ExecuteAsync(
+                    static async (state, token) => await state.OpenAttemptAsync(resume: true, token).ConfigureAwait(false),
+                    this,
+                    lifetime).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (lifetime.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (Exception ex)
+            {
+                Log.ReconnectGaveUp(_logger, SessionId, ex.Message);
+                Finish(PushChannelState.Disconnected, end.Code, $"Reconnecting gave up: {ex.Message}", ex);
+                return;
+            }
+
+            var reset = _pendingSessionReset;
+            _pendingSessionReset = false;
+            SetState(PushChannelState.Connected, null, openedReason, null, reset);
+        }
+    }
+
+    /// <summary>Whether a connection's end also ends the channel: the server closed the session, or another client took it.</summary>
+    private static bool IsFinal(ConnectionEnd end) =>
+        end.Kind == ConnectionEndKind.ClosedByPeer && end.Code is PushCloseCode.Normal or PushCloseCode.Superseded or PushCloseCode.Unauthorized;
+
+    private void Finish(PushChannelState state, PushCloseCode? code, string reason, Exception error)
+    {
+        DeliveryEngine? engine;
         lock (_gate)
         {
-            _transport = null;
+            engine = _engine;
         }
 
-        // Resuming after a lost connection is not implemented yet: the channel ends with the connection, and any
-        // unacknowledged send fails with the reason.
-        var finalState = end.Kind == ConnectionEndKind.Lost ? PushChannelState.Disconnected : PushChannelState.Closed;
-        var reason = end.Reason ?? end.Kind.ToString();
-        var how = end.Code is { } code ? $"{end.Kind}, {code}" : end.Kind.ToString();
-        engine.Shutdown(end.Code ?? PushCloseCode.Normal, reason, new PushChannelClosedException($"The connection ended ({how}): {reason}", end.Code, end.Error));
+        engine?.Shutdown(code ?? PushCloseCode.Normal, reason, error as PushException ?? new PushChannelClosedException(reason, code, error));
         _inbound.Writer.TryComplete();
-        SetState(finalState, end.Code, reason, end.Error);
+        SetState(state, code, reason, error);
+    }
+
+    private static ResiliencePipeline CreateDefaultReconnectPipeline(PushClientOptions options)
+    {
+        var builder = new ResiliencePipelineBuilder { TimeProvider = options.TimeProvider };
+        if (options.MaxReconnectAttempts > 0)
+        {
+            builder.AddRetry(new RetryStrategyOptions
+            {
+                ShouldHandle = new PredicateBuilder().Handle<Exception>(ex => ex is not OperationCanceledException),
+                BackoffType = DelayBackoffType.Exponential,
+                UseJitter = true,
+                Delay = options.ReconnectDelay,
+                MaxDelay = options.MaxReconnectDelay,
+                MaxRetryAttempts = options.MaxReconnectAttempts,
+            });
+        }
+
+        return builder.Build();
     }
 
     public async ValueTask SendAsync(PushMessage message, CancellationToken cancellationToken = default)
@@ -319,7 +473,11 @@ internal sealed partial class PushChannel : IPushChannel
             run = _run;
         }
 
+        SetState(PushChannelState.Closed, PushCloseCode.Normal, "Closed by the application.", null);
         engine?.Shutdown(PushCloseCode.Normal, "The client closed the channel.", new PushChannelClosedException("The channel was closed by the application.", PushCloseCode.Normal));
+
+        // Stops a reconnect in progress; a live connection first gets its close frame out (the engine's grace period).
+        _lifetime.CancelAfter(TimeSpan.FromSeconds(2));
         if (run is not null)
         {
             try
@@ -332,12 +490,17 @@ internal sealed partial class PushChannel : IPushChannel
             }
         }
 
+        await _lifetime.CancelAsync().ConfigureAwait(false);
         _inbound.Writer.TryComplete();
-        SetState(PushChannelState.Closed, PushCloseCode.Normal, "Closed by the application.", null);
     }
 
     public async ValueTask DisposeAsync()
     {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
         try
         {
             await CloseAsync().ConfigureAwait(false);
@@ -345,13 +508,14 @@ internal sealed partial class PushChannel : IPushChannel
         finally
         {
             _http.Dispose();
+            _lifetime.Dispose();
         }
     }
 
     private async ValueTask DeliverAsync(PushMessage message, CancellationToken cancellationToken) =>
         await _inbound.Writer.WriteAsync(message, cancellationToken).ConfigureAwait(false);
 
-    private void SetState(PushChannelState state, PushCloseCode? code, string? reason, Exception? exception)
+    private void SetState(PushChannelState state, PushCloseCode? code, string? reason, Exception? exception, bool sessionReset = false)
     {
         PushChannelState previous;
         lock (_gate)
@@ -366,7 +530,7 @@ internal sealed partial class PushChannel : IPushChannel
         }
 
         Log.StateChanged(_logger, SessionId, previous, state, reason);
-        StateChanged?.Invoke(this, new PushChannelStateChangedEventArgs(previous, state, code, reason, exception));
+        StateChanged?.Invoke(this, new PushChannelStateChangedEventArgs(previous, state, code, reason, exception, sessionReset));
     }
 
     private static partial class Log
@@ -388,5 +552,11 @@ internal sealed partial class PushChannel : IPushChannel
 
         [LoggerMessage(105, LogLevel.Warning, "Session {SessionId}: the connection did not close in time; it was aborted")]
         public static partial void CloseTimedOut(ILogger logger, string? sessionId);
+
+        [LoggerMessage(106, LogLevel.Warning, "Session {SessionId} could not be resumed ({Reason}); starting a new session")]
+        public static partial void SessionNotResumed(ILogger logger, string sessionId, string reason);
+
+        [LoggerMessage(107, LogLevel.Error, "Session {SessionId}: reconnecting gave up: {Reason}")]
+        public static partial void ReconnectGaveUp(ILogger logger, string? sessionId, string reason);
     }
 }

@@ -1,4 +1,5 @@
 using System.Net.WebSockets;
+using Polly;
 using PushKit.Protocol;
 
 namespace PushKit.Client;
@@ -24,7 +25,30 @@ public sealed class PushClientOptions
     /// <summary>How long <see cref="IPushChannel.SendAsync"/> waits for the server's acknowledgement. Default 30 seconds.</summary>
     public TimeSpan AckTimeout { get; set; } = TimeSpan.FromSeconds(30);
 
-    /// <summary>How long negotiation plus opening a transport may take. Default 15 seconds.</summary>
+    /// <summary>
+    /// Whether a lost connection is reopened automatically, resuming the session (default true). When false, a lost
+    /// connection ends the channel in <see cref="PushChannelState.Disconnected"/> and unacknowledged sends fail.
+    /// </summary>
+    public bool AutoReconnect { get; set; } = true;
+
+    /// <summary>
+    /// The pipeline that drives reconnect attempts; each execution is one attempt to reopen the session (over any
+    /// transport). Null for the default: retry with exponential backoff and jitter from <see cref="ReconnectDelay"/>
+    /// up to <see cref="MaxReconnectDelay"/>, at most <see cref="MaxReconnectAttempts"/> attempts. A pipeline
+    /// registered in DI under the key <c>"PushKit.Reconnect"</c> is used by <c>AddPushKitClient</c>.
+    /// </summary>
+    public ResiliencePipeline? ReconnectPipeline { get; set; }
+
+    /// <summary>The base delay of the default reconnect backoff. Default 1 second.</summary>
+    public TimeSpan ReconnectDelay { get; set; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>The longest delay between reconnect attempts of the default backoff. Default 30 seconds.</summary>
+    public TimeSpan MaxReconnectDelay { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>How many failed reconnect attempts the default pipeline retries before giving up. Default: no limit (retry until closed).</summary>
+    public int MaxReconnectAttempts { get; set; } = int.MaxValue;
+
+    /// <summary>How long negotiation plus opening a transport may take (each reconnect attempt too). Default 15 seconds.</summary>
     public TimeSpan ConnectTimeout { get; set; } = TimeSpan.FromSeconds(15);
 
     /// <summary>The largest frame or batch accepted from the server. Default 1 MiB.</summary>
@@ -83,6 +107,16 @@ public sealed class PushClientOptions
         if (TransportDetectionTimeout <= TimeSpan.Zero)
         {
             errors.Add($"PushClientOptions.TransportDetectionTimeout must be positive (was {TransportDetectionTimeout}).");
+        }
+
+        if (ReconnectDelay <= TimeSpan.Zero || MaxReconnectDelay < ReconnectDelay)
+        {
+            errors.Add($"PushClientOptions.ReconnectDelay must be positive and at most MaxReconnectDelay (were {ReconnectDelay} and {MaxReconnectDelay}).");
+        }
+
+        if (MaxReconnectAttempts < 0)
+        {
+            errors.Add($"PushClientOptions.MaxReconnectAttempts must not be negative (was {MaxReconnectAttempts}).");
         }
 
         if (MaxMessageBytes < 1024)

@@ -21,6 +21,9 @@ internal sealed partial class DeliveryEngine
         [LoggerMessage(5, LogLevel.Warning, "{Name}: the peer reported error '{Code}': {Message}")]
         public static partial void PeerError(ILogger logger, string name, string? code, string? message);
 
+        [LoggerMessage(7, LogLevel.Warning, "{Name}: nothing received for {Timeout}; closing the connection as dead (4408)")]
+        public static partial void HeartbeatTimedOut(ILogger logger, string name, TimeSpan timeout);
+
         [LoggerMessage(6, LogLevel.Error, "{Name}: delivering a message to the application failed; the connection is dropped and the message will be replayed")]
         public static partial void DeliveryFailed(ILogger logger, string name, Exception exception);
     }

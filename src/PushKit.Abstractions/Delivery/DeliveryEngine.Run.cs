@@ -25,6 +25,8 @@ internal sealed partial class DeliveryEngine
 
         public static Control Pong => new(FrameType.Pong, null, null);
 
+        public static Control Ping => new(FrameType.Ping, null, null);
+
         public static Control Error(string code, string message) => new(FrameType.Error, code, message);
 
         public void Write(IBufferWriter<byte> output)
@@ -32,6 +34,10 @@ internal sealed partial class DeliveryEngine
             if (_type == FrameType.Pong)
             {
                 FrameCodec.WritePong(output);
+            }
+            else if (_type == FrameType.Ping)
+            {
+                FrameCodec.WritePing(output);
             }
             else
             {
@@ -46,6 +52,9 @@ internal sealed partial class DeliveryEngine
         private readonly CancellationTokenSource _cts;
         private readonly Queue<Control> _control = new();
         private CloseRequest? _localClose;
+        private long _lastReceived;
+        private long _lastSent;
+        private bool _readPaused;
 
         public Run(IPushTransportConnection connection, CancellationToken cancellationToken)
         {
@@ -70,6 +79,35 @@ internal sealed partial class DeliveryEngine
 
         /// <summary>The highest inbound sequence number queued for delivery on this connection (read loop only).</summary>
         public long LastQueued { get; set; }
+
+        /// <summary>When something last arrived (a <see cref="TimeProvider"/> timestamp).</summary>
+        public long LastReceived => Volatile.Read(ref _lastReceived);
+
+        /// <summary>When something was last sent (a <see cref="TimeProvider"/> timestamp).</summary>
+        public long LastSent => Volatile.Read(ref _lastSent);
+
+        /// <summary>Whether reading is paused because the application is behind (not a sign of a dead connection).</summary>
+        public bool ReadPaused
+        {
+            get => Volatile.Read(ref _readPaused);
+            set => Volatile.Write(ref _readPaused, value);
+        }
+
+        public void MarkReceived(TimeProvider? time)
+        {
+            if (time is not null)
+            {
+                Volatile.Write(ref _lastReceived, time.GetTimestamp());
+            }
+        }
+
+        public void MarkSent(TimeProvider? time)
+        {
+            if (time is not null)
+            {
+                Volatile.Write(ref _lastSent, time.GetTimestamp());
+            }
+        }
 
         public void Ring() => Doorbell.Writer.TryWrite(true);
 

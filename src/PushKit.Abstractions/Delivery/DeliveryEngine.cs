@@ -59,6 +59,9 @@ internal sealed partial class DeliveryEngine
         set => Volatile.Write(ref _peerMaxMessageBytes, value);
     }
 
+    /// <summary>Heartbeat settings for every connection run from now on; null for none.</summary>
+    public HeartbeatSettings? Heartbeat { get; set; }
+
     /// <summary>The number of outbound messages not yet acknowledged by the peer.</summary>
     public int UnacknowledgedCount
     {
@@ -186,6 +189,61 @@ internal sealed partial class DeliveryEngine
     }
 
     /// <summary>
+    /// Closes the engine for good like <see cref="Shutdown"/>, but hands back the unacknowledged outbound messages,
+    /// oldest first, with their pending completions, instead of failing them: a new session adopts them.
+    /// </summary>
+    public IReadOnlyList<(PushMessage Message, TaskCompletionSource? Completion)> Detach(Exception error)
+    {
+        var detached = new List<(PushMessage, TaskCompletionSource?)>();
+        lock (_gate)
+        {
+            if (_terminal is not null)
+            {
+                return detached;
+            }
+
+            _terminal = error;
+            for (var i = 0; i < _count; i++)
+            {
+                ref var entry = ref _ring[(_head + i) % _ring.Length];
+                detached.Add((entry.Message!, entry.Completion));
+                entry = default;
+            }
+
+            _count = 0;
+            _head = 0;
+            _lastAcked = _lastAssigned;
+            _sendCursor = _lastAssigned + 1;
+        }
+
+        return detached;
+    }
+
+    /// <summary>Queues messages detached from a previous session, keeping their pending completions.</summary>
+    public void Adopt(IEnumerable<(PushMessage Message, TaskCompletionSource? Completion)> messages)
+    {
+        Run? run;
+        lock (_gate)
+        {
+            foreach (var (message, completion) in messages)
+            {
+                if (_count == _ring.Length)
+                {
+                    Grow();
+                }
+
+                _ring[(_head + _count) % _ring.Length] = new Entry(message, completion);
+                _count++;
+                _lastAssigned++;
+            }
+
+            run = _current;
+        }
+
+        run?.Ring();
+    }
+
+    /// <summary>
     /// Carries the session over <paramref name="connection"/> until it ends, replaying every unacknowledged outbound
     /// message first. Returns how the connection ended; never throws for connection failures.
     /// </summary>
@@ -215,6 +273,8 @@ internal sealed partial class DeliveryEngine
         using var deliveryStop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         var delivery = DeliverLoopAsync(run, deliveryStop.Token);
         var writer = WriteLoopAsync(run);
+        using var heartbeatStop = CancellationTokenSource.CreateLinkedTokenSource(run.Token);
+        var heartbeat = Heartbeat is { } settings ? HeartbeatLoopAsync(run, settings, heartbeatStop.Token) : Task.CompletedTask;
         ConnectionEnd end;
         var drain = false;
         try
@@ -228,6 +288,12 @@ internal sealed partial class DeliveryEngine
             run.RequestClose(ex.CloseCode, ex.Message, retryAfterMs: null, sendFrame: true);
             drain = true;
         }
+        catch (Exception ex) when (run.LocalClose is { Code: PushCloseCode.HeartbeatTimeout } timedOut)
+        {
+            // Nothing arrived for too long: the connection is half-open or dead. Lost, whatever the transport says.
+            _ = ex;
+            end = new ConnectionEnd(ConnectionEndKind.Lost, timedOut.Code, timedOut.Reason);
+        }
         catch (Exception ex) when (run.LocalClose is { } local)
         {
             // The read loop was stopped because this side closed the connection.
@@ -238,6 +304,9 @@ internal sealed partial class DeliveryEngine
         {
             end = new ConnectionEnd(ConnectionEndKind.Lost, null, ex.Message, Error: ex);
         }
+
+        // The read side is done: heartbeats have nothing left to watch.
+        await heartbeatStop.CancelAsync().ConfigureAwait(false);
 
         if (end.Kind == ConnectionEndKind.ClosedByPeer && run.LocalClose is { SendFrame: true } initiated)
         {
@@ -283,6 +352,7 @@ internal sealed partial class DeliveryEngine
         try
         {
             await writer.WaitAsync(s_closeGrace + s_closeGrace, CancellationToken.None).ConfigureAwait(false);
+            await heartbeat.ConfigureAwait(false);
         }
         catch (Exception ex)
         {
@@ -334,6 +404,7 @@ internal sealed partial class DeliveryEngine
         {
             buffer.ResetWrittenCount();
             var result = await run.Connection.ReceiveAsync(buffer, token).ConfigureAwait(false);
+            run.MarkReceived(Heartbeat?.TimeProvider);
             if (result.IsClosed)
             {
                 return new ConnectionEnd(ConnectionEndKind.ClosedByPeer, result.CloseCode, result.CloseReason);
@@ -424,7 +495,20 @@ internal sealed partial class DeliveryEngine
         }
 
         run.LastQueued = frame.Sequence;
-        await run.Deliveries.Writer.WriteAsync(frame, run.Token).ConfigureAwait(false);
+        if (!run.Deliveries.Writer.TryWrite(frame))
+        {
+            // The application is behind: reading pauses (the peer is slowed down), and that is not a dead connection.
+            run.ReadPaused = true;
+            try
+            {
+                await run.Deliveries.Writer.WriteAsync(frame, run.Token).ConfigureAwait(false);
+            }
+            finally
+            {
+                run.ReadPaused = false;
+                run.MarkReceived(Heartbeat?.TimeProvider);
+            }
+        }
     }
 
     /// <summary>Hands queued inbound messages to the application in order and owes the peer an ack after each.</summary>
@@ -537,6 +621,7 @@ internal sealed partial class DeliveryEngine
                     }
 
                     await run.Connection.SendAsync(output.WrittenMemory, token).ConfigureAwait(false);
+                    run.MarkSent(Heartbeat?.TimeProvider);
                 }
 
                 if (run.LocalClose is { } close)
@@ -564,6 +649,38 @@ internal sealed partial class DeliveryEngine
             // A failed send means the connection is gone: stop the read side too.
             Log.WriteLoopEnded(_logger, _name, ex.Message);
             run.Cancel();
+        }
+    }
+
+    private async Task HeartbeatLoopAsync(Run run, HeartbeatSettings settings, CancellationToken token)
+    {
+        var time = settings.TimeProvider;
+        run.MarkReceived(time);
+        run.MarkSent(time);
+        try
+        {
+            using var timer = new PeriodicTimer(settings.CheckPeriod, time);
+            while (await timer.WaitForNextTickAsync(token).ConfigureAwait(false))
+            {
+                if (!run.ReadPaused && time.GetElapsedTime(run.LastReceived) > settings.Timeout)
+                {
+                    Log.HeartbeatTimedOut(_logger, _name, settings.Timeout);
+                    run.RequestClose(PushCloseCode.HeartbeatTimeout, $"Nothing received for {settings.Timeout}.", retryAfterMs: null, sendFrame: true);
+
+                    // The read side may be stuck on a half-open connection: stop it now.
+                    run.Cancel();
+                    return;
+                }
+
+                if (time.GetElapsedTime(run.LastSent) >= settings.Interval)
+                {
+                    run.EnqueueControl(Control.Ping);
+                    run.MarkSent(time);
+                }
+            }
+        }
+        catch (OperationCanceledException)
+        {
         }
     }
 

@@ -42,7 +42,10 @@ internal sealed partial class PushSession : IPushSession
             _inbound = Channel.CreateBounded<PushMessage>(new BoundedChannelOptions(options.InboundQueueCapacity) { SingleWriter = true });
         }
 
-        Engine = new DeliveryEngine($"session {sessionId}", peerMaxMessageBytes, DeliverAsync, logger);
+        Engine = new DeliveryEngine($"session {sessionId}", peerMaxMessageBytes, DeliverAsync, logger)
+        {
+            Heartbeat = new HeartbeatSettings(options.HeartbeatInterval, options.HeartbeatTimeout, manager.TimeProvider),
+        };
     }
 
     public event EventHandler<PushChannelStateChangedEventArgs>? StateChanged;
