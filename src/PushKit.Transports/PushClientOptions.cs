@@ -63,7 +63,7 @@ public sealed class PushClientOptions
     /// <summary>Supplies a bearer token sent as <c>Authorization: Bearer …</c> on every request; null for none.</summary>
     public Func<CancellationToken, ValueTask<string?>>? AccessTokenProvider { get; set; }
 
-    /// <summary>Headers sent on every request (negotiate and WebSocket handshake).</summary>
+    /// <summary>Headers sent on every request: negotiate, the WebSocket handshake, SSE streams, polls and sends.</summary>
     public IDictionary<string, string> Headers { get; } = new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase);
 
     /// <summary>Creates the HTTP handler used for negotiation; null for a default <see cref="SocketsHttpHandler"/>.</summary>

@@ -200,31 +200,33 @@ internal static class FrameCodec
     public static FrameParseStatus TryParse(ReadOnlySpan<byte> json, out Frame frame, out string? error)
     {
         frame = default;
+        FrameParseStatus status;
         try
         {
-            var status = TryParseCore(json, out frame, out error);
-
-            // A frame of a type this version does not know is ignored, whatever its fields look like: a later
-            // protocol revision may give known field names other meanings.
-            if (status == FrameParseStatus.Malformed && PeekType(json) is { } type && !IsKnownType(type))
-            {
-                error = type;
-                return FrameParseStatus.UnknownType;
-            }
-
-            return status;
+            status = TryParseCore(json, out frame, out error);
         }
         catch (JsonException ex)
         {
             error = "Invalid JSON: " + ex.Message;
-            return FrameParseStatus.Malformed;
+            status = FrameParseStatus.Malformed;
         }
         catch (InvalidOperationException ex)
         {
             // Raised by Utf8JsonReader accessors when a value has the wrong token type or invalid escapes.
             error = "Invalid field value: " + ex.Message;
-            return FrameParseStatus.Malformed;
+            status = FrameParseStatus.Malformed;
         }
+
+        // A frame of a type this version does not know is ignored, whatever its fields look like: a later protocol
+        // revision may give known field names other meanings. Only well-formed JSON with a string 'type' is required.
+        if (status == FrameParseStatus.Malformed && PeekType(json) is { } type && !IsKnownType(type))
+        {
+            frame = default;
+            error = type;
+            return FrameParseStatus.UnknownType;
+        }
+
+        return status;
     }
 
     private static FrameParseStatus TryParseCore(ReadOnlySpan<byte> json, out Frame frame, out string? error)

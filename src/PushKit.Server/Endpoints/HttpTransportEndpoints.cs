@@ -31,6 +31,8 @@ internal static partial class HttpTransportEndpoints
         var connection = new SseServerConnection(context, options.SseKeepAliveInterval, sessions.TimeProvider);
         await using (connection.ConfigureAwait(false))
         {
+            // Attached before the 'open' event goes out, so a POST that follows it at once finds the connection.
+            session.SetHttpConnection(connection);
             await connection.StartAsync(options.SseRetryHint).ConfigureAwait(false);
 
             // A browser's EventSource reconnects with the id of the last message it processed: that is an ack.
@@ -40,7 +42,6 @@ internal static partial class HttpTransportEndpoints
                 session.Engine.AcknowledgeUpTo(lastEventId);
             }
 
-            session.SetHttpConnection(connection);
             await session.RunConnectionAsync(connection, context.RequestAborted).ConfigureAwait(false);
         }
     }
@@ -76,6 +77,7 @@ internal static partial class HttpTransportEndpoints
         var options = sessions.Options;
         var connection = session.AttachLongPolling(
             () => new LongPollingServerConnection(session.Engine.PeerMaxMessageBytes, options.LongPollingTimeout, sessions.TimeProvider),
+            forceNew: context.Request.Query["open"] == "1",
             out var created);
         if (created)
         {
@@ -95,6 +97,12 @@ internal static partial class HttpTransportEndpoints
     public static async Task SendAsync(HttpContext context)
     {
         var sessions = context.RequestServices.GetRequiredService<PushSessionManager>();
+        if (!sessions.Options.Transports.Contains(PushProtocol.Transports.ServerSentEvents)
+            && !await RequireTransportAsync(context, sessions, PushProtocol.Transports.LongPolling).ConfigureAwait(false))
+        {
+            return;
+        }
+
         var session = await SessionAuthenticator.AuthenticateAsync(context, sessions).ConfigureAwait(false);
         if (session is null)
         {

@@ -11,7 +11,7 @@ namespace PushKit.Server.Sessions;
 /// <summary>One client's session on the server: its delivery engine, its connection and its lifetime.</summary>
 internal sealed partial class PushSession : IPushSession
 {
-    private static readonly TimeSpan s_supersedeWait = TimeSpan.FromSeconds(5);
+    private static readonly TimeSpan s_supersedeWait = TimeSpan.FromSeconds(1);
 
     private readonly PushSessionManager _manager;
     private readonly byte[] _secretHash;
@@ -25,6 +25,7 @@ internal sealed partial class PushSession : IPushSession
     private string? _transport;
     private System.Collections.Concurrent.ConcurrentDictionary<object, object?>? _items;
     private int _startNotified;
+    private IPushTransportConnection? _connection;
     private Connections.HttpServerConnection? _httpConnection;
 
     public PushSession(PushSessionManager manager, string sessionId, byte[] secretHash, ClaimsPrincipal user, string? userId, long createdAt, int peerMaxMessageBytes, ILogger logger)
@@ -93,19 +94,29 @@ internal sealed partial class PushSession : IPushSession
     internal void SetHttpConnection(Connections.HttpServerConnection connection) => Volatile.Write(ref _httpConnection, connection);
 
     /// <summary>Returns the live long-polling connection, or attaches <paramref name="created"/> when there is none.</summary>
-    internal Connections.LongPollingServerConnection AttachLongPolling(Func<Connections.LongPollingServerConnection> create, out bool created)
+    /// <param name="create">Creates the connection.</param>
+    /// <param name="forceNew">The client opens a new connection (after a loss): the previous one is ended so that the new one replays.</param>
+    /// <param name="created">Whether a new connection was attached.</param>
+    internal Connections.LongPollingServerConnection AttachLongPolling(Func<Connections.LongPollingServerConnection> create, bool forceNew, out bool created)
     {
+        Connections.LongPollingServerConnection? replaced = null;
         lock (_stateGate)
         {
             if (_httpConnection is Connections.LongPollingServerConnection { IsDead: false } live)
             {
-                created = false;
-                return live;
+                if (!forceNew)
+                {
+                    created = false;
+                    return live;
+                }
+
+                replaced = live;
             }
 
             var connection = create();
             _httpConnection = connection;
             created = true;
+            replaced?.Abort();
             return connection;
         }
     }
@@ -197,11 +208,13 @@ internal sealed partial class PushSession : IPushSession
                 }
                 catch (TimeoutException)
                 {
-                    // The old connection did not close in time; RunAsync below refuses to share the engine, so wait is required.
-                    await previous.ConfigureAwait(false);
+                    // The old connection is not closing in time (a dead peer, a long-poll nobody collects): cut it.
+                    Volatile.Read(ref _connection)?.Abort();
+                    await previous.WaitAsync(s_supersedeWait, cancellationToken).ConfigureAwait(false);
                 }
             }
 
+            Volatile.Write(ref _connection, connection);
             run = Engine.RunAsync(connection, cancellationToken);
             lock (_stateGate)
             {

@@ -21,7 +21,7 @@ internal sealed class LongPollingPushTransport : IPushTransport
         detection.CancelAfter(context.Options.TransportDetectionTimeout);
         try
         {
-            using var response = await connection.PollAsync(detection.Token).ConfigureAwait(false);
+            using var response = await connection.PollAsync(detection.Token, open: true).ConfigureAwait(false);
             if (!response.IsSuccessStatusCode)
             {
                 throw await HttpTransportHelpers.ToExceptionAsync(response, "Long-polling", cancellationToken).ConfigureAwait(false);
@@ -43,9 +43,12 @@ internal sealed class LongPollingPushTransport : IPushTransport
 
         public string TransportName => PushProtocol.Transports.LongPolling;
 
-        public async Task<HttpResponseMessage> PollAsync(CancellationToken cancellationToken)
+        /// <param name="cancellationToken">Cancels the poll.</param>
+        /// <param name="open">The first poll of a connection: the server starts a new connection (and replays what is unacknowledged).</param>
+        public async Task<HttpResponseMessage> PollAsync(CancellationToken cancellationToken, bool open = false)
         {
-            using var request = await HttpTransportHelpers.CreateRequestAsync(HttpMethod.Get, _pollUrl, context, cancellationToken).ConfigureAwait(false);
+            var url = open ? new Uri(_pollUrl + "&open=1") : _pollUrl;
+            using var request = await HttpTransportHelpers.CreateRequestAsync(HttpMethod.Get, url, context, cancellationToken).ConfigureAwait(false);
             return await context.HttpClient.SendAsync(request, HttpCompletionOption.ResponseContentRead, cancellationToken).ConfigureAwait(false);
         }
 

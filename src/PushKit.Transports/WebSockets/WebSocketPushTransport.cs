@@ -29,7 +29,19 @@ internal sealed class WebSocketPushTransport : IPushTransport
             }
 
             options.ConfigureWebSocket?.Invoke(socket.Options);
-            await socket.ConnectAsync(context.GetEndpointUrl("ws", webSocket: true), cancellationToken).ConfigureAwait(false);
+
+            // A proxy that swallows the upgrade without answering must not use up the whole connect timeout.
+            using var detection = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            detection.CancelAfter(options.TransportDetectionTimeout);
+            try
+            {
+                await socket.ConnectAsync(context.GetEndpointUrl("ws", webSocket: true), detection.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException ex) when (!cancellationToken.IsCancellationRequested)
+            {
+                throw new PushConnectException($"The WebSocket handshake was not answered within {options.TransportDetectionTimeout}.", ex);
+            }
+
             return new WebSocketTransportConnection(socket, options.MaxMessageBytes);
         }
         catch (WebSocketException ex)
