@@ -88,6 +88,9 @@ internal sealed partial class DeliveryEngine
 
     public bool IsConnected => Volatile.Read(ref _current) is not null;
 
+    /// <summary>Whether reading on the current connection is paused because the application is behind.</summary>
+    internal bool IsReadPaused => Volatile.Read(ref _current)?.ReadPaused == true;
+
     /// <summary>
     /// Queues <paramref name="message"/> for delivery and returns a task that completes when the peer acknowledges it
     /// (null when <paramref name="trackAck"/> is false: the message is still delivered, nobody waits for it).

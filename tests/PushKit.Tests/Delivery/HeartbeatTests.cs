@@ -1,0 +1,119 @@
+using System.Threading.Channels;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Time.Testing;
+using PushKit.Delivery;
+
+namespace PushKit.Tests.Delivery;
+
+/// <summary>Heartbeats on a deterministic clock: pings when idle, a half-open connection detected within a bounded time.</summary>
+public class HeartbeatTests
+{
+    private static readonly TimeSpan s_timeout = TimeSpan.FromSeconds(10);
+    private static readonly TimeSpan s_interval = TimeSpan.FromSeconds(10);
+    private static readonly TimeSpan s_deadAfter = TimeSpan.FromSeconds(30);
+
+    private static DeliveryEngine CreateEngine(FakeTimeProvider time, Func<PushMessage, CancellationToken, ValueTask>? deliver = null) =>
+        new("engine", 1 << 20, deliver ?? ((_, _) => ValueTask.CompletedTask), NullLogger.Instance)
+        {
+            Heartbeat = new HeartbeatSettings(s_interval, s_deadAfter, time),
+        };
+
+    [Fact]
+    public async Task An_idle_connection_sends_a_ping_each_interval()
+    {
+        var time = new FakeTimeProvider();
+        var engine = CreateEngine(time);
+        var (a, b) = InMemoryConnection.CreatePair();
+        var run = engine.RunAsync(a);
+
+        time.Advance(s_interval / 2);
+        Assert.DoesNotContain("ping", Sent(a), StringComparison.Ordinal);
+        time.Advance(s_interval / 2);
+        await WaitUntilAsync(() => Sent(a).Contains("{\"type\":\"ping\"}", StringComparison.Ordinal));
+
+        a.Abort();
+        await run.WaitAsync(s_timeout);
+        _ = b;
+    }
+
+    [Fact]
+    public async Task A_connection_that_receives_nothing_is_dropped_after_the_timeout_and_not_before()
+    {
+        var time = new FakeTimeProvider();
+        var engine = CreateEngine(time);
+        var (a, _) = InMemoryConnection.CreatePair();
+        var run = engine.RunAsync(a);
+
+        // The peer is silent (half-open): nothing arrives, not even pongs.
+        for (var elapsed = TimeSpan.Zero; elapsed < s_deadAfter; elapsed += s_interval / 2)
+        {
+            time.Advance(s_interval / 2);
+            Assert.False(run.IsCompleted, $"dropped early, at {elapsed + (s_interval / 2)}");
+        }
+
+        // Detected within the timeout plus one check period (half the interval).
+        time.Advance(s_interval / 2);
+        var end = await run.WaitAsync(s_timeout);
+        Assert.Equal((ConnectionEndKind.Lost, (PushCloseCode?)PushCloseCode.HeartbeatTimeout), (end.Kind, end.Code));
+    }
+
+    [Fact]
+    public async Task Anything_received_keeps_the_connection_alive()
+    {
+        var time = new FakeTimeProvider();
+        var engine = CreateEngine(time);
+        var (a, _) = InMemoryConnection.CreatePair();
+        var run = engine.RunAsync(a);
+        for (var i = 0; i < 10; i++)
+        {
+            time.Advance(s_interval);
+            a.Inject("{\"type\":\"pong\"}");
+            await WaitUntilAsync(() => engine.IsConnected);
+        }
+
+        Assert.False(run.IsCompleted);
+        a.Abort();
+        await run.WaitAsync(s_timeout);
+    }
+
+    [Fact]
+    public async Task A_peer_slowed_down_by_the_application_is_not_taken_for_dead()
+    {
+        var time = new FakeTimeProvider();
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var engine = CreateEngine(time, async (_, ct) => await release.Task.WaitAsync(ct));
+        var (a, _) = InMemoryConnection.CreatePair();
+        var run = engine.RunAsync(a);
+
+        // The application is stuck on message 1 while 100 more wait: reading pauses, and that is not silence.
+        a.Inject(string.Join("\n", Enumerable.Range(1, 100).Select(i => $"{{\"type\":\"msg\",\"seq\":{i},\"data\":\"m\"}}")));
+        await WaitUntilAsync(() => engine.IsReadPaused);
+        time.Advance(s_deadAfter * 3);
+
+        // Nothing is to happen here, so there is no event to await: give the heartbeat loop a moment to act wrongly.
+        await Task.Delay(200);
+        Assert.False(run.IsCompleted);
+
+        release.SetResult();
+        await WaitUntilAsync(() => engine.LastDelivered == 100);
+        a.Abort();
+        await run.WaitAsync(s_timeout);
+    }
+
+    private static string Sent(InMemoryConnection connection)
+    {
+        lock (connection.Sent)
+        {
+            return string.Join("\n", connection.Sent);
+        }
+    }
+
+    private static async Task WaitUntilAsync(Func<bool> condition)
+    {
+        using var cts = new CancellationTokenSource(s_timeout);
+        while (!condition())
+        {
+            await Task.Delay(10, cts.Token);
+        }
+    }
+}
