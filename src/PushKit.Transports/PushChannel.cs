@@ -410,7 +410,7 @@ internal sealed partial class PushChannel : IPushChannel
         SetState(state, code, reason, error);
     }
 
-    private static ResiliencePipeline CreateDefaultReconnectPipeline(PushClientOptions options)
+    internal static ResiliencePipeline CreateDefaultReconnectPipeline(PushClientOptions options)
     {
         var builder = new ResiliencePipelineBuilder { TimeProvider = options.TimeProvider };
         if (options.MaxReconnectAttempts > 0)

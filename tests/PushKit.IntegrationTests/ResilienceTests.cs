@@ -128,3 +128,156 @@ public class ResilienceTests(ITestOutputHelper output)
             }
         });
 }
+
+/// <summary>What the application sees when a session cannot be resumed, when the server shuts down, and how reconnects are paced.</summary>
+public class SessionLifetimeTests
+{
+    private static async Task WaitForAsync(IPushChannel channel, Func<PushChannelStateChangedEventArgs, bool> match, Action? trigger = null, PushChannelState? orAlready = null)
+    {
+        var seen = new TaskCompletionSource<PushChannelStateChangedEventArgs>(TaskCreationOptions.RunContinuationsAsynchronously);
+        channel.StateChanged += (_, e) =>
+        {
+            if (match(e))
+            {
+                seen.TrySetResult(e);
+            }
+        };
+        if (orAlready is { } state && channel.State == state)
+        {
+            return;
+        }
+
+        trigger?.Invoke();
+        await seen.Task.WaitAsync(TestTimeouts.Default);
+    }
+
+    [Theory]
+    [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
+    public async Task Beyond_the_resume_window_the_client_is_told_the_session_was_not_resumed_and_its_sends_carry_over(string transport)
+    {
+        var time = new Microsoft.Extensions.Time.Testing.FakeTimeProvider();
+        var collector = new Collector();
+        await using var server = await PushTestServer.StartAsync(
+            push => push.AddCollector(collector),
+            o => o.ResumeWindow = TimeSpan.FromMinutes(2),
+            configureBuilder: b => Microsoft.Extensions.DependencyInjection.ServiceCollectionServiceExtensions.AddSingleton<TimeProvider>(b.Services, time));
+        await using var proxy = new ChaosProxy(server.Root);
+        var client = await server.ConnectClientAsync(transport, o =>
+        {
+            o.Url = proxy.PushUrl;
+            o.ReconnectDelay = TimeSpan.FromMilliseconds(20);
+            o.MaxReconnectDelay = TimeSpan.FromMilliseconds(200);
+            o.ConnectTimeout = TimeSpan.FromSeconds(3);
+        });
+        var oldSessionId = client.SessionId!;
+        var oldSession = server.Sessions.FindSession(oldSessionId)!;
+        await client.SendStringAsync("before").AsTask().WaitAsync(TestTimeouts.Default);
+
+        // The network goes away; the client keeps trying; a send made meanwhile is queued.
+        proxy.RefuseNew = true;
+        await WaitForAsync(client, e => e.CurrentState == PushChannelState.Reconnecting, proxy.CutAll);
+        var during = client.SendStringAsync("during").AsTask();
+
+        // The server notices the connection is gone (at once for a reset socket; for long-polling, when polls stop
+        // coming; at the latest by the heartbeat timeout).
+        await WaitForAsync(
+            oldSession,
+            e => e.CurrentState == PushChannelState.Disconnected,
+            () => time.Advance(TimeSpan.FromSeconds(40)),
+            orAlready: PushChannelState.Disconnected);
+
+        // The resume window passes on the server: the session expires.
+        var reset = new TaskCompletionSource<PushChannelStateChangedEventArgs>(TaskCreationOptions.RunContinuationsAsynchronously);
+        client.StateChanged += (_, e) =>
+        {
+            if (e.CurrentState == PushChannelState.Connected)
+            {
+                reset.TrySetResult(e);
+            }
+        };
+        time.Advance(TimeSpan.FromMinutes(2) + TimeSpan.FromSeconds(2));
+        Assert.Null(server.Sessions.FindSession(oldSessionId));
+        proxy.RefuseNew = false;
+
+        var connected = await reset.Task.WaitAsync(TestTimeouts.Default);
+        Assert.True(connected.IsSessionReset);
+        Assert.Contains("Not resumed", connected.Reason, StringComparison.Ordinal);
+        Assert.NotEqual(oldSessionId, client.SessionId);
+
+        await during.WaitAsync(TestTimeouts.Default);
+        Assert.Equal(["before"], collector.All.Where(m => m.Session.SessionId == oldSessionId).Select(m => m.Message.GetString()));
+        Assert.Equal(["during"], collector.All.Where(m => m.Session.SessionId == client.SessionId).Select(m => m.Message.GetString()));
+    }
+
+    [Theory]
+    [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
+    public async Task When_the_server_shuts_down_clients_are_told_to_go_away_and_start_reconnecting(string transport)
+    {
+        var server = await PushTestServer.StartAsync();
+        var client = new PushChannelBuilder().WithUrl(server.BaseUrl).Configure(o =>
+        {
+            o.Transports.Clear();
+            o.Transports.Add(Transports.ByName(transport));
+        }).Build();
+        await using (client)
+        {
+            await client.ConnectAsync().WaitAsync(TestTimeouts.Default);
+            var reconnecting = new TaskCompletionSource<PushChannelStateChangedEventArgs>(TaskCreationOptions.RunContinuationsAsynchronously);
+            client.StateChanged += (_, e) =>
+            {
+                if (e.CurrentState == PushChannelState.Reconnecting)
+                {
+                    reconnecting.TrySetResult(e);
+                }
+            };
+
+            var stopping = server.DisposeAsync().AsTask();
+            var change = await reconnecting.Task.WaitAsync(TestTimeouts.Default);
+            Assert.Equal(PushCloseCode.GoingAway, change.CloseCode);
+            await stopping.WaitAsync(TestTimeouts.Default);
+        }
+    }
+
+    [Fact]
+    public async Task The_default_reconnect_backoff_is_exponential_with_jitter_and_capped()
+    {
+        var time = new Microsoft.Extensions.Time.Testing.FakeTimeProvider();
+        var options = new PushClientOptions
+        {
+            TimeProvider = time,
+            ReconnectDelay = TimeSpan.FromSeconds(1),
+            MaxReconnectDelay = TimeSpan.FromSeconds(30),
+            MaxReconnectAttempts = 12,
+        };
+        var pipeline = PushKit.Client.PushChannel.CreateDefaultReconnectPipeline(options);
+        var attempts = new List<DateTimeOffset>();
+        var attempted = new SemaphoreSlim(0);
+        var run = Task.Run(() => pipeline.ExecuteAsync(_ =>
+        {
+            lock (attempts)
+            {
+                attempts.Add(time.GetUtcNow());
+            }
+
+            attempted.Release();
+            throw new PushConnectException("refused");
+        }).AsTask());
+
+        // Walk the clock forward in 50 ms steps and note when each attempt happens.
+        Assert.True(await attempted.WaitAsync(TestTimeouts.Default));
+        for (var step = 0; step < 20_000 && !run.IsCompleted; step++)
+        {
+            time.Advance(TimeSpan.FromMilliseconds(50));
+            while (await attempted.WaitAsync(step % 100 == 0 ? 20 : 0))
+            {
+            }
+        }
+
+        await Assert.ThrowsAsync<PushConnectException>(() => run.WaitAsync(TestTimeouts.Default));
+        var delays = attempts.Zip(attempts.Skip(1), (a, b) => (b - a).TotalSeconds).ToArray();
+        Assert.Equal(12, delays.Length);
+        Assert.All(delays, d => Assert.InRange(d, 0.0, 30.1));
+        Assert.True(delays.Take(3).Average() < delays.Skip(6).Average(), $"delays should grow: {string.Join(", ", delays)}");
+        Assert.True(delays.Distinct().Count() > 6, $"jitter should vary the delays: {string.Join(", ", delays)}");
+    }
+}
