@@ -98,6 +98,9 @@ public sealed class PushMessage
     /// <exception cref="JsonException">The payload is not valid JSON for <typeparamref name="T"/>.</exception>
     public T? GetJson<T>(JsonTypeInfo<T> typeInfo) => JsonSerializer.Deserialize(Payload.Span, typeInfo);
 
+    /// <summary>A copy of this message with <paramref name="id"/> as its id.</summary>
+    internal PushMessage WithId(string id) => new(Payload, ContentType) { Topic = Topic, Headers = Headers, Id = id };
+
     /// <inheritdoc />
     public override string ToString() =>
         $"PushMessage {{ ContentType = {ContentType}, Bytes = {Payload.Length}, Topic = {Topic ?? "-"}, Id = {Id ?? "-"} }}";

@@ -60,6 +60,12 @@ public sealed class PushKitServerOptions
     /// </summary>
     public int InboundQueueCapacity { get; set; } = 1024;
 
+    /// <summary>
+    /// How many recent client message ids are remembered per user (per session for anonymous clients): a message whose
+    /// id is among them is acknowledged but not handed to the application again. Default 4,096; 0 turns it off.
+    /// </summary>
+    public int IdempotencyCacheSize { get; set; } = 4096;
+
     internal static string? DefaultUserId(ClaimsPrincipal user) =>
         user.Identity?.IsAuthenticated == true
             ? user.FindFirst(ClaimTypes.NameIdentifier)?.Value ?? user.Identity.Name

@@ -70,6 +70,11 @@ internal sealed class PushKitServerOptionsValidator : IValidateOptions<PushKitSe
             errors.Add("PushKitServerOptions.Transports must not name a transport twice.");
         }
 
+        if (options.IdempotencyCacheSize < 0)
+        {
+            errors.Add($"PushKitServerOptions.IdempotencyCacheSize must not be negative (was {options.IdempotencyCacheSize}).");
+        }
+
         if (options.UserIdProvider is null)
         {
             errors.Add("PushKitServerOptions.UserIdProvider must not be null.");

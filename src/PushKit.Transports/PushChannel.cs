@@ -440,6 +440,11 @@ internal sealed partial class PushChannel : IPushChannel
                 : new InvalidOperationException("The channel is not connected: call ConnectAsync first."));
         }
 
+        if (_options.AssignMessageIds && message.Id is null)
+        {
+            message = message.WithId(NewMessageId());
+        }
+
         var acknowledged = engine.Enqueue(message, trackAck: true)!;
         try
         {
@@ -510,6 +515,13 @@ internal sealed partial class PushChannel : IPushChannel
             _http.Dispose();
             _lifetime.Dispose();
         }
+    }
+
+    private static string NewMessageId()
+    {
+        Span<byte> bytes = stackalloc byte[12];
+        System.Security.Cryptography.RandomNumberGenerator.Fill(bytes);
+        return Convert.ToBase64String(bytes).Replace('+', '-').Replace('/', '_');
     }
 
     private async ValueTask DeliverAsync(PushMessage message, CancellationToken cancellationToken) =>

@@ -39,6 +39,12 @@ public sealed class PushClientOptions
     /// </summary>
     public ResiliencePipeline? ReconnectPipeline { get; set; }
 
+    /// <summary>
+    /// Whether a message sent without an <see cref="PushMessage.Id"/> gets a unique one, so that the server can
+    /// recognise it if it is sent again after a lost session (idempotent sends). Default true.
+    /// </summary>
+    public bool AssignMessageIds { get; set; } = true;
+
     /// <summary>The base delay of the default reconnect backoff. Default 1 second.</summary>
     public TimeSpan ReconnectDelay { get; set; } = TimeSpan.FromSeconds(1);
 

@@ -132,7 +132,7 @@ public class DeliveryTests
             {
                 Assert.Equal(messages[i].Payload.ToArray(), received.Payload.ToArray());
                 Assert.Equal(messages[i].ContentType, received.ContentType);
-                Assert.Equal(messages[i].Id, received.Id);
+                Assert.Equal(messages[i].Id ?? (received == atServer[i] ? received.Id : null), received.Id);
                 Assert.Equal(messages[i].Topic, received.Topic);
                 Assert.Equal(messages[i].Headers, received.Headers);
             }
@@ -208,5 +208,21 @@ public class DeliveryTests
         var received = await session.ReadAsync(1);
         Assert.Equal("to the session reader", received.Single().GetString());
         await send.WaitAsync(TestTimeouts.Default);
+    }
+
+    [Fact]
+    public async Task A_message_sent_again_with_the_same_id_is_acknowledged_but_applied_once()
+    {
+        var collector = new Collector();
+        await using var server = await PushTestServer.StartAsync(push => push.AddCollector(collector));
+        var client = await server.ConnectClientAsync();
+        var order = new PushMessage("place order 42"u8.ToArray(), "text/plain") { Id = "order-42" };
+        await client.SendAsync(order).AsTask().WaitAsync(TestTimeouts.Default);
+        await client.SendAsync(order).AsTask().WaitAsync(TestTimeouts.Default);
+        await client.SendStringAsync("after").AsTask().WaitAsync(TestTimeouts.Default);
+
+        Assert.Equal(["place order 42", "after"], collector.All.Select(m => m.Message.GetString()));
+        Assert.Equal("order-42", collector.All[0].Message.Id);
+        Assert.NotNull(collector.All[1].Message.Id);
     }
 }

@@ -76,6 +76,9 @@ internal sealed partial class PushSession : IPushSession
 
     internal DeliveryEngine Engine { get; }
 
+    /// <summary>The recent message ids of an anonymous session (authenticated users share theirs across sessions).</summary>
+    internal RecentMessageIds? AnonymousRecentIds { get; set; }
+
     /// <summary>The timestamp (<see cref="TimeProvider.GetTimestamp"/>) since which the session has had no connection; 0 while connected.</summary>
     internal long DisconnectedAt
     {
@@ -305,6 +308,13 @@ internal sealed partial class PushSession : IPushSession
 
     private async ValueTask DeliverAsync(PushMessage message, CancellationToken cancellationToken)
     {
+        // Idempotent sends: a message id seen before in this scope is acknowledged but not applied again.
+        if (message.Id is { } id && _manager.RecentIds(this) is { } recent && !recent.TryAdd(id))
+        {
+            Log.DuplicateMessageId(_logger, SessionId, id);
+            return;
+        }
+
         if (_inbound is not null)
         {
             await _inbound.Writer.WriteAsync(message, cancellationToken).ConfigureAwait(false);
@@ -336,6 +346,9 @@ internal sealed partial class PushSession : IPushSession
     {
         [LoggerMessage(10, LogLevel.Debug, "Session {SessionId}: a new connection supersedes the live one")]
         public static partial void Superseded(ILogger logger, string sessionId);
+
+        [LoggerMessage(12, LogLevel.Debug, "Session {SessionId}: message id {MessageId} was applied before; acknowledged, not applied again")]
+        public static partial void DuplicateMessageId(ILogger logger, string sessionId, string messageId);
 
         [LoggerMessage(11, LogLevel.Debug, "Session {SessionId}: connection ended ({Kind}, {CloseCode}, {Reason})")]
         public static partial void ConnectionEnded(ILogger logger, string sessionId, ConnectionEndKind kind, PushCloseCode? closeCode, string? reason);

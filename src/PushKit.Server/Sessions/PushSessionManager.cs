@@ -42,6 +42,25 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
 
     public PushKitServerOptions Options { get; }
 
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, RecentMessageIds> _recentIdsByUser = new(StringComparer.Ordinal);
+
+    /// <summary>
+    /// The message-id scope of <paramref name="session"/>: shared by all sessions of an authenticated user, so a send
+    /// retried on a new session is still recognised; per session for anonymous clients. Null when disabled.
+    /// </summary>
+    public RecentMessageIds? RecentIds(PushSession session)
+    {
+        var capacity = Options.IdempotencyCacheSize;
+        if (capacity == 0)
+        {
+            return null;
+        }
+
+        return session.UserId is { } userId
+            ? _recentIdsByUser.GetOrAdd(userId, _ => new RecentMessageIds(capacity))
+            : session.AnonymousRecentIds ??= new RecentMessageIds(capacity);
+    }
+
     public ILogger Logger => _logger;
 
     public TimeProvider TimeProvider { get; }

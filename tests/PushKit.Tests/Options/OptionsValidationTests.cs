@@ -133,4 +133,31 @@ public class OptionsValidationTests
             Assert.Matches("^[A-Za-z0-9_-]+$", secret);
         }
     }
+
+    [Fact]
+    public void Message_ids_are_remembered_per_user_across_sessions_and_per_session_for_anonymous_clients()
+    {
+        var services = new ServiceCollection();
+        services.AddPushKit(o => o.IdempotencyCacheSize = 2);
+        using var provider = services.BuildServiceProvider();
+        var manager = provider.GetRequiredService<PushSessionManager>();
+        var alice = new ClaimsPrincipal(new ClaimsIdentity([new Claim(ClaimTypes.NameIdentifier, "alice")], "test"));
+
+        var first = manager.Create(alice, out _);
+        var second = manager.Create(alice, out _);
+        Assert.True(manager.RecentIds(first)!.TryAdd("m1"));
+        Assert.False(manager.RecentIds(second)!.TryAdd("m1"));
+
+        var anonymous1 = manager.Create(new ClaimsPrincipal(), out _);
+        var anonymous2 = manager.Create(new ClaimsPrincipal(), out _);
+        Assert.True(manager.RecentIds(anonymous1)!.TryAdd("m1"));
+        Assert.True(manager.RecentIds(anonymous2)!.TryAdd("m1"));
+        Assert.False(manager.RecentIds(anonymous1)!.TryAdd("m1"));
+
+        // Bounded: the oldest id is forgotten once the capacity is exceeded.
+        var recent = manager.RecentIds(anonymous1)!;
+        Assert.True(recent.TryAdd("m2"));
+        Assert.True(recent.TryAdd("m3"));
+        Assert.True(recent.TryAdd("m1"));
+    }
 }
