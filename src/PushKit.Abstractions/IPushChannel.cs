@@ -23,6 +23,12 @@ public interface IPushChannel : IAsyncDisposable
     event EventHandler<PushChannelStateChangedEventArgs>? StateChanged;
 
     /// <summary>
+    /// Raised when the peer dropped messages this side will never receive (its buffer was full under
+    /// <see cref="PushBufferFullPolicy.DropOldest"/>). Messages after the gap still arrive in order.
+    /// </summary>
+    event EventHandler<PushMessagesDroppedEventArgs>? MessagesDropped;
+
+    /// <summary>
     /// Negotiates a session and opens a connection. Completes when the channel is <see cref="PushChannelState.Connected"/>.
     /// On a server-side session, which is connected already, this completes at once.
     /// </summary>

@@ -172,3 +172,56 @@ public sealed class PushProtocolException : PushException
     /// <summary>The close code the connection ends with.</summary>
     public PushCloseCode CloseCode { get; }
 }
+
+/// <summary>
+/// The message was dropped before the peer acknowledged it, because the session's buffer was full under
+/// <see cref="PushBufferFullPolicy.DropOldest"/>. The receiver was told of the gap.
+/// </summary>
+public sealed class PushMessageDroppedException : PushException
+{
+    /// <summary>Creates the exception.</summary>
+    public PushMessageDroppedException()
+        : base("The message was dropped: the session's buffer was full (DropOldest policy).")
+    {
+    }
+
+    /// <summary>Creates the exception with a message.</summary>
+    /// <param name="message">What went wrong.</param>
+    public PushMessageDroppedException(string message)
+        : base(message)
+    {
+    }
+
+    /// <summary>Creates the exception with a message and a cause.</summary>
+    /// <param name="message">What went wrong.</param>
+    /// <param name="innerException">The cause.</param>
+    public PushMessageDroppedException(string message, Exception? innerException)
+        : base(message, innerException)
+    {
+    }
+}
+
+/// <summary>The session's buffer of unacknowledged messages is full under <see cref="PushBufferFullPolicy.Disconnect"/>.</summary>
+public sealed class PushBufferFullException : PushException
+{
+    /// <summary>Creates the exception.</summary>
+    public PushBufferFullException()
+        : base("The session's buffer of unacknowledged messages is full.")
+    {
+    }
+
+    /// <summary>Creates the exception with a message.</summary>
+    /// <param name="message">What went wrong.</param>
+    public PushBufferFullException(string message)
+        : base(message)
+    {
+    }
+
+    /// <summary>Creates the exception with a message and a cause.</summary>
+    /// <param name="message">What went wrong.</param>
+    /// <param name="innerException">The cause.</param>
+    public PushBufferFullException(string message, Exception? innerException)
+        : base(message, innerException)
+    {
+    }
+}

@@ -66,6 +66,19 @@ public sealed class PushKitServerOptions
     /// </summary>
     public int IdempotencyCacheSize { get; set; } = 4096;
 
+    /// <summary>How many messages to one session may wait for the client's acknowledgement. Default 10,000.</summary>
+    public int MaxBufferedMessagesPerSession { get; set; } = 10_000;
+
+    /// <summary>How many encoded bytes of messages to one session may wait for the client's acknowledgement. Default 16 MiB.</summary>
+    public long MaxBufferedBytesPerSession { get; set; } = 16 * 1024 * 1024;
+
+    /// <summary>
+    /// What happens when a session's buffer is full (a slow or absent consumer). Default
+    /// <see cref="PushBufferFullPolicy.Disconnect"/>: the session ends with 4429 and the client starts a new one, told
+    /// that it was not resumed, so one slow client neither grows server memory nor holds up a broadcast.
+    /// </summary>
+    public PushBufferFullPolicy BufferFullPolicy { get; set; } = PushBufferFullPolicy.Disconnect;
+
     internal static string? DefaultUserId(ClaimsPrincipal user) =>
         user.Identity?.IsAuthenticated == true
             ? user.FindFirst(ClaimTypes.NameIdentifier)?.Value ?? user.Identity.Name

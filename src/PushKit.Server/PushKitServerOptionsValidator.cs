@@ -70,6 +70,11 @@ internal sealed class PushKitServerOptionsValidator : IValidateOptions<PushKitSe
             errors.Add("PushKitServerOptions.Transports must not name a transport twice.");
         }
 
+        if (options.MaxBufferedMessagesPerSession < 1 || options.MaxBufferedBytesPerSession < 1)
+        {
+            errors.Add($"PushKitServerOptions.MaxBufferedMessagesPerSession and MaxBufferedBytesPerSession must be at least 1 (were {options.MaxBufferedMessagesPerSession} and {options.MaxBufferedBytesPerSession}).");
+        }
+
         if (options.IdempotencyCacheSize < 0)
         {
             errors.Add($"PushKitServerOptions.IdempotencyCacheSize must not be negative (was {options.IdempotencyCacheSize}).");

@@ -6,28 +6,28 @@ namespace PushKit.Server;
 /// <summary>Queues messages into sessions' delivery engines; the message is encoded once for every recipient.</summary>
 internal sealed partial class PushSender(PushSessionManager sessions) : IPushSender
 {
-    public ValueTask<bool> SendToSessionAsync(string sessionId, PushMessage message, CancellationToken cancellationToken = default)
+    public async ValueTask<bool> SendToSessionAsync(string sessionId, PushMessage message, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(sessionId);
         ArgumentNullException.ThrowIfNull(message);
         var session = sessions.Find(sessionId);
-        return new(session is not null && TryEnqueue(session, message, many: false));
+        return session is not null && await TryEnqueueAsync(session, message, many: false, cancellationToken).ConfigureAwait(false);
     }
 
     public ValueTask<int> SendToUserAsync(string userId, PushMessage message, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(userId);
         ArgumentNullException.ThrowIfNull(message);
-        return new(EnqueueAll(sessions.ForUser(userId), message, cancellationToken));
+        return EnqueueAllAsync(sessions.ForUser(userId), message, cancellationToken);
     }
 
     public ValueTask<int> BroadcastAsync(PushMessage message, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(message);
-        return new(EnqueueAll(sessions.All(), message, cancellationToken));
+        return EnqueueAllAsync(sessions.All(), message, cancellationToken);
     }
 
-    private int EnqueueAll(IEnumerable<PushSession> targets, PushMessage message, CancellationToken cancellationToken)
+    private async ValueTask<int> EnqueueAllAsync(IEnumerable<PushSession> targets, PushMessage message, CancellationToken cancellationToken)
     {
         // Too large for any client: refuse before anyone gets it.
         var frameLength = PushKit.Protocol.FrameCodec.MaxMessageFrameLength(message);
@@ -40,7 +40,7 @@ internal sealed partial class PushSender(PushSessionManager sessions) : IPushSen
         foreach (var session in targets)
         {
             cancellationToken.ThrowIfCancellationRequested();
-            if (TryEnqueue(session, message, many: true))
+            if (await TryEnqueueAsync(session, message, many: true, cancellationToken).ConfigureAwait(false))
             {
                 accepted++;
             }
@@ -49,11 +49,12 @@ internal sealed partial class PushSender(PushSessionManager sessions) : IPushSen
         return accepted;
     }
 
-    private bool TryEnqueue(PushSession session, PushMessage message, bool many)
+    private async ValueTask<bool> TryEnqueueAsync(PushSession session, PushMessage message, bool many, CancellationToken cancellationToken)
     {
         try
         {
-            session.Engine.Enqueue(message, trackAck: false);
+            // Completes at once unless the session's buffer is full under the Wait policy.
+            await session.EnqueueAsync(message, trackAck: false, cancellationToken).ConfigureAwait(false);
             return true;
         }
         catch (PushChannelClosedException)

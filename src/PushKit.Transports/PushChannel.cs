@@ -52,6 +52,8 @@ internal sealed partial class PushChannel : IPushChannel
 
     public event EventHandler<PushChannelStateChangedEventArgs>? StateChanged;
 
+    public event EventHandler<PushMessagesDroppedEventArgs>? MessagesDropped;
+
     public string? SessionId => Volatile.Read(ref _sessionId);
 
     public PushChannelState State
@@ -154,6 +156,8 @@ internal sealed partial class PushChannel : IPushChannel
                 TimeSpan.FromMilliseconds(negotiated.Heartbeat.IntervalMs > 0 ? negotiated.Heartbeat.IntervalMs : 15_000),
                 TimeSpan.FromMilliseconds(negotiated.Heartbeat.TimeoutMs > 0 ? negotiated.Heartbeat.TimeoutMs : 30_000),
                 _options.TimeProvider),
+            Limits = new BufferLimits(_options.MaxBufferedMessages, _options.MaxBufferedBytes, _options.BufferFullPolicy),
+            OnMessagesDropped = count => MessagesDropped?.Invoke(this, new PushMessagesDroppedEventArgs(count)),
         };
         var (connection, reason) = await OpenTransportsAsync(negotiated, cancellationToken).ConfigureAwait(false);
 
@@ -445,7 +449,7 @@ internal sealed partial class PushChannel : IPushChannel
             message = message.WithId(NewMessageId());
         }
 
-        var acknowledged = engine.Enqueue(message, trackAck: true)!;
+        var acknowledged = (await engine.EnqueueAsync(message, trackAck: true, cancellationToken).ConfigureAwait(false))!;
         try
         {
             await acknowledged.WaitAsync(_options.AckTimeout, _options.TimeProvider, cancellationToken).ConfigureAwait(false);

@@ -45,6 +45,15 @@ public sealed class PushClientOptions
     /// </summary>
     public bool AssignMessageIds { get; set; } = true;
 
+    /// <summary>How many sent messages may wait for the server's acknowledgement (queued while reconnecting included). Default 10,000.</summary>
+    public int MaxBufferedMessages { get; set; } = 10_000;
+
+    /// <summary>How many encoded bytes of sent messages may wait for the server's acknowledgement. Default 16 MiB.</summary>
+    public long MaxBufferedBytes { get; set; } = 16 * 1024 * 1024;
+
+    /// <summary>What <see cref="IPushChannel.SendAsync"/> does when the buffer is full. Default <see cref="PushBufferFullPolicy.Wait"/>: it waits for room.</summary>
+    public PushBufferFullPolicy BufferFullPolicy { get; set; } = PushBufferFullPolicy.Wait;
+
     /// <summary>The base delay of the default reconnect backoff. Default 1 second.</summary>
     public TimeSpan ReconnectDelay { get; set; } = TimeSpan.FromSeconds(1);
 
@@ -123,6 +132,11 @@ public sealed class PushClientOptions
         if (MaxReconnectAttempts < 0)
         {
             errors.Add($"PushClientOptions.MaxReconnectAttempts must not be negative (was {MaxReconnectAttempts}).");
+        }
+
+        if (MaxBufferedMessages < 1 || MaxBufferedBytes < 1)
+        {
+            errors.Add($"PushClientOptions.MaxBufferedMessages and MaxBufferedBytes must be at least 1 (were {MaxBufferedMessages} and {MaxBufferedBytes}).");
         }
 
         if (MaxMessageBytes < 1024)

@@ -24,6 +24,9 @@ internal sealed partial class DeliveryEngine
         [LoggerMessage(7, LogLevel.Warning, "{Name}: nothing received for {Timeout}; closing the connection as dead (4408)")]
         public static partial void HeartbeatTimedOut(ILogger logger, string name, TimeSpan timeout);
 
+        [LoggerMessage(8, LogLevel.Warning, "{Name}: the peer dropped {Count} message(s) this side will not receive")]
+        public static partial void MessagesDropped(ILogger logger, string name, long count);
+
         [LoggerMessage(6, LogLevel.Error, "{Name}: delivering a message to the application failed; the connection is dropped and the message will be replayed")]
         public static partial void DeliveryFailed(ILogger logger, string name, Exception exception);
     }

@@ -77,6 +77,9 @@ internal sealed partial class DeliveryEngine
         public Channel<Frame> Deliveries { get; } = Channel.CreateBounded<Frame>(
             new BoundedChannelOptions(64) { SingleReader = true, SingleWriter = true });
 
+        /// <summary>The highest skip frame sent on this connection.</summary>
+        public long SkipSent { get; set; }
+
         /// <summary>The highest inbound sequence number queued for delivery on this connection (read loop only).</summary>
         public long LastQueued { get; set; }
 

@@ -42,6 +42,9 @@ internal sealed partial class DeliveryEngine
 
     private Run? _current;
     private Exception? _terminal;
+    private long _bufferedBytes;
+    private long _skipThrough;
+    private TaskCompletionSource? _space;
     private int _peerMaxMessageBytes;
 
     public DeliveryEngine(string name, int peerMaxMessageBytes, Func<PushMessage, CancellationToken, ValueTask> deliver, ILogger logger)
@@ -58,6 +61,12 @@ internal sealed partial class DeliveryEngine
         get => Volatile.Read(ref _peerMaxMessageBytes);
         set => Volatile.Write(ref _peerMaxMessageBytes, value);
     }
+
+    /// <summary>Bounds of the unacknowledged outbound buffer and what happens when it is full; null for unbounded.</summary>
+    public BufferLimits? Limits { get; set; }
+
+    /// <summary>Called (from the delivery loop, in order) when the peer says it dropped messages this side lacks.</summary>
+    public Action<long>? OnMessagesDropped { get; set; }
 
     /// <summary>Heartbeat settings for every connection run from now on; null for none.</summary>
     public HeartbeatSettings? Heartbeat { get; set; }
@@ -99,6 +108,32 @@ internal sealed partial class DeliveryEngine
     /// <exception cref="PushChannelClosedException">The engine is closed.</exception>
     public Task? Enqueue(PushMessage message, bool trackAck)
     {
+        var (completion, _, _) = TryEnqueue(message, trackAck, enforceLimits: false);
+        return completion;
+    }
+
+    /// <summary>
+    /// Queues <paramref name="message"/> within <see cref="Limits"/>: when the buffer is full, waits for room
+    /// (<see cref="PushBufferFullPolicy.Wait"/>), drops the oldest messages (<see cref="PushBufferFullPolicy.DropOldest"/>),
+    /// or throws <see cref="PushBufferFullException"/> (<see cref="PushBufferFullPolicy.Disconnect"/>).
+    /// </summary>
+    /// <returns>The acknowledgement task (null when <paramref name="trackAck"/> is false).</returns>
+    public async ValueTask<Task?> EnqueueAsync(PushMessage message, bool trackAck, CancellationToken cancellationToken = default)
+    {
+        while (true)
+        {
+            var (completion, added, space) = TryEnqueue(message, trackAck, enforceLimits: true);
+            if (added)
+            {
+                return completion;
+            }
+
+            await space!.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    private (Task? Completion, bool Added, Task? Space) TryEnqueue(PushMessage message, bool trackAck, bool enforceLimits)
+    {
         ArgumentNullException.ThrowIfNull(message);
         var frameLength = FrameCodec.MaxMessageFrameLength(message);
         var limit = PeerMaxMessageBytes;
@@ -107,8 +142,10 @@ internal sealed partial class DeliveryEngine
             throw new PushMessageTooLargeException(frameLength, limit);
         }
 
-        var completion = trackAck ? new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously) : null;
+        var bytes = message.EncodedBody.Length;
+        List<TaskCompletionSource>? dropped = null;
         Run? run;
+        TaskCompletionSource? completion;
         lock (_gate)
         {
             if (_terminal is not null)
@@ -116,19 +153,70 @@ internal sealed partial class DeliveryEngine
                 throw new PushChannelClosedException("The push channel is closed; the message was not sent.", _terminal);
             }
 
+            if (enforceLimits && Limits is { } limits && _count > 0 && (_count >= limits.MaxMessages || _bufferedBytes + bytes > limits.MaxBytes))
+            {
+                switch (limits.Policy)
+                {
+                    case PushBufferFullPolicy.Wait:
+                        return (null, false, (_space ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).Task);
+                    case PushBufferFullPolicy.Disconnect:
+                        throw new PushBufferFullException(
+                            $"The session's buffer of unacknowledged messages is full ({_count} messages, {_bufferedBytes} bytes; limits {limits.MaxMessages} and {limits.MaxBytes}).");
+                    default:
+                        dropped = DropOldest(limits, bytes);
+                        break;
+                }
+            }
+
             if (_count == _ring.Length)
             {
                 Grow();
             }
 
+            completion = trackAck ? new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously) : null;
             _ring[(_head + _count) % _ring.Length] = new Entry(message, completion);
             _count++;
+            _bufferedBytes += bytes;
             _lastAssigned++;
             run = _current;
         }
 
+        if (dropped is not null)
+        {
+            foreach (var waiting in dropped)
+            {
+                waiting.TrySetException(new PushMessageDroppedException());
+            }
+        }
+
         run?.Ring();
-        return completion?.Task;
+        return (completion?.Task, true, null);
+    }
+
+    /// <summary>Drops the oldest unacknowledged messages until <paramref name="incoming"/> bytes fit (under the lock).</summary>
+    private List<TaskCompletionSource> DropOldest(BufferLimits limits, int incoming)
+    {
+        var dropped = new List<TaskCompletionSource>();
+        while (_count > 0 && (_count >= limits.MaxMessages || _bufferedBytes + incoming > limits.MaxBytes))
+        {
+            ref var entry = ref _ring[_head];
+            _bufferedBytes -= entry.Message!.EncodedBody.Length;
+            if (entry.Completion is not null)
+            {
+                dropped.Add(entry.Completion);
+            }
+
+            entry = default;
+            _head = (_head + 1) % _ring.Length;
+            _count--;
+            _lastAcked++;
+        }
+
+        // The receiver learns through a skip frame that everything up to here that it lacks will not come.
+        _skipThrough = _lastAcked;
+        _highestSent = Math.Max(_highestSent, _skipThrough);
+        _sendCursor = Math.Max(_sendCursor, _lastAcked + 1);
+        return dropped;
     }
 
     /// <summary>
@@ -176,6 +264,9 @@ internal sealed partial class DeliveryEngine
             // Nothing is left to send: the queued messages failed with the error above.
             _count = 0;
             _head = 0;
+            _bufferedBytes = 0;
+            _space?.TrySetResult();
+            _space = null;
             _lastAcked = _lastAssigned;
             _sendCursor = _lastAssigned + 1;
             run = _current;
@@ -215,8 +306,11 @@ internal sealed partial class DeliveryEngine
 
             _count = 0;
             _head = 0;
+            _bufferedBytes = 0;
             _lastAcked = _lastAssigned;
             _sendCursor = _lastAssigned + 1;
+            _space?.TrySetResult();
+            _space = null;
         }
 
         return detached;
@@ -237,6 +331,7 @@ internal sealed partial class DeliveryEngine
 
                 _ring[(_head + _count) % _ring.Length] = new Entry(message, completion);
                 _count++;
+                _bufferedBytes += message.EncodedBody.Length;
                 _lastAssigned++;
             }
 
@@ -448,6 +543,9 @@ internal sealed partial class DeliveryEngine
                         break;
                     case FrameType.Pong:
                         break;
+                    case FrameType.Skip:
+                        await ReceiveSkipAsync(run, frame).ConfigureAwait(false);
+                        break;
                     case FrameType.Close:
                         return new ConnectionEnd(ConnectionEndKind.ClosedByPeer, frame.CloseCode, frame.Text, frame.RetryAfterMs);
                     case FrameType.Error:
@@ -514,6 +612,18 @@ internal sealed partial class DeliveryEngine
         }
     }
 
+    /// <summary>The peer dropped messages up to the frame's sequence number: what this side lacks of them is a gap.</summary>
+    private async ValueTask ReceiveSkipAsync(Run run, Frame frame)
+    {
+        if (frame.Sequence <= run.LastQueued)
+        {
+            return;
+        }
+
+        run.LastQueued = frame.Sequence;
+        await run.Deliveries.Writer.WriteAsync(frame, run.Token).ConfigureAwait(false);
+    }
+
     /// <summary>Hands queued inbound messages to the application in order and owes the peer an ack after each.</summary>
     private async Task DeliverLoopAsync(Run run, CancellationToken token)
     {
@@ -521,7 +631,22 @@ internal sealed partial class DeliveryEngine
         {
             await foreach (var frame in run.Deliveries.Reader.ReadAllAsync(token).ConfigureAwait(false))
             {
-                await _deliver(frame.Message!, token).ConfigureAwait(false);
+                if (frame.Type == FrameType.Skip)
+                {
+                    long missing;
+                    lock (_gate)
+                    {
+                        missing = frame.Sequence - _lastDelivered;
+                    }
+
+                    Log.MessagesDropped(_logger, _name, missing);
+                    OnMessagesDropped?.Invoke(missing);
+                }
+                else
+                {
+                    await _deliver(frame.Message!, token).ConfigureAwait(false);
+                }
+
                 lock (_gate)
                 {
                     _lastDelivered = frame.Sequence;
@@ -563,6 +688,7 @@ internal sealed partial class DeliveryEngine
     private void Acknowledge(long sequence)
     {
         List<TaskCompletionSource>? completed = null;
+        TaskCompletionSource? space;
         lock (_gate)
         {
             if (sequence > _highestSent)
@@ -575,6 +701,7 @@ internal sealed partial class DeliveryEngine
             while (_lastAcked < sequence && _count > 0)
             {
                 ref var entry = ref _ring[_head];
+                _bufferedBytes -= entry.Message!.EncodedBody.Length;
                 if (entry.Completion is not null)
                 {
                     (completed ??= []).Add(entry.Completion);
@@ -590,8 +717,12 @@ internal sealed partial class DeliveryEngine
             {
                 _sendCursor = _lastAcked + 1;
             }
+
+            space = _space;
+            _space = null;
         }
 
+        space?.TrySetResult();
         if (completed is not null)
         {
             foreach (var completion in completed)
@@ -698,6 +829,13 @@ internal sealed partial class DeliveryEngine
 
         lock (_gate)
         {
+            if (_skipThrough > run.SkipSent)
+            {
+                FrameCodec.WriteSkip(output, _skipThrough);
+                output.Write("\n"u8);
+                run.SkipSent = _skipThrough;
+            }
+
             if (_ackDue)
             {
                 FrameCodec.WriteAck(output, _lastDelivered);

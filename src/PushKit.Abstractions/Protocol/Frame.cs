@@ -8,6 +8,7 @@ internal enum FrameType : byte
     Pong,
     Close,
     Error,
+    Skip,
 }
 
 /// <summary>One decoded protocol frame. Which fields are set depends on <see cref="Type"/>.</summary>

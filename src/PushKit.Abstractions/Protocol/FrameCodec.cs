@@ -27,6 +27,7 @@ internal static class FrameCodec
 
     private static ReadOnlySpan<byte> MessagePrefix => "{\"type\":\"msg\",\"seq\":"u8;
     private static ReadOnlySpan<byte> AckPrefix => "{\"type\":\"ack\",\"seq\":"u8;
+    private static ReadOnlySpan<byte> SkipPrefix => "{\"type\":\"skip\",\"seq\":"u8;
     private static ReadOnlySpan<byte> PingFrame => "{\"type\":\"ping\"}"u8;
     private static ReadOnlySpan<byte> PongFrame => "{\"type\":\"pong\"}"u8;
 
@@ -62,6 +63,18 @@ internal static class FrameCodec
         var span = output.GetSpan(AckPrefix.Length + 21);
         AckPrefix.CopyTo(span);
         var written = AckPrefix.Length;
+        Utf8Formatter.TryFormat(sequence, span[written..], out var n);
+        written += n;
+        span[written++] = (byte)'}';
+        output.Advance(written);
+    }
+
+    /// <summary>Writes a skip frame: messages up to <paramref name="sequence"/> that the receiver lacks were dropped by the sender.</summary>
+    public static void WriteSkip(IBufferWriter<byte> output, long sequence)
+    {
+        var span = output.GetSpan(SkipPrefix.Length + 21);
+        SkipPrefix.CopyTo(span);
+        var written = SkipPrefix.Length;
         Utf8Formatter.TryFormat(sequence, span[written..], out var n);
         written += n;
         span[written++] = (byte)'}';
@@ -450,13 +463,22 @@ internal static class FrameCodec
             case "error":
                 frame = new Frame { Type = FrameType.Error, ErrorCode = errorCode ?? "unknown", Text = text };
                 return FrameParseStatus.Ok;
+            case "skip":
+                if (seq is not { } skipSeq || skipSeq < 1)
+                {
+                    error = "A 'skip' frame needs 'seq' of 1 or more.";
+                    return FrameParseStatus.Malformed;
+                }
+
+                frame = new Frame { Type = FrameType.Skip, Sequence = skipSeq };
+                return FrameParseStatus.Ok;
             default:
                 error = type;
                 return FrameParseStatus.UnknownType;
         }
     }
 
-    private static bool IsKnownType(string type) => type is "msg" or "ack" or "ping" or "pong" or "close" or "error";
+    private static bool IsKnownType(string type) => type is "msg" or "ack" or "ping" or "pong" or "close" or "error" or "skip";
 
     /// <summary>The top-level <c>type</c> string of a frame that is well-formed JSON, else null.</summary>
     private static string? PeekType(ReadOnlySpan<byte> json)

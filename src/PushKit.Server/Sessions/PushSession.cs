@@ -46,10 +46,14 @@ internal sealed partial class PushSession : IPushSession
         Engine = new DeliveryEngine($"session {sessionId}", peerMaxMessageBytes, DeliverAsync, logger)
         {
             Heartbeat = new HeartbeatSettings(options.HeartbeatInterval, options.HeartbeatTimeout, manager.TimeProvider),
+            Limits = new BufferLimits(options.MaxBufferedMessagesPerSession, options.MaxBufferedBytesPerSession, options.BufferFullPolicy),
+            OnMessagesDropped = count => MessagesDropped?.Invoke(this, new PushMessagesDroppedEventArgs(count)),
         };
     }
 
     public event EventHandler<PushChannelStateChangedEventArgs>? StateChanged;
+
+    public event EventHandler<PushMessagesDroppedEventArgs>? MessagesDropped;
 
     public string SessionId { get; }
 
@@ -134,7 +138,7 @@ internal sealed partial class PushSession : IPushSession
 
     public async ValueTask SendAsync(PushMessage message, CancellationToken cancellationToken = default)
     {
-        var acknowledged = Engine.Enqueue(message, trackAck: true)!;
+        var acknowledged = (await EnqueueAsync(message, trackAck: true, cancellationToken).ConfigureAwait(false))!;
         try
         {
             await acknowledged.WaitAsync(_manager.Options.AckTimeout, _manager.TimeProvider, cancellationToken).ConfigureAwait(false);
@@ -143,6 +147,24 @@ internal sealed partial class PushSession : IPushSession
         {
             throw new PushAckTimeoutException(
                 $"Session {SessionId} did not acknowledge the message within {_manager.Options.AckTimeout}. It stays queued and may still be delivered.", ex);
+        }
+    }
+
+    /// <summary>
+    /// Queues a message within the session's buffer limits; under <see cref="PushBufferFullPolicy.Disconnect"/> a full
+    /// buffer ends the session (4429) and the send fails with <see cref="PushChannelClosedException"/>.
+    /// </summary>
+    internal async ValueTask<Task?> EnqueueAsync(PushMessage message, bool trackAck, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await Engine.EnqueueAsync(message, trackAck, cancellationToken).ConfigureAwait(false);
+        }
+        catch (PushBufferFullException ex)
+        {
+            Log.SlowConsumer(_logger, SessionId, ex.Message);
+            End(PushCloseCode.Overloaded, "The client does not keep up: its buffer of unacknowledged messages is full.");
+            throw new PushChannelClosedException($"Session {SessionId} was ended: {ex.Message}", PushCloseCode.Overloaded, ex);
         }
     }
 
@@ -349,6 +371,9 @@ internal sealed partial class PushSession : IPushSession
 
         [LoggerMessage(12, LogLevel.Debug, "Session {SessionId}: message id {MessageId} was applied before; acknowledged, not applied again")]
         public static partial void DuplicateMessageId(ILogger logger, string sessionId, string messageId);
+
+        [LoggerMessage(13, LogLevel.Warning, "Session {SessionId} ended as a slow consumer: {Detail}")]
+        public static partial void SlowConsumer(ILogger logger, string sessionId, string detail);
 
         [LoggerMessage(11, LogLevel.Debug, "Session {SessionId}: connection ended ({Kind}, {CloseCode}, {Reason})")]
         public static partial void ConnectionEnded(ILogger logger, string sessionId, ConnectionEndKind kind, PushCloseCode? closeCode, string? reason);
