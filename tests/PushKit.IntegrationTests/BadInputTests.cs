@@ -291,4 +291,46 @@ public sealed class BadInputTests : IAsyncLifetime
         await client.SendStringAsync("after boom").AsTask().WaitAsync(TestTimeouts.Default);
         Assert.Equal(["after boom"], _collector.All.Where(m => m.Session.SessionId == client.SessionId).Select(m => m.Message.GetString()));
     }
+
+    [Fact]
+    public async Task A_client_that_never_acknowledges_is_disconnected_as_a_slow_consumer_with_4429()
+    {
+        await using var server = await PushTestServer.StartAsync(options: o => o.MaxBufferedMessagesPerSession = 20);
+        await using var slow = await server.ConnectRawAsync();
+        var accepted = 0;
+        for (var i = 0; i < 100; i++)
+        {
+            if (await server.Sender.SendToSessionAsync(slow.SessionId, PushMessage.FromString($"m{i}")))
+            {
+                accepted++;
+            }
+        }
+
+        Assert.Equal(20, accepted);
+        var (status, closeFrame) = await slow.ReceiveCloseAsync();
+        Assert.Equal(4429, status);
+        Assert.Contains("\"code\":4429", closeFrame, StringComparison.Ordinal);
+        Assert.Null(server.Sessions.FindSession(slow.SessionId));
+    }
+
+    [Fact]
+    public async Task Under_drop_oldest_a_client_that_was_away_is_told_what_it_missed()
+    {
+        await using var server = await PushTestServer.StartAsync(options: o =>
+        {
+            o.MaxBufferedMessagesPerSession = 3;
+            o.BufferFullPolicy = PushBufferFullPolicy.DropOldest;
+        });
+        var (sessionId, secret, _) = await server.NegotiateRawAsync();
+        for (var i = 1; i <= 10; i++)
+        {
+            Assert.True(await server.Sender.SendToSessionAsync(sessionId, PushMessage.FromString($"m{i}")));
+        }
+
+        await using var raw = await RawSocket.ConnectAsync(server.WebSocketUrl(sessionId, secret), sessionId, secret);
+        var batch = await raw.ReceiveContainingAsync("m10");
+        Assert.StartsWith("{\"type\":\"skip\",\"seq\":7}", batch, StringComparison.Ordinal);
+        Assert.DoesNotContain("\"m7\"", batch, StringComparison.Ordinal);
+        Assert.Contains("\"seq\":8,", batch, StringComparison.Ordinal);
+    }
 }

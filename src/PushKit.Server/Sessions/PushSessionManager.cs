@@ -67,7 +67,7 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
 
     public bool HasHandlers => _hasHandlers.Value;
 
-    public int Count => _store.Count;
+    public int Count => _store.All().Count(s => s.State != PushChannelState.Closed);
 
     /// <summary>Creates and stores a session.</summary>
     /// <param name="user">The negotiating user.</param>
@@ -94,10 +94,12 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
 
     public PushSession? Find(string sessionId) => _store.Find(sessionId);
 
-    IPushSession? IPushSessionRegistry.FindSession(string sessionId) => _store.Find(sessionId);
+    // Ended sessions can linger in the store while their last connection delivers the close; the registry hides them.
+    IPushSession? IPushSessionRegistry.FindSession(string sessionId) =>
+        _store.Find(sessionId) is { State: not PushChannelState.Closed } session ? session : null;
 
     public IReadOnlyList<IPushSession> GetSessions(string? userId = null) =>
-        (userId is null ? _store.All() : _store.ForUser(userId)).ToArray<IPushSession>();
+        (userId is null ? _store.All() : _store.ForUser(userId)).Where(s => s.State != PushChannelState.Closed).ToArray<IPushSession>();
 
     public IEnumerable<PushSession> All() => _store.All();
 
