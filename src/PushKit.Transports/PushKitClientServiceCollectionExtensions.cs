@@ -2,6 +2,7 @@ using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
+using Polly;
 using PushKit;
 using PushKit.Client;
 
@@ -13,6 +14,9 @@ namespace Microsoft.Extensions.DependencyInjection;
 /// <summary>Registers a PushKit client channel for dependency injection.</summary>
 public static class PushKitClientServiceCollectionExtensions
 {
+    /// <summary>The DI key under which a <see cref="ResiliencePipeline"/> replaces the default reconnect pipeline.</summary>
+    public const string ReconnectPipelineKey = "PushKit.Reconnect";
+
     /// <summary>
     /// Registers a singleton <see cref="IPushChannel"/> configured by <paramref name="configure"/>. The channel is
     /// created on first use and not connected: call <see cref="IPushChannel.ConnectAsync"/> (for example from a hosted service).
@@ -25,9 +29,19 @@ public static class PushKitClientServiceCollectionExtensions
         ArgumentNullException.ThrowIfNull(services);
         ArgumentNullException.ThrowIfNull(configure);
         services.AddOptions<PushClientOptions>().Configure(configure);
-        services.TryAddSingleton<IPushChannel>(sp => new PushChannel(
-            sp.GetRequiredService<IOptions<PushClientOptions>>().Value,
-            sp.GetService<ILoggerFactory>() ?? NullLoggerFactory.Instance));
+        services.TryAddSingleton<IPushChannel>(sp =>
+        {
+            var options = sp.GetRequiredService<IOptions<PushClientOptions>>().Value;
+
+            // An app may register its own reconnect pipeline in DI rather than in the options.
+            if (options.ReconnectPipeline is null && sp is IKeyedServiceProvider keyed
+                && keyed.GetKeyedService(typeof(ResiliencePipeline), ReconnectPipelineKey) is ResiliencePipeline pipeline)
+            {
+                options.ReconnectPipeline = pipeline;
+            }
+
+            return new PushChannel(options, sp.GetService<ILoggerFactory>() ?? NullLoggerFactory.Instance);
+        });
         return services;
     }
 }

@@ -10,6 +10,7 @@ using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using Microsoft.Extensions.Time.Testing;
+using Polly;
 using PushKit.Client;
 using PushKit.IntegrationTests.Infrastructure;
 using PushKit.Server;
@@ -167,6 +168,47 @@ public class HostingTests
         await Assert.ThrowsAsync<System.Net.WebSockets.WebSocketException>(() => socket.ConnectAsync(
             server.WebSocketUrl(json.GetProperty("sessionId").GetString()!, json.GetProperty("resumeSecret").GetString()!), CancellationToken.None));
         Assert.Equal(HttpStatusCode.Forbidden, socket.HttpStatusCode);
+    }
+
+    [Fact]
+    public async Task A_reconnect_pipeline_registered_in_DI_replaces_the_default()
+    {
+        await using var server = await PushTestServer.StartAsync();
+        var attempts = 0;
+        var host = Host.CreateApplicationBuilder();
+        host.Logging.ClearProviders();
+        host.Services.AddKeyedSingleton(PushKitClientServiceCollectionExtensions.ReconnectPipelineKey, (_, _) =>
+            new Polly.ResiliencePipelineBuilder()
+                .AddRetry(new Polly.Retry.RetryStrategyOptions
+                {
+                    MaxRetryAttempts = 1,
+                    Delay = TimeSpan.FromMilliseconds(1),
+                    OnRetry = _ =>
+                    {
+                        Interlocked.Increment(ref attempts);
+                        return default;
+                    },
+                })
+                .Build());
+        host.Services.AddPushKitClient(o => o.Url = server.BaseUrl);
+        using var app = host.Build();
+        var channel = app.Services.GetRequiredService<IPushChannel>();
+        await channel.ConnectAsync().WaitAsync(TestTimeouts.Default);
+
+        // The server goes away for good: the app's pipeline makes one retry, then the channel gives up.
+        var gaveUp = new TaskCompletionSource<PushChannelStateChangedEventArgs>(TaskCreationOptions.RunContinuationsAsynchronously);
+        channel.StateChanged += (_, e) =>
+        {
+            if (e.CurrentState == PushChannelState.Disconnected)
+            {
+                gaveUp.TrySetResult(e);
+            }
+        };
+        await server.DisposeAsync();
+        var change = await gaveUp.Task.WaitAsync(TestTimeouts.Default);
+        Assert.Contains("gave up", change.Reason, StringComparison.Ordinal);
+        Assert.Equal(1, attempts);
+        await channel.DisposeAsync();
     }
 
     private static async Task WaitForStateAsync(IPushChannel channel, PushChannelState state)
