@@ -270,26 +270,12 @@ internal sealed partial class PushChannel : IPushChannel
 
         using (response)
         {
-            var body = await response.Content.ReadAsByteArrayAsync(cancellationToken).ConfigureAwait(false);
             if (!response.IsSuccessStatusCode)
             {
-                string? code = null, message = null;
-                try
-                {
-                    var error = JsonSerializer.Deserialize(body, ProtocolJsonContext.Default.ErrorResponse);
-                    code = error?.Error.Code;
-                    message = error?.Error.Message;
-                }
-                catch (JsonException)
-                {
-                    // Not a PushKit error body (a proxy's page, for example): report the status alone.
-                }
-
-                throw new PushConnectException(
-                    $"Negotiation with {url.Uri} was refused: HTTP {(int)response.StatusCode}{(code is null ? "" : $" {code}: {message}")}",
-                    (int)response.StatusCode,
-                    code);
+                throw await Http.HttpTransportHelpers.ToExceptionAsync(response, $"Negotiation with {url.Uri}", cancellationToken).ConfigureAwait(false);
             }
+
+            var body = await response.Content.ReadAsByteArrayAsync(cancellationToken).ConfigureAwait(false);
 
             NegotiateResponse? negotiated;
             try

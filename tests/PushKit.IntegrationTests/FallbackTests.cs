@@ -158,7 +158,7 @@ public class FallbackTests
         await server.Sender.SendToSessionAsync(raw.SessionId, PushMessage.FromString("down 2"));
         await raw.ReceiveContainingAsync("down 2");
         raw.Socket.Abort();
-        await WaitForStateAsync(session, PushChannelState.Disconnected);
+        await session.WaitForStateAsync(PushChannelState.Disconnected);
 
         // The same session over SSE: both unacknowledged messages come again, in order, with their sequence as id.
         using var request = new HttpRequestMessage(HttpMethod.Get, new Uri($"{server.BaseUrl}/sse?session={raw.SessionId}"));
@@ -207,7 +207,7 @@ public class FallbackTests
             Assert.Equal(["1", "2", "3"], await first.ReadIdsAsync(3));
         }
 
-        await WaitForStateAsync(session, PushChannelState.Disconnected);
+        await session.WaitForStateAsync(PushChannelState.Disconnected);
         await using var second = await OpenSseAsync(server, sessionId, secret, lastEventId: "2");
         Assert.Equal(["3"], await second.ReadIdsAsync(1));
     }
@@ -264,19 +264,4 @@ public class FallbackTests
         }
     }
 
-    private static async Task WaitForStateAsync(IPushChannel channel, PushChannelState state)
-    {
-        var reached = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        channel.StateChanged += (_, e) =>
-        {
-            if (e.CurrentState == state)
-            {
-                reached.TrySetResult();
-            }
-        };
-        if (channel.State != state)
-        {
-            await reached.Task.WaitAsync(TestTimeouts.Default);
-        }
-    }
 }

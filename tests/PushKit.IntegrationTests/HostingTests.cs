@@ -109,7 +109,7 @@ public class HostingTests
             configureBuilder: b => b.Services.AddSingleton<TimeProvider>(time));
         await using var raw = await server.ConnectRawAsync();
         var session = server.Sessions.FindSession(raw.SessionId)!;
-        await WaitForStateAsync(session, PushChannelState.Connected);
+        await session.WaitForStateAsync(PushChannelState.Connected);
 
         var send = session.SendAsync(PushMessage.FromString("ack me if you can")).AsTask();
         await raw.ReceiveContainingAsync("ack me if you can");
@@ -209,22 +209,6 @@ public class HostingTests
         Assert.Contains("gave up", change.Reason, StringComparison.Ordinal);
         Assert.Equal(1, attempts);
         await channel.DisposeAsync();
-    }
-
-    private static async Task WaitForStateAsync(IPushChannel channel, PushChannelState state)
-    {
-        var reached = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        channel.StateChanged += (_, e) =>
-        {
-            if (e.CurrentState == state)
-            {
-                reached.TrySetResult();
-            }
-        };
-        if (channel.State != state)
-        {
-            await reached.Task.WaitAsync(TestTimeouts.Default);
-        }
     }
 
     private sealed record Note(string Text);

@@ -236,6 +236,23 @@ public static class TestTimeouts
     /// <summary>Every awaited step is bounded so that a hang fails fast instead of stalling CI.</summary>
     public static readonly TimeSpan Default = TimeSpan.FromSeconds(30);
 
+    /// <summary>Completes when <paramref name="channel"/> is in <paramref name="state"/> (now or by a later change).</summary>
+    public static async Task WaitForStateAsync(this IPushChannel channel, PushChannelState state)
+    {
+        var reached = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        channel.StateChanged += (_, e) =>
+        {
+            if (e.CurrentState == state)
+            {
+                reached.TrySetResult();
+            }
+        };
+        if (channel.State != state)
+        {
+            await reached.Task.WaitAsync(Default);
+        }
+    }
+
     public static async Task<List<PushMessage>> ReadAsync(this IPushChannel channel, int count, TimeSpan? timeout = null)
     {
         using var cts = new CancellationTokenSource(timeout ?? Default);

@@ -80,7 +80,7 @@ public class DeliveryEngineTests
         rightRun = right.Engine.RunAsync(b2);
 
         Assert.Equal(["m4"], await right.ReadAsync(1));
-        await WaitUntilAsync(() => left.Engine.UnacknowledgedCount == 0);
+        await Eventually.TrueAsync(() => left.Engine.UnacknowledgedCount == 0);
         Assert.True(pendingBefore <= 3);
         Assert.False(right.Received.Reader.TryRead(out _));
         Assert.Equal(4, right.Engine.LastDelivered);
@@ -96,7 +96,7 @@ public class DeliveryEngineTests
         var run = right.Engine.RunAsync(b);
         b.Inject("{\"type\":\"msg\",\"seq\":1,\"contentType\":\"text/plain\",\"data\":\"one\"}\n{\"type\":\"msg\",\"seq\":1,\"contentType\":\"text/plain\",\"data\":\"one again\"}\n{\"type\":\"msg\",\"seq\":2,\"contentType\":\"text/plain\",\"data\":\"two\"}");
         Assert.Equal(["one", "two"], await right.ReadAsync(2));
-        await WaitUntilAsync(() => Sent(b).Contains("{\"type\":\"ack\",\"seq\":2}", StringComparison.Ordinal));
+        await Eventually.TrueAsync(() => b.SentText().Contains("{\"type\":\"ack\",\"seq\":2}", StringComparison.Ordinal));
         b.Abort();
         await run.WaitAsync(s_timeout);
         Assert.False(right.Received.Reader.TryRead(out _));
@@ -115,7 +115,7 @@ public class DeliveryEngineTests
         var end = await run.WaitAsync(s_timeout);
         Assert.Equal((ConnectionEndKind.ClosedLocally, (PushCloseCode?)PushCloseCode.ProtocolError), (end.Kind, end.Code));
         Assert.Contains(reason, end.Reason, StringComparison.Ordinal);
-        Assert.Contains("\"code\":4400", Sent(b), StringComparison.Ordinal);
+        Assert.Contains("\"code\":4400", b.SentText(), StringComparison.Ordinal);
         _ = a;
     }
 
@@ -127,7 +127,7 @@ public class DeliveryEngineTests
         var run = right.Engine.RunAsync(b);
         b.Inject("{\"type\":\"teleport\"}\n{\"type\":\"ping\"}\n{\"type\":\"msg\",\"seq\":1,\"data\":\"still here\"}");
         Assert.Equal(["still here"], await right.ReadAsync(1));
-        await WaitUntilAsync(() => Sent(b).Contains("unknown_frame_type", StringComparison.Ordinal) && Sent(b).Contains("\"pong\"", StringComparison.Ordinal));
+        await Eventually.TrueAsync(() => b.SentText().Contains("unknown_frame_type", StringComparison.Ordinal) && b.SentText().Contains("\"pong\"", StringComparison.Ordinal));
         b.Abort();
         Assert.Equal(ConnectionEndKind.Lost, (await run.WaitAsync(s_timeout)).Kind);
         _ = a;
@@ -193,8 +193,8 @@ public class DeliveryEngineTests
         var run = right.Engine.RunAsync(b);
         b.Inject(string.Join("\n", Enumerable.Repeat("{\"type\":\"x\"}", 100)) + "\n{\"type\":\"msg\",\"seq\":1,\"data\":\"marker\"}");
         Assert.Equal(["marker"], await right.ReadAsync(1));
-        await WaitUntilAsync(() => Sent(b).Contains("\"ack\"", StringComparison.Ordinal));
-        Assert.Equal(1, Sent(b).Split("unknown_frame_type").Length - 1);
+        await Eventually.TrueAsync(() => b.SentText().Contains("\"ack\"", StringComparison.Ordinal));
+        Assert.Equal(1, b.SentText().Split("unknown_frame_type").Length - 1);
         b.Abort();
         await run.WaitAsync(s_timeout);
         _ = a;
@@ -210,22 +210,5 @@ public class DeliveryEngineTests
         await Assert.ThrowsAsync<InvalidOperationException>(() => left.Engine.RunAsync(c));
         a.Abort();
         await run.WaitAsync(s_timeout);
-    }
-
-    private static string Sent(InMemoryConnection connection)
-    {
-        lock (connection.Sent)
-        {
-            return string.Join("\n", connection.Sent);
-        }
-    }
-
-    private static async Task WaitUntilAsync(Func<bool> condition)
-    {
-        using var cts = new CancellationTokenSource(s_timeout);
-        while (!condition())
-        {
-            await Task.Delay(10, cts.Token);
-        }
     }
 }

@@ -27,9 +27,9 @@ public class HeartbeatTests
         var run = engine.RunAsync(a);
 
         time.Advance(s_interval / 2);
-        Assert.DoesNotContain("ping", Sent(a), StringComparison.Ordinal);
+        Assert.DoesNotContain("ping", a.SentText(), StringComparison.Ordinal);
         time.Advance(s_interval / 2);
-        await WaitUntilAsync(() => Sent(a).Contains("{\"type\":\"ping\"}", StringComparison.Ordinal));
+        await Eventually.TrueAsync(() => a.SentText().Contains("{\"type\":\"ping\"}", StringComparison.Ordinal));
 
         a.Abort();
         await run.WaitAsync(s_timeout);
@@ -68,7 +68,7 @@ public class HeartbeatTests
         {
             time.Advance(s_interval);
             a.Inject("{\"type\":\"pong\"}");
-            await WaitUntilAsync(() => engine.IsConnected);
+            await Eventually.TrueAsync(() => engine.IsConnected);
         }
 
         Assert.False(run.IsCompleted);
@@ -87,7 +87,7 @@ public class HeartbeatTests
 
         // The application is stuck on message 1 while 100 more wait: reading pauses, and that is not silence.
         a.Inject(string.Join("\n", Enumerable.Range(1, 100).Select(i => $"{{\"type\":\"msg\",\"seq\":{i},\"data\":\"m\"}}")));
-        await WaitUntilAsync(() => engine.IsReadPaused);
+        await Eventually.TrueAsync(() => engine.IsReadPaused);
         time.Advance(s_deadAfter * 3);
 
         // Nothing is to happen here, so there is no event to await: give the heartbeat loop a moment to act wrongly.
@@ -95,25 +95,8 @@ public class HeartbeatTests
         Assert.False(run.IsCompleted);
 
         release.SetResult();
-        await WaitUntilAsync(() => engine.LastDelivered == 100);
+        await Eventually.TrueAsync(() => engine.LastDelivered == 100);
         a.Abort();
         await run.WaitAsync(s_timeout);
-    }
-
-    private static string Sent(InMemoryConnection connection)
-    {
-        lock (connection.Sent)
-        {
-            return string.Join("\n", connection.Sent);
-        }
-    }
-
-    private static async Task WaitUntilAsync(Func<bool> condition)
-    {
-        using var cts = new CancellationTokenSource(s_timeout);
-        while (!condition())
-        {
-            await Task.Delay(10, cts.Token);
-        }
     }
 }

@@ -80,3 +80,28 @@ internal sealed class InMemoryConnection : IPushTransportConnection
         return ValueTask.CompletedTask;
     }
 }
+
+/// <summary>Waiting helpers shared by the delivery tests.</summary>
+internal static class Eventually
+{
+    public static readonly TimeSpan Timeout = TimeSpan.FromSeconds(10);
+
+    /// <summary>Everything <paramref name="connection"/> sent, as one string.</summary>
+    public static string SentText(this InMemoryConnection connection)
+    {
+        lock (connection.Sent)
+        {
+            return string.Join("\n", connection.Sent);
+        }
+    }
+
+    /// <summary>Waits (bounded) until <paramref name="condition"/> holds: for internal state that raises no event.</summary>
+    public static async Task TrueAsync(Func<bool> condition)
+    {
+        using var cts = new CancellationTokenSource(Timeout);
+        while (!condition())
+        {
+            await Task.Delay(10, cts.Token);
+        }
+    }
+}
