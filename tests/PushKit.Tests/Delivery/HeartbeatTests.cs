@@ -64,11 +64,13 @@ public class HeartbeatTests
         var engine = CreateEngine(time);
         var (a, _) = InMemoryConnection.CreatePair();
         var run = engine.RunAsync(a);
-        for (var i = 0; i < 10; i++)
+        for (var i = 1; i <= 10; i++)
         {
             time.Advance(s_interval);
-            a.Inject("{\"type\":\"pong\"}");
-            await Eventually.TrueAsync(() => engine.IsConnected);
+
+            // Something arrives each interval; wait until it is processed before the clock moves on.
+            a.Inject($"{{\"type\":\"pong\"}}\n{{\"type\":\"msg\",\"seq\":{i},\"data\":\"tick\"}}");
+            await Eventually.TrueAsync(() => engine.LastDelivered == i);
         }
 
         Assert.False(run.IsCompleted);
