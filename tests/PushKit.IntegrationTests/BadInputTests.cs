@@ -310,6 +310,7 @@ public sealed class BadInputTests : IAsyncLifetime
         var (status, closeFrame) = await slow.ReceiveCloseAsync();
         Assert.Equal(4429, status);
         Assert.Contains("\"code\":4429", closeFrame, StringComparison.Ordinal);
+        Assert.Contains("\"retryAfterMs\":5000", closeFrame, StringComparison.Ordinal);
         Assert.Null(server.Sessions.FindSession(slow.SessionId));
     }
 

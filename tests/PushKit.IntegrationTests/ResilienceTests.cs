@@ -239,6 +239,46 @@ public class SessionLifetimeTests
     }
 
     [Fact]
+    public async Task The_client_waits_for_the_server_retry_hint_before_reconnecting()
+    {
+        var time = new Microsoft.Extensions.Time.Testing.FakeTimeProvider(DateTimeOffset.UtcNow);
+        await using var server = await PushTestServer.StartAsync();
+        var client = await server.ConnectClientAsync(o => o.TimeProvider = time);
+        var sessionId = client.SessionId!;
+        var session = (PushKit.Server.Sessions.PushSession)server.Sessions.FindSession(sessionId)!;
+
+        var reconnecting = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var connected = new TaskCompletionSource<PushChannelStateChangedEventArgs>(TaskCreationOptions.RunContinuationsAsynchronously);
+        client.StateChanged += (_, e) =>
+        {
+            if (e.CurrentState == PushChannelState.Reconnecting)
+            {
+                reconnecting.TrySetResult();
+            }
+            else if (e.CurrentState == PushChannelState.Connected)
+            {
+                connected.TrySetResult(e);
+            }
+        };
+
+        // The server asks the client to come back in a minute (as it does when shutting down or overloaded).
+        session.Engine.CloseConnection(PushCloseCode.GoingAway, "come back later", retryAfterMs: 60_000);
+        await reconnecting.Task.WaitAsync(TestTimeouts.Default);
+
+        // Nothing happens before the hint has passed (no event to await for 'nothing': a short real pause).
+        time.Advance(TimeSpan.FromSeconds(59));
+        await Task.Delay(300);
+        Assert.False(connected.Task.IsCompleted);
+        Assert.Equal(PushChannelState.Reconnecting, client.State);
+
+        time.Advance(TimeSpan.FromSeconds(2));
+        var change = await connected.Task.WaitAsync(TestTimeouts.Default);
+        Assert.False(change.IsSessionReset);
+        Assert.Equal(sessionId, client.SessionId);
+        Assert.StartsWith("Resumed", change.Reason, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task The_default_reconnect_backoff_is_exponential_with_jitter_and_capped()
     {
         var time = new Microsoft.Extensions.Time.Testing.FakeTimeProvider();

@@ -238,7 +238,7 @@ internal sealed partial class DeliveryEngine
     /// Closes the engine for good: unacknowledged sends fail with <paramref name="error"/>, later sends are refused,
     /// and the current connection (if any) is closed with <paramref name="code"/>.
     /// </summary>
-    public void Shutdown(PushCloseCode code, string? reason, Exception error)
+    public void Shutdown(PushCloseCode code, string? reason, Exception error, int? retryAfterMs = null)
     {
         List<TaskCompletionSource>? pending = null;
         Run? run;
@@ -272,7 +272,7 @@ internal sealed partial class DeliveryEngine
             run = _current;
         }
 
-        run?.RequestClose(code, reason, retryAfterMs: null, sendFrame: true);
+        run?.RequestClose(code, reason, retryAfterMs, sendFrame: true);
         if (pending is not null)
         {
             foreach (var completion in pending)

@@ -317,7 +317,9 @@ internal sealed partial class PushSession : IPushSession
             return;
         }
 
-        Engine.Shutdown(code, reason, new PushChannelClosedException($"Session {SessionId} ended: {reason}", code));
+        // An overloaded session's client is asked to wait a little before it comes back with a new one.
+        int? retryAfterMs = code == PushCloseCode.Overloaded ? 5_000 : null;
+        Engine.Shutdown(code, reason, new PushChannelClosedException($"Session {SessionId} ended: {reason}", code), retryAfterMs);
         _inbound?.Writer.TryComplete();
         bool connected;
         lock (_stateGate)
