@@ -55,6 +55,9 @@ internal sealed partial class DeliveryEngine
         private long _lastReceived;
         private long _lastSent;
         private bool _readPaused;
+        private bool _delivering;
+        private bool _drainExpired;
+        private int _drainStarted;
 
         public Run(IPushTransportConnection connection, CancellationToken cancellationToken)
         {
@@ -76,6 +79,38 @@ internal sealed partial class DeliveryEngine
         /// <summary>Inbound messages waiting for the application, in sequence order.</summary>
         public Channel<Frame> Deliveries { get; } = Channel.CreateBounded<Frame>(
             new BoundedChannelOptions(64) { SingleReader = true, SingleWriter = true });
+
+        /// <summary>Whether the application is being handed a message right now.</summary>
+        public bool Delivering
+        {
+            get => Volatile.Read(ref _delivering);
+            set => Volatile.Write(ref _delivering, value);
+        }
+
+        /// <summary>Whether received messages still wait for, or are being handed to, the application.</summary>
+        public bool HasUndelivered => Deliveries.Reader.Count > 0 || Delivering;
+
+        /// <summary>Whether the drain before a going-away close has run out of time.</summary>
+        public bool DrainExpired => Volatile.Read(ref _drainExpired);
+
+        /// <summary>Starts (once) the drain deadline; when it passes, the write loop is woken to close regardless.</summary>
+        public void StartDrainTimer(TimeSpan timeout)
+        {
+            if (Interlocked.Exchange(ref _drainStarted, 1) == 0)
+            {
+                _ = Task.Delay(timeout, Token).ContinueWith(
+                    static (_, state) =>
+                    {
+                        var run = (Run)state!;
+                        Volatile.Write(ref run._drainExpired, true);
+                        run.Ring();
+                    },
+                    this,
+                    CancellationToken.None,
+                    TaskContinuationOptions.ExecuteSynchronously,
+                    TaskScheduler.Default);
+            }
+        }
 
         /// <summary>The highest skip frame sent on this connection.</summary>
         public long SkipSent { get; set; }

@@ -21,6 +21,7 @@ internal sealed partial class DeliveryEngine
 {
     private const int BatchTargetBytes = 64 * 1024;
     private static readonly TimeSpan s_closeGrace = TimeSpan.FromSeconds(2);
+    private static readonly TimeSpan s_drainTimeout = TimeSpan.FromSeconds(5);
 
     private readonly object _gate = new();
     private readonly Func<PushMessage, CancellationToken, ValueTask> _deliver;
@@ -588,6 +589,12 @@ internal sealed partial class DeliveryEngine
             return;
         }
 
+        if (run.LocalClose is not null)
+        {
+            // This side is closing: what arrives now is not taken (nor acknowledged); the peer replays it later.
+            return;
+        }
+
         if (frame.Sequence > run.LastQueued + 1)
         {
             throw new PushProtocolException(
@@ -644,7 +651,15 @@ internal sealed partial class DeliveryEngine
                 }
                 else
                 {
-                    await _deliver(frame.Message!, token).ConfigureAwait(false);
+                    run.Delivering = true;
+                    try
+                    {
+                        await _deliver(frame.Message!, token).ConfigureAwait(false);
+                    }
+                    finally
+                    {
+                        run.Delivering = false;
+                    }
                 }
 
                 lock (_gate)
@@ -653,8 +668,9 @@ internal sealed partial class DeliveryEngine
                     _ackDue = true;
                 }
 
-                // Batch acks: ring once the queue is drained rather than once per message.
-                if (run.Deliveries.Reader.Count == 0)
+                // Batch acks: ring once the queue is drained rather than once per message (and for every
+                // message while a close waits for the queue to drain).
+                if (run.Deliveries.Reader.Count == 0 || run.LocalClose is not null)
                 {
                     run.Ring();
                 }
@@ -760,6 +776,14 @@ internal sealed partial class DeliveryEngine
 
                 if (run.LocalClose is { } close)
                 {
+                    // Going away (shutdown): first finish handing over what has arrived, so its acks go out and the
+                    // client need not replay it elsewhere; bounded by the drain timeout.
+                    if (close.Code == PushCloseCode.GoingAway && run.HasUndelivered && !run.DrainExpired)
+                    {
+                        run.StartDrainTimer(s_drainTimeout);
+                        continue;
+                    }
+
                     if (close.SendFrame)
                     {
                         output.ResetWrittenCount();

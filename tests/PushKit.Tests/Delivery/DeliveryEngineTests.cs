@@ -201,6 +201,35 @@ public class DeliveryEngineTests
     }
 
     [Fact]
+    public async Task Going_away_first_drains_what_has_arrived_so_its_acks_go_out_before_the_close()
+    {
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var delivered = 0;
+        var engine = new DeliveryEngine("server", 1 << 20, async (_, ct) =>
+        {
+            await release.Task.WaitAsync(ct);
+            Interlocked.Increment(ref delivered);
+        }, NullLogger.Instance);
+        var (a, _) = InMemoryConnection.CreatePair();
+        var run = engine.RunAsync(a);
+        a.Inject("{\"type\":\"msg\",\"seq\":1,\"data\":\"a\"}\n{\"type\":\"msg\",\"seq\":2,\"data\":\"b\"}\n{\"type\":\"msg\",\"seq\":3,\"data\":\"c\"}");
+        await Eventually.TrueAsync(() => engine.IsConnected);
+
+        engine.CloseConnection(PushCloseCode.GoingAway, "shutting down", retryAfterMs: 1000);
+        await Task.Delay(100);
+        Assert.DoesNotContain("close", a.SentText(), StringComparison.Ordinal);
+
+        release.SetResult();
+        var end = await run.WaitAsync(s_timeout);
+        Assert.Equal(3, delivered);
+        var sent = a.SentText();
+        var ack = sent.IndexOf("{\"type\":\"ack\",\"seq\":3}", StringComparison.Ordinal);
+        Assert.True(ack >= 0, sent);
+        Assert.True(sent.IndexOf("\"code\":1001", StringComparison.Ordinal) > ack, sent);
+        Assert.Equal(PushCloseCode.GoingAway, end.Code);
+    }
+
+    [Fact]
     public async Task A_second_concurrent_connection_is_refused()
     {
         var left = new End("left");
