@@ -90,6 +90,44 @@ public class FallbackTests
     }
 
     [Fact]
+    public async Task When_WebSocket_is_blocked_after_start_the_session_continues_over_SSE_with_nothing_lost()
+    {
+        var collector = new Collector();
+        await using var server = await PushTestServer.StartAsync(push => push.AddCollector(collector));
+        await using var proxy = await TestProxy.StartAsync(server.Root, ProxyMode.Transparent);
+        await using var network = new ChaosProxy(proxy.Root);
+        var (client, _) = await ConnectObservedAsync(network.PushUrl, o => o.ReconnectDelay = TimeSpan.FromMilliseconds(50));
+        await using (client)
+        {
+            var sessionId = client.SessionId!;
+            Assert.Equal("websocket", client.Transport);
+            await client.SendStringAsync("over websocket").AsTask().WaitAsync(TestTimeouts.Default);
+
+            // From now on the proxy refuses upgrades, and the live WebSocket is cut.
+            var resumed = new TaskCompletionSource<PushChannelStateChangedEventArgs>(TaskCreationOptions.RunContinuationsAsynchronously);
+            client.StateChanged += (_, e) =>
+            {
+                if (e.CurrentState == PushChannelState.Connected)
+                {
+                    resumed.TrySetResult(e);
+                }
+            };
+            proxy.Mode = ProxyMode.RefuseWebSockets;
+            network.CutAll();
+            var during = client.SendStringAsync("while switching").AsTask();
+            await server.Sender.SendToSessionAsync(sessionId, PushMessage.FromString("down while switching"));
+
+            var change = await resumed.Task.WaitAsync(TestTimeouts.Default);
+            Assert.False(change.IsSessionReset);
+            Assert.Equal("sse", client.Transport);
+            Assert.Equal(sessionId, client.SessionId);
+            await during.WaitAsync(TestTimeouts.Default);
+            Assert.Equal("down while switching", (await client.ReadAsync(1)).Single().GetString());
+            Assert.Equal(["over websocket", "while switching"], collector.All.Select(m => m.Message.GetString()));
+        }
+    }
+
+    [Fact]
     public async Task The_client_skips_transports_the_server_does_not_offer()
     {
         var collector = new Collector();

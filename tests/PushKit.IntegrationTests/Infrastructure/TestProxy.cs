@@ -28,10 +28,25 @@ public sealed class TestProxy : IAsyncDisposable
 {
     private readonly WebApplication _app;
 
-    private TestProxy(WebApplication app, Uri root)
+    private TestProxy(WebApplication app, Uri root, ModeHolder mode)
     {
         _app = app;
         Root = root;
+        _mode = mode;
+    }
+
+    private readonly ModeHolder _mode;
+
+    /// <summary>How the proxy behaves from now on (new requests).</summary>
+    public ProxyMode Mode
+    {
+        get => _mode.Value;
+        set => _mode.Value = value;
+    }
+
+    private sealed class ModeHolder
+    {
+        public volatile ProxyMode Value;
     }
 
     public Uri Root { get; }
@@ -48,11 +63,12 @@ public sealed class TestProxy : IAsyncDisposable
             [new ClusterConfig { ClusterId = "upstream", Destinations = new Dictionary<string, DestinationConfig> { ["server"] = new() { Address = upstream.ToString() } } }]);
 
         var app = builder.Build();
-        if (mode is ProxyMode.RefuseWebSockets or ProxyMode.RefuseWebSocketsAndBuffer)
+        var current = new ModeHolder { Value = mode };
         {
             app.Use(async (context, next) =>
             {
-                if (string.Equals(context.Request.Headers.Upgrade, "websocket", StringComparison.OrdinalIgnoreCase))
+                if (current.Value is ProxyMode.RefuseWebSockets or ProxyMode.RefuseWebSocketsAndBuffer
+                    && string.Equals(context.Request.Headers.Upgrade, "websocket", StringComparison.OrdinalIgnoreCase))
                 {
                     context.Response.StatusCode = StatusCodes.Status403Forbidden;
                     await context.Response.WriteAsync("WebSockets are not allowed through this proxy.");
@@ -63,15 +79,12 @@ public sealed class TestProxy : IAsyncDisposable
             });
         }
 
-        if (mode == ProxyMode.RefuseWebSocketsAndBuffer)
-        {
-            app.Use(BufferWholeResponseAsync);
-        }
+        app.Use((context, next) => current.Value == ProxyMode.RefuseWebSocketsAndBuffer ? BufferWholeResponseAsync(context, next) : next(context));
 
         app.MapReverseProxy();
         await app.StartAsync().WaitAsync(TestTimeouts.Default);
         var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
-        return new TestProxy(app, new Uri(address));
+        return new TestProxy(app, new Uri(address), current);
     }
 
     /// <summary>Holds the whole response body back until the upstream response is complete, then sends it at once.</summary>
