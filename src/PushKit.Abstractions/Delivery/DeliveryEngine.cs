@@ -497,7 +497,7 @@ internal sealed partial class DeliveryEngine
 
     private async Task<ConnectionEnd> ReadLoopAsync(Run run)
     {
-        var buffer = new ArrayBufferWriter<byte>(4096);
+        var buffer = new ArrayBufferWriter<byte>(1024);
         var token = run.Token;
         while (true)
         {
@@ -750,7 +750,8 @@ internal sealed partial class DeliveryEngine
 
     private async Task WriteLoopAsync(Run run)
     {
-        var output = new ArrayBufferWriter<byte>(16 * 1024);
+        // Small to start (idle connections are the common case); it grows with the batches it carries.
+        var output = new ArrayBufferWriter<byte>(1024);
         var token = run.Token;
         try
         {

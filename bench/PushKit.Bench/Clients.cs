@@ -1,0 +1,173 @@
+using System.Diagnostics;
+using System.Net.WebSockets;
+using System.Text;
+using Microsoft.AspNetCore.Http.Connections;
+using Microsoft.AspNetCore.SignalR.Client;
+using PushKit.Client;
+
+namespace PushKit.Bench;
+
+/// <summary>One benchmark client of some system and transport, counting what it receives.</summary>
+internal abstract class BenchClient : IAsyncDisposable
+{
+    private int _received;
+    private int _target = int.MaxValue;
+    private TaskCompletionSource _reached = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    public List<double>? Latencies { get; set; }
+
+    public int Received => Volatile.Read(ref _received);
+
+    public abstract Task ConnectAsync();
+
+    public abstract ValueTask DisposeAsync();
+
+    /// <summary>Resets the count and returns a task that completes when <paramref name="count"/> more arrive.</summary>
+    public Task ExpectAsync(int count)
+    {
+        _reached = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        Volatile.Write(ref _received, 0);
+        Volatile.Write(ref _target, count);
+        return _reached.Task;
+    }
+
+    protected void OnMessage(string text)
+    {
+        if (Latencies is { } latencies && long.TryParse(text, out var stamp))
+        {
+            lock (latencies)
+            {
+                latencies.Add(Stopwatch.GetElapsedTime(stamp).TotalMilliseconds);
+            }
+        }
+
+        if (Interlocked.Increment(ref _received) == Volatile.Read(ref _target))
+        {
+            _reached.TrySetResult();
+        }
+    }
+
+    public static BenchClient Create(string system, string transport, Uri root) => system switch
+    {
+        "pushkit" => new PushKitClient(root, transport),
+        "signalr" => new SignalRClient(root, transport),
+        _ => new RawClient(root),
+    };
+}
+
+internal sealed class PushKitClient(Uri root, string transport) : BenchClient
+{
+    private IPushChannel? _channel;
+    private Task? _reading;
+
+    public override async Task ConnectAsync()
+    {
+        _channel = new PushChannelBuilder().WithUrl(new Uri(root, "/push")).Configure(o =>
+        {
+            o.Transports.Clear();
+            o.Transports.Add(transport switch
+            {
+                "websocket" => PushTransports.WebSocket,
+                "sse" => PushTransports.ServerSentEvents,
+                _ => PushTransports.LongPolling,
+            });
+            o.ReceiveQueueCapacity = 10_000;
+        }).Build();
+        await _channel.ConnectAsync();
+        _reading = Task.Run(async () =>
+        {
+            await foreach (var message in _channel.ReadAllAsync())
+            {
+                OnMessage(message.GetString());
+            }
+        });
+    }
+
+    public override async ValueTask DisposeAsync()
+    {
+        if (_channel is not null)
+        {
+            await _channel.DisposeAsync();
+        }
+
+        if (_reading is not null)
+        {
+            await _reading;
+        }
+    }
+}
+
+internal sealed class SignalRClient(Uri root, string transport) : BenchClient
+{
+    private HubConnection? _connection;
+
+    public override async Task ConnectAsync()
+    {
+        var type = transport switch
+        {
+            "websocket" => HttpTransportType.WebSockets,
+            "sse" => HttpTransportType.ServerSentEvents,
+            _ => HttpTransportType.LongPolling,
+        };
+        _connection = new HubConnectionBuilder().WithUrl(new Uri(root, "/hub"), type).Build();
+        _connection.On<string>("m", OnMessage);
+        await _connection.StartAsync();
+    }
+
+    public override async ValueTask DisposeAsync()
+    {
+        if (_connection is not null)
+        {
+            await _connection.DisposeAsync();
+        }
+    }
+}
+
+internal sealed class RawClient(Uri root) : BenchClient
+{
+    private readonly ClientWebSocket _socket = new();
+    private Task? _reading;
+
+    public override async Task ConnectAsync()
+    {
+        await _socket.ConnectAsync(new Uri($"ws://{root.Authority}/raw"), CancellationToken.None);
+        _reading = Task.Run(async () =>
+        {
+            var buffer = new byte[64 * 1024];
+            try
+            {
+                while (true)
+                {
+                    var result = await _socket.ReceiveAsync(buffer, CancellationToken.None);
+                    if (result.MessageType == WebSocketMessageType.Close)
+                    {
+                        return;
+                    }
+
+                    OnMessage(Encoding.UTF8.GetString(buffer, 0, result.Count));
+                }
+            }
+            catch (Exception ex) when (ex is WebSocketException or OperationCanceledException)
+            {
+            }
+        });
+    }
+
+    public override async ValueTask DisposeAsync()
+    {
+        try
+        {
+            await _socket.CloseAsync(WebSocketCloseStatus.NormalClosure, null, CancellationToken.None);
+        }
+        catch (Exception ex) when (ex is WebSocketException or OperationCanceledException)
+        {
+        }
+
+        if (_reading is not null)
+        {
+            await _reading;
+        }
+
+        _socket.Dispose();
+    }
+}

@@ -1,0 +1,255 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net;
+using System.Net.Http.Json;
+using System.Net.Sockets;
+using System.Text;
+using BenchmarkDotNet.Running;
+using PushKit.Bench;
+
+// PushKit benchmarks, side by side with ASP.NET Core SignalR and raw ASP.NET Core WebSockets, in one run.
+//   dotnet run -c Release --project bench/PushKit.Bench            full run (several minutes)
+//   dotnet run -c Release --project bench/PushKit.Bench -- --quick  a smaller run
+//   dotnet run -c Release --project bench/PushKit.Bench -- micro    BenchmarkDotNet micro-benchmarks (codec, send path)
+if (args.Length > 0 && args[0] == "server")
+{
+    await BenchServer.RunAsync(args[1..]);
+    return;
+}
+
+if (args.Length > 0 && args[0] == "micro")
+{
+    BenchmarkSwitcher.FromAssembly(typeof(Micro).Assembly).Run(args[1..]);
+    return;
+}
+
+var quick = args.Contains("--quick");
+var port = FreePort();
+var root = new Uri($"http://127.0.0.1:{port}/");
+using var server = StartServer(port);
+using var http = new HttpClient { BaseAddress = root, Timeout = TimeSpan.FromMinutes(10) };
+await WaitForServerAsync(http);
+
+var results = new List<(string Scenario, string System, string Transport, string Figure, double Value)>();
+string[] systems = ["pushkit", "signalr", "raw"];
+string[] transports = ["websocket", "sse", "longpolling"];
+
+// 1. Fan-out: 100 clients, 2,000 (and 10,000) broadcast messages of 256 B.
+foreach (var messages in quick ? new[] { 2_000 } : new[] { 2_000, 10_000 })
+{
+    foreach (var transport in transports)
+    {
+        foreach (var system in systems)
+        {
+            if (system == "raw" && transport != "websocket")
+            {
+                continue;
+            }
+
+            var rate = await FanOutAsync(system, transport, clients: 100, messages);
+            results.Add(($"fan-out 100 x {messages} x 256 B", system, transport, "msg/s", rate));
+        }
+    }
+}
+
+// 2. Scaling shape: 1,000 clients; and one client at a high rate.
+foreach (var system in systems)
+{
+    results.Add(("fan-out 1000 x 200 x 256 B", system, "websocket", "msg/s", await FanOutAsync(system, "websocket", clients: 1_000, messages: 200)));
+    results.Add(("1 client x 50000 x 256 B", system, "websocket", "msg/s", await FanOutAsync(system, "websocket", clients: 1, messages: quick ? 20_000 : 50_000)));
+}
+
+// 3. Latency at a paced rate well below saturation (500 msg/s to 10 clients).
+foreach (var transport in transports)
+{
+    foreach (var system in systems)
+    {
+        if (system == "raw" && transport != "websocket")
+        {
+            continue;
+        }
+
+        var (p50, p99) = await LatencyAsync(system, transport, clients: 10, perSecond: 500, seconds: quick ? 2 : 5);
+        results.Add(("latency @ 500 msg/s, 10 clients", system, transport, "p50 ms", p50));
+        results.Add(("latency @ 500 msg/s, 10 clients", system, transport, "p99 ms", p99));
+    }
+}
+
+// 4. Server memory per idle connection, 2,000 connections, server in its own process.
+foreach (var system in systems)
+{
+    results.Add(("memory per idle connection (2000)", system, "websocket", "KB", await MemoryPerConnectionAsync(system, quick ? 500 : 2_000)));
+}
+
+Report(results, quick);
+server.Kill(entireProcessTree: true);
+return;
+
+async Task<double> FanOutAsync(string system, string transport, int clients, int messages)
+{
+    var connected = await ConnectAsync(system, transport, clients);
+    try
+    {
+        // Warm up, then the measured run.
+        await Task.WhenAll(connected.Select(c => c.ExpectAsync(10)).Append(BroadcastAsync(system, 10)));
+        var expectations = connected.Select(c => c.ExpectAsync(messages)).ToArray();
+        var stopwatch = Stopwatch.StartNew();
+        await BroadcastAsync(system, messages);
+        await Task.WhenAll(expectations).WaitAsync(TimeSpan.FromMinutes(5));
+        stopwatch.Stop();
+        var rate = (double)clients * messages / stopwatch.Elapsed.TotalSeconds;
+        Console.WriteLine($"{system,-8} {transport,-12} {clients,5} clients x {messages,6}: {rate,12:N0} msg/s");
+        return rate;
+    }
+    finally
+    {
+        await DisposeAllAsync(connected);
+    }
+}
+
+async Task<(double P50, double P99)> LatencyAsync(string system, string transport, int clients, int perSecond, int seconds)
+{
+    var connected = await ConnectAsync(system, transport, clients);
+    try
+    {
+        var latencies = new List<double>();
+        await Task.WhenAll(connected.Select(c => c.ExpectAsync(10)).Append(BroadcastAsync(system, 10)));
+        foreach (var client in connected)
+        {
+            client.Latencies = latencies;
+        }
+
+        var count = perSecond * seconds;
+        var expectations = connected.Select(c => c.ExpectAsync(count)).ToArray();
+        using var response = await http.PostAsync($"/control/paced/{system}?count={count}&perSecond={perSecond}", null);
+        await Task.WhenAll(expectations).WaitAsync(TimeSpan.FromMinutes(2));
+        latencies.Sort();
+        var p50 = latencies[(int)(latencies.Count * 0.50)];
+        var p99 = latencies[(int)(latencies.Count * 0.99)];
+        Console.WriteLine($"{system,-8} {transport,-12} latency p50 {p50:N2} ms, p99 {p99:N2} ms");
+        return (p50, p99);
+    }
+    finally
+    {
+        await DisposeAllAsync(connected);
+    }
+}
+
+async Task<double> MemoryPerConnectionAsync(string system, int clients)
+{
+    var before = await ServerMemoryAsync();
+    var connected = await ConnectAsync(system, "websocket", clients);
+    try
+    {
+        var after = await ServerMemoryAsync();
+        var perConnection = (after - before) / clients / 1024.0;
+        Console.WriteLine($"{system,-8} memory per idle connection: {perConnection:N1} KB");
+        return perConnection;
+    }
+    finally
+    {
+        await DisposeAllAsync(connected);
+    }
+}
+
+async Task<List<BenchClient>> ConnectAsync(string system, string transport, int count)
+{
+    var clients = new List<BenchClient>(count);
+    foreach (var batch in Enumerable.Range(0, count).Chunk(50))
+    {
+        var created = batch.Select(_ => BenchClient.Create(system, transport, root)).ToArray();
+        await Task.WhenAll(created.Select(c => c.ConnectAsync()));
+        clients.AddRange(created);
+    }
+
+    return clients;
+}
+
+static async Task DisposeAllAsync(List<BenchClient> clients)
+{
+    foreach (var batch in clients.Chunk(100))
+    {
+        await Task.WhenAll(batch.Select(c => c.DisposeAsync().AsTask()));
+    }
+}
+
+async Task BroadcastAsync(string system, int count)
+{
+    using var response = await http.PostAsync($"/control/broadcast/{system}?count={count}&size=256", null);
+    response.EnsureSuccessStatusCode();
+}
+
+async Task<long> ServerMemoryAsync()
+{
+    var memory = await http.GetFromJsonAsync<MemoryReport>("/control/memory");
+    return memory!.ManagedBytes;
+}
+
+static void Report(List<(string Scenario, string System, string Transport, string Figure, double Value)> results, bool quick)
+{
+    var report = new StringBuilder();
+    report.AppendLine(CultureInfo.InvariantCulture, $"PushKit benchmark — {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC — {Environment.ProcessorCount} cores, .NET {Environment.Version}{(quick ? " (quick run)" : "")}");
+    report.AppendLine("PushKit runs with acknowledgements on (every message is acknowledged by each client).");
+    report.AppendLine();
+    report.AppendLine("| scenario | transport | figure | PushKit | SignalR | raw WebSocket | PushKit / SignalR | PushKit / raw |");
+    report.AppendLine("|---|---|---|---:|---:|---:|---:|---:|");
+    foreach (var group in results.GroupBy(r => (r.Scenario, r.Transport, r.Figure)))
+    {
+        double? Get(string system) => group.Where(r => r.System == system).Select(r => (double?)r.Value).FirstOrDefault();
+        var pushkit = Get("pushkit");
+        var signalr = Get("signalr");
+        var raw = Get("raw");
+        string F(double? v) => v is { } x ? x.ToString(x >= 100 ? "N0" : "N2", CultureInfo.InvariantCulture) : "—";
+        string Ratio(double? a, double? b) => a is { } x && b is { } y && y > 0 ? (x / y).ToString("N2", CultureInfo.InvariantCulture) + "×" : "—";
+        report.AppendLine(CultureInfo.InvariantCulture, $"| {group.Key.Scenario} | {group.Key.Transport} | {group.Key.Figure} | {F(pushkit)} | {F(signalr)} | {F(raw)} | {Ratio(pushkit, signalr)} | {Ratio(pushkit, raw)} |");
+    }
+
+    Console.WriteLine();
+    Console.WriteLine(report);
+    var path = Path.Combine(AppContext.BaseDirectory, "bench-results.md");
+    File.WriteAllText(path, report.ToString());
+    Console.WriteLine($"(also written to {path})");
+}
+
+static int FreePort()
+{
+    var listener = new TcpListener(IPAddress.Loopback, 0);
+    listener.Start();
+    var port = ((IPEndPoint)listener.LocalEndpoint).Port;
+    listener.Stop();
+    return port;
+}
+
+static Process StartServer(int port)
+{
+    var start = new ProcessStartInfo("dotnet", [typeof(Micro).Assembly.Location, "server", "--urls", $"http://127.0.0.1:{port}"])
+    {
+        RedirectStandardOutput = true,
+        UseShellExecute = false,
+    };
+    return Process.Start(start)!;
+}
+
+static async Task WaitForServerAsync(HttpClient http)
+{
+    for (var i = 0; i < 100; i++)
+    {
+        try
+        {
+            using var response = await http.GetAsync("/control/memory");
+            if (response.IsSuccessStatusCode)
+            {
+                return;
+            }
+        }
+        catch (HttpRequestException)
+        {
+        }
+
+        await Task.Delay(100);
+    }
+
+    throw new InvalidOperationException("The benchmark server did not start.");
+}
+
+internal sealed record MemoryReport(long ManagedBytes, long WorkingSet);
