@@ -58,23 +58,16 @@ internal static class FrameCodec
         output.Advance(written + body.Length);
     }
 
-    public static void WriteAck(IBufferWriter<byte> output, long sequence)
-    {
-        var span = output.GetSpan(AckPrefix.Length + 21);
-        AckPrefix.CopyTo(span);
-        var written = AckPrefix.Length;
-        Utf8Formatter.TryFormat(sequence, span[written..], out var n);
-        written += n;
-        span[written++] = (byte)'}';
-        output.Advance(written);
-    }
+    public static void WriteAck(IBufferWriter<byte> output, long sequence) => WriteSequenceFrame(output, AckPrefix, sequence);
 
     /// <summary>Writes a skip frame: messages up to <paramref name="sequence"/> that the receiver lacks were dropped by the sender.</summary>
-    public static void WriteSkip(IBufferWriter<byte> output, long sequence)
+    public static void WriteSkip(IBufferWriter<byte> output, long sequence) => WriteSequenceFrame(output, SkipPrefix, sequence);
+
+    private static void WriteSequenceFrame(IBufferWriter<byte> output, ReadOnlySpan<byte> prefix, long sequence)
     {
-        var span = output.GetSpan(SkipPrefix.Length + 21);
-        SkipPrefix.CopyTo(span);
-        var written = SkipPrefix.Length;
+        var span = output.GetSpan(prefix.Length + 21);
+        prefix.CopyTo(span);
+        var written = prefix.Length;
         Utf8Formatter.TryFormat(sequence, span[written..], out var n);
         written += n;
         span[written++] = (byte)'}';

@@ -114,6 +114,8 @@ public class FrameCodecTests
         Assert.Equal(5, ParseOk(Encode(w => FrameCodec.WriteAck(w, 5))).Sequence);
         Assert.Equal(FrameType.Ack, ParseOk(Encode(w => FrameCodec.WriteAck(w, 0))).Type);
         Assert.Equal(FrameType.Ping, ParseOk(Encode(FrameCodec.WritePing)).Type);
+        var skip = ParseOk(Encode(w => FrameCodec.WriteSkip(w, 77)));
+        Assert.Equal((FrameType.Skip, 77L), (skip.Type, skip.Sequence));
         Assert.Equal(FrameType.Pong, ParseOk(Encode(FrameCodec.WritePong)).Type);
 
         var close = ParseOk(Encode(w => FrameCodec.WriteClose(w, PushCloseCode.GoingAway, "bye", 1500)));
@@ -169,6 +171,7 @@ public class FrameCodecTests
     [InlineData("{\"type\":\"msg\",\"seq\":1,\"data\":\"x\",\"headers\":{\"a\":1}}", "header not string")]
     [InlineData("{\"type\":\"msg\",\"seq\":1,\"data\":\"\\ud800\"}", "lone surrogate")]
     [InlineData("{\"type\":\"ack\"}", "ack without seq")]
+    [InlineData("{\"type\":\"skip\",\"seq\":0}", "skip seq 0")]
     [InlineData("{\"type\":\"close\"}", "close without code")]
     [InlineData("{\"type\":\"close\",\"code\":5}", "close code out of range")]
     [InlineData("{\"type\":\"close\",\"code\":1000,\"retryAfterMs\":-5}", "negative retry")]
