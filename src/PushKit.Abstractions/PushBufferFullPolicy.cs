@@ -12,7 +12,10 @@ public enum PushBufferFullPolicy
     /// </summary>
     DropOldest = 1,
 
-    /// <summary>The session is ended with <see cref="PushCloseCode.Overloaded"/>; the client starts a new one and is told so.</summary>
+    /// <summary>
+    /// The send that does not fit fails with <see cref="PushBufferFullException"/>. On the server the session is then
+    /// ended with <see cref="PushCloseCode.Overloaded"/> (4429), and the client starts a new one and is told so.
+    /// </summary>
     Disconnect = 2,
 }
 

@@ -16,6 +16,7 @@ namespace PushKit.Client;
 internal sealed partial class PushChannel : IPushChannel
 {
     private static readonly TimeSpan s_closeWait = TimeSpan.FromSeconds(5);
+    private static readonly TimeSpan s_shortLived = TimeSpan.FromSeconds(5);
 
     private readonly PushClientOptions _options;
     private readonly ILoggerFactory _loggerFactory;
@@ -89,7 +90,7 @@ internal sealed partial class PushChannel : IPushChannel
 
             if (_connectStarted)
             {
-                throw new InvalidOperationException("ConnectAsync was called already; a channel connects once and then reconnects by itself.");
+                throw new InvalidOperationException("ConnectAsync was called already; a connected channel reconnects by itself.");
             }
 
             _connectStarted = true;
@@ -104,8 +105,13 @@ internal sealed partial class PushChannel : IPushChannel
         }
         catch (Exception ex)
         {
+            // The channel stays usable: ConnectAsync may be called again (a DI singleton must not be stuck).
             Log.ConnectFailed(_logger, _options.Url, ex.Message);
-            _inbound.Writer.TryComplete();
+            lock (_gate)
+            {
+                _connectStarted = false;
+            }
+
             SetState(PushChannelState.Disconnected, null, ex.Message, ex);
             throw;
         }
@@ -317,6 +323,8 @@ internal sealed partial class PushChannel : IPushChannel
     private async Task RunLoopAsync(IPushTransportConnection connection)
     {
         var lifetime = _lifetime.Token;
+        var connectedAt = _options.TimeProvider.GetTimestamp();
+        var shortLived = 0;
         while (true)
         {
             DeliveryEngine engine;
@@ -352,6 +360,10 @@ internal sealed partial class PushChannel : IPushChannel
             }
 
             SetState(PushChannelState.Reconnecting, end.Code, $"Connection lost ({how}): {reason}", end.Error);
+
+            // A connection that dies soon after opening, again and again, must not turn into a reconnect storm:
+            // such losses back off too, before the pipeline's own (immediate) first attempt.
+            shortLived = _options.TimeProvider.GetElapsedTime(connectedAt) < s_shortLived ? shortLived + 1 : 0;
             string openedReason;
             try
             {
@@ -359,6 +371,10 @@ internal sealed partial class PushChannel : IPushChannel
                 {
                     // The server said when to come back (shutdown, overload): honour it before the first attempt.
                     await Task.Delay(TimeSpan.FromMilliseconds(retryAfter), _options.TimeProvider, lifetime).ConfigureAwait(false);
+                }
+                else if (shortLived > 1)
+                {
+                    await Task.Delay(ShortLivedBackoff(shortLived), _options.TimeProvider, lifetime).ConfigureAwait(false);
                 }
 
                 (connection, openedReason) = await _reconnect.ExecuteAsync(
@@ -377,10 +393,18 @@ internal sealed partial class PushChannel : IPushChannel
                 return;
             }
 
+            connectedAt = _options.TimeProvider.GetTimestamp();
             var reset = _pendingSessionReset;
             _pendingSessionReset = false;
             SetState(PushChannelState.Connected, null, openedReason, null, reset);
         }
+    }
+
+    /// <summary>Exponential, jittered delay for the n-th connection in a row that died young.</summary>
+    private TimeSpan ShortLivedBackoff(int count)
+    {
+        var ceiling = Math.Min(_options.MaxReconnectDelay.TotalMilliseconds, _options.ReconnectDelay.TotalMilliseconds * Math.Pow(2, Math.Min(count - 1, 16)));
+        return TimeSpan.FromMilliseconds(ceiling * (0.5 + (Random.Shared.NextDouble() / 2)));
     }
 
     /// <summary>Whether a connection's end also ends the channel: the server closed the session, or another client took it.</summary>
@@ -395,7 +419,7 @@ internal sealed partial class PushChannel : IPushChannel
             engine = _engine;
         }
 
-        engine?.Shutdown(code ?? PushCloseCode.Normal, reason, error as PushException ?? new PushChannelClosedException(reason, code, error));
+        engine?.Shutdown(code ?? PushCloseCode.Normal, reason, error as PushChannelClosedException ?? new PushChannelClosedException(reason, code, error));
         _inbound.Writer.TryComplete();
         SetState(state, code, reason, error);
     }

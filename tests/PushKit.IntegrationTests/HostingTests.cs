@@ -97,6 +97,9 @@ public class HostingTests
         var error = await Assert.ThrowsAsync<PushConnectException>(() => client.ConnectAsync().WaitAsync(TestTimeouts.Default));
         Assert.Equal(404, error.StatusCode);
         Assert.Equal([PushChannelState.Connecting, PushChannelState.Disconnected], states);
+
+        // A failed connect leaves the channel usable: the app may simply try again.
+        await Assert.ThrowsAsync<PushConnectException>(() => client.ConnectAsync().WaitAsync(TestTimeouts.Default));
         await client.DisposeAsync();
     }
 

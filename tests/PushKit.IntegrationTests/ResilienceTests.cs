@@ -1,4 +1,5 @@
 using System.Globalization;
+using Microsoft.Extensions.DependencyInjection;
 using PushKit.Client;
 using PushKit.IntegrationTests.Infrastructure;
 using Xunit.Abstractions;
@@ -276,6 +277,44 @@ public class SessionLifetimeTests
         Assert.False(change.IsSessionReset);
         Assert.Equal(sessionId, client.SessionId);
         Assert.StartsWith("Resumed", change.Reason, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_message_whose_handling_was_cut_short_by_a_lost_connection_is_handled_when_replayed()
+    {
+        var handled = new List<string>();
+        var entered = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var attempts = 0;
+        await using var server = await PushTestServer.StartAsync(push => push.OnMessage(async (_, message, ct) =>
+        {
+            if (message.GetString() == "slow" && Interlocked.Increment(ref attempts) == 1)
+            {
+                // The first attempt is still running when the connection goes: it ends with the connection.
+                entered.TrySetResult();
+                await Task.Delay(Timeout.Infinite, ct);
+            }
+
+            lock (handled)
+            {
+                handled.Add(message.GetString());
+            }
+        }));
+        await using var proxy = new ChaosProxy(server.Root);
+        var client = await server.ConnectClientAsync(o =>
+        {
+            o.Url = proxy.PushUrl;
+            o.ReconnectDelay = TimeSpan.FromMilliseconds(20);
+        });
+
+        var send = client.SendStringAsync("slow").AsTask();
+        await entered.Task.WaitAsync(TestTimeouts.Default);
+        proxy.CutAll();
+
+        // The replay carries the same message id; it was never applied, so it is handled now, once.
+        await send.WaitAsync(TestTimeouts.Default);
+        await client.SendStringAsync("after").AsTask().WaitAsync(TestTimeouts.Default);
+        Assert.Equal(["slow", "after"], handled);
+        Assert.Equal(2, attempts);
     }
 
     [Fact]

@@ -603,6 +603,11 @@ internal sealed partial class DeliveryEngine
         }
 
         run.LastQueued = frame.Sequence;
+        await QueueForDeliveryAsync(run, frame).ConfigureAwait(false);
+    }
+
+    private async ValueTask QueueForDeliveryAsync(Run run, Frame frame)
+    {
         if (!run.Deliveries.Writer.TryWrite(frame))
         {
             // The application is behind: reading pauses (the peer is slowed down), and that is not a dead connection.
@@ -628,7 +633,7 @@ internal sealed partial class DeliveryEngine
         }
 
         run.LastQueued = frame.Sequence;
-        await run.Deliveries.Writer.WriteAsync(frame, run.Token).ConfigureAwait(false);
+        await QueueForDeliveryAsync(run, frame).ConfigureAwait(false);
     }
 
     /// <summary>Hands queued inbound messages to the application in order and owes the peer an ack after each.</summary>

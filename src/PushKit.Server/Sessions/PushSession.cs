@@ -233,9 +233,10 @@ internal sealed partial class PushSession : IPushSession
                 }
                 catch (TimeoutException)
                 {
-                    // The old connection is not closing in time (a dead peer, a long-poll nobody collects): cut it.
+                    // The old connection is not closing in time (a dead peer, a long-poll nobody collects): cut it,
+                    // and wait for its run to end (a slow handler may still be finishing its message).
                     Volatile.Read(ref _connection)?.Abort();
-                    await previous.WaitAsync(s_supersedeWait, cancellationToken).ConfigureAwait(false);
+                    await previous.WaitAsync(cancellationToken).ConfigureAwait(false);
                 }
             }
 
@@ -332,20 +333,25 @@ internal sealed partial class PushSession : IPushSession
 
     private async ValueTask DeliverAsync(PushMessage message, CancellationToken cancellationToken)
     {
-        // Idempotent sends: a message id seen before in this scope is acknowledged but not applied again.
-        if (message.Id is { } id && _manager.RecentIds(this) is { } recent && !recent.TryAdd(id))
+        // Idempotent sends: a message id applied before in this scope is acknowledged but not applied again. The id
+        // is recorded only once the message was handed over: if that is interrupted, the replay must still count.
+        var recent = message.Id is null ? null : _manager.RecentIds(this);
+        if (recent is not null && recent.Contains(message.Id!))
         {
-            Log.DuplicateMessageId(_logger, SessionId, id);
+            Log.DuplicateMessageId(_logger, SessionId, message.Id!);
             return;
         }
 
         if (_inbound is not null)
         {
             await _inbound.Writer.WriteAsync(message, cancellationToken).ConfigureAwait(false);
-            return;
+        }
+        else
+        {
+            await _manager.DispatchAsync(this, message, cancellationToken).ConfigureAwait(false);
         }
 
-        await _manager.DispatchAsync(this, message, cancellationToken).ConfigureAwait(false);
+        recent?.TryAdd(message.Id!);
     }
 
     private bool SetState(PushChannelState state, PushCloseCode? code, string? reason)

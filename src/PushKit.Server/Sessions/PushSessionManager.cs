@@ -153,7 +153,7 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
             {
                 await handler.OnMessageAsync(session, message, cancellationToken).ConfigureAwait(false);
             }
-            catch (Exception ex) when (ex is not OperationCanceledException)
+            catch (Exception ex) when (ex is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
             {
                 // Logged, not retried: a message that makes a handler throw must not block the session forever.
                 Log.HandlerFailed(_logger, session.SessionId, nameof(PushHandler.OnMessageAsync), ex);

@@ -9,6 +9,15 @@ internal sealed class RecentMessageIds(int capacity)
     private readonly HashSet<string> _seen = new(StringComparer.Ordinal);
     private readonly Queue<string> _order = new();
 
+    /// <summary>Whether <paramref name="id"/> was recorded.</summary>
+    public bool Contains(string id)
+    {
+        lock (_seen)
+        {
+            return _seen.Contains(id);
+        }
+    }
+
     /// <summary>Records <paramref name="id"/>; false when it was seen already.</summary>
     public bool TryAdd(string id)
     {
