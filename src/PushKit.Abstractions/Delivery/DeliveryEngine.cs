@@ -104,6 +104,8 @@ internal sealed partial class DeliveryEngine
     /// <summary>
     /// Queues <paramref name="message"/> for delivery and returns a task that completes when the peer acknowledges it
     /// (null when <paramref name="trackAck"/> is false: the message is still delivered, nobody waits for it).
+    /// Ignores <see cref="Limits"/>: the client and server send paths use <see cref="EnqueueAsync"/>; this is for
+    /// callers that need no bound (the engine's own tests).
     /// </summary>
     /// <exception cref="PushMessageTooLargeException">The message's frame exceeds the peer's limit.</exception>
     /// <exception cref="PushChannelClosedException">The engine is closed.</exception>

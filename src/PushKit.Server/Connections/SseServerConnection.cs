@@ -18,6 +18,7 @@ internal sealed class SseServerConnection : HttpServerConnection
     private readonly SemaphoreSlim _writeLock = new(1, 1);
     private readonly ITimer _keepAlive;
     private readonly CancellationToken _aborted;
+    private readonly ArrayBufferWriter<byte> _events = new(1024);
 
     public SseServerConnection(HttpContext context, TimeSpan keepAliveInterval, TimeProvider timeProvider)
     {
@@ -42,7 +43,9 @@ internal sealed class SseServerConnection : HttpServerConnection
 
     public override ValueTask SendAsync(ReadOnlyMemory<byte> frames, CancellationToken cancellationToken = default)
     {
-        var events = new ArrayBufferWriter<byte>(frames.Length + 64);
+        // One writer calls SendAsync at a time and awaits it, so one buffer per connection serves every batch.
+        var events = _events;
+        events.ResetWrittenCount();
         foreach (var frame in FrameCodec.SplitBatch(frames))
         {
             if (FrameCodec.TryGetMessageSequence(frame.Span, out var sequence))
