@@ -11,6 +11,9 @@ using PushKit.Bench;
 //   dotnet run -c Release --project bench/PushKit.Bench            full run (several minutes)
 //   dotnet run -c Release --project bench/PushKit.Bench -- --quick  a smaller run
 //   dotnet run -c Release --project bench/PushKit.Bench -- micro    BenchmarkDotNet micro-benchmarks (codec, send path)
+// Options: --only fanout,scale,latency,memory   runs only those scenario groups
+//          --systems pushkit,signalr,raw        runs only those systems
+//          --transports websocket,sse,longpolling
 if (args.Length > 0 && args[0] == "server")
 {
     await BenchServer.RunAsync(args[1..]);
@@ -24,6 +27,13 @@ if (args.Length > 0 && args[0] == "micro")
 }
 
 var quick = args.Contains("--quick");
+string[] Option(string name, string[] all)
+{
+    var index = Array.IndexOf(args, name);
+    return index >= 0 && index + 1 < args.Length ? args[index + 1].Split(',', StringSplitOptions.RemoveEmptyEntries) : all;
+}
+
+var groups = Option("--only", ["fanout", "scale", "latency", "memory"]);
 var port = FreePort();
 var root = new Uri($"http://127.0.0.1:{port}/");
 using var server = StartServer(port);
@@ -31,11 +41,12 @@ using var http = new HttpClient { BaseAddress = root, Timeout = TimeSpan.FromMin
 await WaitForServerAsync(http);
 
 var results = new List<(string Scenario, string System, string Transport, string Figure, double Value)>();
-string[] systems = ["pushkit", "signalr", "raw"];
-string[] transports = ["websocket", "sse", "longpolling"];
+var systems = Option("--systems", ["pushkit", "signalr", "raw"]);
+var transports = Option("--transports", ["websocket", "sse", "longpolling"]);
+Console.WriteLine($"server process id: {server.Id}");
 
 // 1. Fan-out: 100 clients, 2,000 (and 10,000) broadcast messages of 256 B.
-foreach (var messages in quick ? new[] { 2_000 } : new[] { 2_000, 10_000 })
+foreach (var messages in !groups.Contains("fanout") ? [] : quick ? new[] { 2_000 } : new[] { 2_000, 10_000 })
 {
     foreach (var transport in transports)
     {
@@ -53,14 +64,14 @@ foreach (var messages in quick ? new[] { 2_000 } : new[] { 2_000, 10_000 })
 }
 
 // 2. Scaling shape: 1,000 clients; and one client at a high rate.
-foreach (var system in systems)
+foreach (var system in groups.Contains("scale") ? systems : [])
 {
     results.Add(("fan-out 1000 x 200 x 256 B", system, "websocket", "msg/s", await FanOutAsync(system, "websocket", clients: 1_000, messages: 200)));
-    results.Add(("1 client x 50000 x 256 B", system, "websocket", "msg/s", await FanOutAsync(system, "websocket", clients: 1, messages: quick ? 20_000 : 50_000)));
+    results.Add(($"1 client x {(quick ? 20_000 : 50_000)} x 256 B", system, "websocket", "msg/s", await FanOutAsync(system, "websocket", clients: 1, messages: quick ? 20_000 : 50_000)));
 }
 
 // 3. Latency at a paced rate well below saturation (500 msg/s to 10 clients).
-foreach (var transport in transports)
+foreach (var transport in groups.Contains("latency") ? transports : [])
 {
     foreach (var system in systems)
     {
@@ -76,7 +87,7 @@ foreach (var transport in transports)
 }
 
 // 4. Server memory per idle connection, 2,000 connections, server in its own process.
-foreach (var system in systems)
+foreach (var system in groups.Contains("memory") ? systems : [])
 {
     results.Add(("memory per idle connection (2000)", system, "websocket", "KB", await MemoryPerConnectionAsync(system, quick ? 500 : 2_000)));
 }
@@ -137,27 +148,55 @@ async Task<(double P50, double P99)> LatencyAsync(string system, string transpor
 
 async Task<double> MemoryPerConnectionAsync(string system, int clients)
 {
-    var before = await ServerMemoryAsync();
-    var connected = await ConnectAsync(system, "websocket", clients);
+    // A fresh server process for each system, so that nothing another system left behind is counted.
+    var memoryPort = FreePort();
+    using var memoryServer = StartServer(memoryPort);
+    using var memoryHttp = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{memoryPort}/") };
+    await WaitForServerAsync(memoryHttp);
+    Console.WriteLine($"memory server process id: {memoryServer.Id}");
     try
     {
-        var after = await ServerMemoryAsync();
-        var perConnection = (after - before) / clients / 1024.0;
-        Console.WriteLine($"{system,-8} memory per idle connection: {perConnection:N1} KB");
-        return perConnection;
+        return await MeasureAsync();
     }
     finally
     {
-        await DisposeAllAsync(connected);
+        memoryServer.Kill(entireProcessTree: true);
+    }
+
+    async Task<double> MeasureAsync()
+    {
+        // Warm up (JIT, pools) with a few connections that come and go before the baseline is taken.
+        await DisposeAllAsync(await ConnectAsync(system, "websocket", 10, memoryHttp.BaseAddress!));
+        await Task.Delay(500);
+        var before = await ServerMemoryAsync(memoryHttp);
+        var connected = await ConnectAsync(system, "websocket", clients, memoryHttp.BaseAddress!);
+        try
+        {
+            var after = await ServerMemoryAsync(memoryHttp);
+            if (Environment.GetEnvironmentVariable("PUSHKIT_BENCH_HOLD_SECONDS") is { } hold)
+            {
+                // For profiling: keep the idle connections open so a heap dump of the server can be taken.
+                Console.WriteLine($"holding {clients} idle {system} connections for {hold} s");
+                await Task.Delay(TimeSpan.FromSeconds(int.Parse(hold, CultureInfo.InvariantCulture)));
+            }
+
+            var perConnection = (after - before) / clients / 1024.0;
+            Console.WriteLine($"{system,-8} memory per idle connection: {perConnection:N1} KB");
+            return perConnection;
+        }
+        finally
+        {
+            await DisposeAllAsync(connected);
+        }
     }
 }
 
-async Task<List<BenchClient>> ConnectAsync(string system, string transport, int count)
+async Task<List<BenchClient>> ConnectAsync(string system, string transport, int count, Uri? at = null)
 {
     var clients = new List<BenchClient>(count);
     foreach (var batch in Enumerable.Range(0, count).Chunk(50))
     {
-        var created = batch.Select(_ => BenchClient.Create(system, transport, root)).ToArray();
+        var created = batch.Select(_ => BenchClient.Create(system, transport, at ?? root)).ToArray();
         await Task.WhenAll(created.Select(c => c.ConnectAsync()));
         clients.AddRange(created);
     }
@@ -179,7 +218,7 @@ async Task BroadcastAsync(string system, int count)
     response.EnsureSuccessStatusCode();
 }
 
-async Task<long> ServerMemoryAsync()
+static async Task<long> ServerMemoryAsync(HttpClient http)
 {
     var memory = await http.GetFromJsonAsync<MemoryReport>("/control/memory");
     return memory!.ManagedBytes;

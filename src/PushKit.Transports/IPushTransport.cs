@@ -42,6 +42,12 @@ public sealed class PushTransportContext
     public required HttpClient HttpClient { get; init; }
 
     /// <summary>
+    /// The same connection pool as <see cref="HttpClient"/>, for <see cref="System.Net.WebSockets.ClientWebSocket"/>:
+    /// a WebSocket handshake through it reuses the connection the negotiate request left idle.
+    /// </summary>
+    internal HttpMessageInvoker? WebSocketInvoker { get; init; }
+
+    /// <summary>
     /// The URL of a PushKit endpoint under the base URL, with the session id in the query string. The secret is not
     /// in it: send it in the <see cref="PushProtocol.SecretHeader"/> header.
     /// </summary>

@@ -21,7 +21,9 @@ internal sealed partial class PushChannel : IPushChannel
     private readonly PushClientOptions _options;
     private readonly ILoggerFactory _loggerFactory;
     private readonly ILogger _logger;
+    private readonly HttpMessageHandler _handler;
     private readonly HttpClient _http;
+    private readonly HttpMessageInvoker _invoker;
     private readonly Channel<PushMessage> _inbound;
     private readonly object _gate = new();
     private PushChannelState _state = PushChannelState.Disconnected;
@@ -42,11 +44,16 @@ internal sealed partial class PushChannel : IPushChannel
         _options = options;
         _loggerFactory = loggerFactory;
         _logger = loggerFactory.CreateLogger("PushKit.Client.PushChannel");
-        _http = new HttpClient(options.HttpMessageHandlerFactory?.Invoke() ?? new SocketsHttpHandler(), disposeHandler: true)
+        _handler = options.HttpMessageHandlerFactory?.Invoke() ?? new SocketsHttpHandler();
+        _http = new HttpClient(_handler, disposeHandler: false)
         {
             // SSE streams and long-polls are long-lived; every request has its own cancellation instead.
             Timeout = Timeout.InfiniteTimeSpan,
         };
+
+        // The WebSocket handshake goes through the same connection pool, so it reuses the connection the negotiate
+        // request left idle instead of opening a second one (and leaving the first idle on the server).
+        _invoker = new HttpMessageInvoker(_handler, disposeHandler: false);
         _inbound = Channel.CreateBounded<PushMessage>(new BoundedChannelOptions(options.ReceiveQueueCapacity) { SingleWriter = true });
         _reconnect = options.ReconnectPipeline ?? CreateDefaultReconnectPipeline(options);
     }
@@ -197,6 +204,7 @@ internal sealed partial class PushChannel : IPushChannel
             Options = _options,
             LoggerFactory = _loggerFactory,
             HttpClient = _http,
+            WebSocketInvoker = _invoker,
         };
 
         var failures = new List<string>();
@@ -527,6 +535,8 @@ internal sealed partial class PushChannel : IPushChannel
         finally
         {
             _http.Dispose();
+            _invoker.Dispose();
+            _handler.Dispose();
             _lifetime.Dispose();
         }
     }

@@ -84,7 +84,14 @@ public sealed class PushClientOptions
     /// <summary>Creates the HTTP handler used for negotiation; null for a default <see cref="SocketsHttpHandler"/>.</summary>
     public Func<HttpMessageHandler>? HttpMessageHandlerFactory { get; set; }
 
-    /// <summary>Adjusts each <see cref="ClientWebSocket"/>'s options (proxy, certificates, keep-alive) before it connects.</summary>
+    /// <summary>
+    /// Adjusts each <see cref="ClientWebSocket"/>'s options (proxy, certificates, keep-alive) before it connects.
+    /// </summary>
+    /// <remarks>
+    /// When this is null (the default), the WebSocket handshake goes through the channel's HTTP handler (see
+    /// <see cref="HttpMessageHandlerFactory"/>), reusing the connection the negotiate request opened: one TCP connection
+    /// per client. When it is set, the WebSocket opens a connection of its own so that the options set here apply.
+    /// </remarks>
     public Action<ClientWebSocketOptions>? ConfigureWebSocket { get; set; }
 
     /// <summary>The clock for timeouts; <see cref="TimeProvider.System"/> by default (tests use a fake).</summary>

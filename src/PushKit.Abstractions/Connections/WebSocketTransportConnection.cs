@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Net.WebSockets;
+using System.Runtime.CompilerServices;
 using PushKit.Protocol;
 
 namespace PushKit.Connections;
@@ -11,7 +12,10 @@ namespace PushKit.Connections;
 internal sealed class WebSocketTransportConnection : IPushTransportConnection
 {
     private const int ReadChunk = 4096;
+    private const int HeadSize = 256;
+    private static readonly TimeSpan s_closeLinger = TimeSpan.FromMilliseconds(250);
     private readonly WebSocket _socket;
+    private readonly byte[] _head = new byte[HeadSize];
     private readonly int _maxReceiveBytes;
 
     public WebSocketTransportConnection(WebSocket socket, int maxReceiveBytes)
@@ -25,17 +29,84 @@ internal sealed class WebSocketTransportConnection : IPushTransportConnection
     public ValueTask SendAsync(ReadOnlyMemory<byte> frames, CancellationToken cancellationToken = default) =>
         _socket.SendAsync(frames, WebSocketMessageType.Text, endOfMessage: true, cancellationToken);
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<PushReceiveResult> ReceiveAsync(IBufferWriter<byte> destination, CancellationToken cancellationToken = default)
     {
-        var total = 0;
+        try
+        {
+            return await ReceiveCoreAsync(destination, cancellationToken).ConfigureAwait(false);
+        }
+        catch (WebSocketException ex) when (_socket.State == WebSocketState.Aborted && ex.WebSocketErrorCode != WebSocketError.ConnectionClosedPrematurely)
+        {
+            // The WebSocket layer refused what the peer sent (invalid UTF-8: 1007; a bad frame header: 1002), queued its
+            // close frame and gave up on the socket. Tearing the connection down at once would reset it and could
+            // destroy that close before the peer reads it: linger a moment first.
+            try
+            {
+                await Task.Delay(s_closeLinger, cancellationToken).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+            }
+
+            throw;
+        }
+        catch (WebSocketException) when (_socket.State == WebSocketState.CloseSent)
+        {
+            // The WebSocket layer refused the message (invalid UTF-8: 1007) and sent its close: let the peer answer
+            // before the connection is dropped, so that the close is not lost to a reset.
+            await AwaitPeerCloseAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    private async Task AwaitPeerCloseAsync()
+    {
+        var scratch = ArrayPool<byte>.Shared.Rent(1024);
+        using var grace = new CancellationTokenSource(TimeSpan.FromSeconds(2));
+        try
+        {
+            while ((await _socket.ReceiveAsync(scratch.AsMemory(), grace.Token).ConfigureAwait(false)).MessageType != WebSocketMessageType.Close)
+            {
+            }
+        }
+        catch (Exception ex) when (ex is WebSocketException or OperationCanceledException or IOException or ObjectDisposedException)
+        {
+            // The peer did not answer in time, or is gone.
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(scratch);
+        }
+    }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<PushReceiveResult> ReceiveCoreAsync(IBufferWriter<byte> destination, CancellationToken cancellationToken)
+    {
+        // The next message is awaited with a small buffer of the connection's own: acks, pings and small messages
+        // fit in it whole, and an idle connection needs no pooled buffer. (Not a zero-byte read: a text message whose
+        // invalid UTF-8 is found by a later read of the same message aborts the WebSocket instead of closing it with
+        // 1007.)
+        var first = await _socket.ReceiveAsync(_head.AsMemory(), cancellationToken).ConfigureAwait(false);
+        if (first.MessageType == WebSocketMessageType.Close)
+        {
+            return Closed();
+        }
+
+        destination.Write(_head.AsSpan(0, first.Count));
+        if (first.EndOfMessage)
+        {
+            return PushReceiveResult.Data;
+        }
+
+        var total = first.Count;
         while (true)
         {
             var memory = destination.GetMemory(ReadChunk);
             var result = await _socket.ReceiveAsync(memory, cancellationToken).ConfigureAwait(false);
             if (result.MessageType == WebSocketMessageType.Close)
             {
-                var code = _socket.CloseStatus is { } status and >= (WebSocketCloseStatus)1000 and <= (WebSocketCloseStatus)4999 ? (PushCloseCode?)(int)status : null;
-                return PushReceiveResult.Closed(code, _socket.CloseStatusDescription);
+                return Closed();
             }
 
             total += result.Count;
@@ -52,6 +123,12 @@ internal sealed class WebSocketTransportConnection : IPushTransportConnection
                 return PushReceiveResult.Data;
             }
         }
+    }
+
+    private PushReceiveResult Closed()
+    {
+        var code = _socket.CloseStatus is { } status and >= (WebSocketCloseStatus)1000 and <= (WebSocketCloseStatus)4999 ? (PushCloseCode?)(int)status : null;
+        return PushReceiveResult.Closed(code, _socket.CloseStatusDescription);
     }
 
     public async ValueTask CloseAsync(PushCloseCode code, string? reason, CancellationToken cancellationToken = default)
@@ -71,7 +148,18 @@ internal sealed class WebSocketTransportConnection : IPushTransportConnection
         }
     }
 
-    public void Abort() => _socket.Abort();
+    public void Abort()
+    {
+        // A socket that closed, or that failed on its own (after sending its close, say, for invalid UTF-8), has
+        // nothing left to abort: aborting it again would reset the TCP connection and could destroy that close frame
+        // before the peer reads it. The transport ends when its owner lets go of it.
+        if (_socket.State is WebSocketState.Closed or WebSocketState.Aborted)
+        {
+            return;
+        }
+
+        _socket.Abort();
+    }
 
     public ValueTask DisposeAsync()
     {

@@ -47,10 +47,12 @@ internal sealed partial class DeliveryEngine
     }
 
     /// <summary>The state of one connection's run: its doorbell, control queue, close request and cancellation.</summary>
-    private sealed class Run : IDisposable
+    private sealed class Run : IDisposable, IHeartbeatTarget
     {
+        private readonly DeliveryEngine _engine;
         private readonly CancellationTokenSource _cts;
-        private readonly Queue<Control> _control = new();
+        private readonly CancellationToken _outerToken;
+        private readonly Queue<Control> _control = new(0);
         private CloseRequest? _localClose;
         private long _lastReceived;
         private long _lastSent;
@@ -58,27 +60,60 @@ internal sealed partial class DeliveryEngine
         private bool _delivering;
         private bool _drainExpired;
         private int _drainStarted;
+        private Channel<Frame>? _deliveries;
+        private CancellationTokenSource? _deliveryStop;
 
-        public Run(IPushTransportConnection connection, CancellationToken cancellationToken)
+        public Run(DeliveryEngine engine, IPushTransportConnection connection, CancellationToken cancellationToken)
         {
+            _engine = engine;
             Connection = connection;
+            _outerToken = cancellationToken;
             _cts = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
             Token = _cts.Token;
+
+            // The write loop's wait ends when the run is cancelled; one registration for the run's whole life.
+            Token.UnsafeRegister(static (state, token) => ((AsyncSignal)state!).Cancel(token), Doorbell);
         }
 
         public IPushTransportConnection Connection { get; }
 
+        public DeliveryEngine Engine => _engine;
+
         public CancellationToken Token { get; }
 
         /// <summary>Wakes the write loop; holds at most one pending ring.</summary>
-        public Channel<bool> Doorbell { get; } = Channel.CreateBounded<bool>(
-            new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite, SingleReader = true });
+        public AsyncSignal Doorbell { get; } = new();
+
+        /// <summary>
+        /// Inbound messages waiting for the application, in sequence order; null until the first one arrives (most
+        /// connections on a server only ever receive acks and pings, and then need no queue and no delivery loop).
+        /// </summary>
+        public Channel<Frame>? Deliveries => Volatile.Read(ref _deliveries);
+
+        /// <summary>The delivery loop, once started.</summary>
+        public Task? Delivery { get; private set; }
+
+        /// <summary>Creates the delivery queue and starts its loop (read loop only).</summary>
+        public Channel<Frame> StartDeliveries(Func<Run, CancellationToken, Task> loop)
+        {
+            if (_deliveries is { } existing)
+            {
+                return existing;
+            }
+
+            // Delivery has its own cancellation: after an orderly close from the peer it drains what arrived even
+            // though the connection's run is over.
+            _deliveryStop = CancellationTokenSource.CreateLinkedTokenSource(_outerToken);
+            var deliveries = Channel.CreateBounded<Frame>(new BoundedChannelOptions(64) { SingleReader = true, SingleWriter = true });
+            Volatile.Write(ref _deliveries, deliveries);
+            Delivery = loop(this, _deliveryStop.Token);
+            return deliveries;
+        }
+
+        /// <summary>Stops delivery at once (what is queued is not handed over).</summary>
+        public Task StopDeliveryAsync() => _deliveryStop?.CancelAsync() ?? Task.CompletedTask;
 
         public CloseRequest? LocalClose => Volatile.Read(ref _localClose);
-
-        /// <summary>Inbound messages waiting for the application, in sequence order.</summary>
-        public Channel<Frame> Deliveries { get; } = Channel.CreateBounded<Frame>(
-            new BoundedChannelOptions(64) { SingleReader = true, SingleWriter = true });
 
         /// <summary>Whether the application is being handed a message right now.</summary>
         public bool Delivering
@@ -88,7 +123,7 @@ internal sealed partial class DeliveryEngine
         }
 
         /// <summary>Whether received messages still wait for, or are being handed to, the application.</summary>
-        public bool HasUndelivered => Deliveries.Reader.Count > 0 || Delivering;
+        public bool HasUndelivered => Deliveries?.Reader.Count > 0 || Delivering;
 
         /// <summary>Whether the drain before a going-away close has run out of time.</summary>
         public bool DrainExpired => Volatile.Read(ref _drainExpired);
@@ -147,7 +182,9 @@ internal sealed partial class DeliveryEngine
             }
         }
 
-        public void Ring() => Doorbell.Writer.TryWrite(true);
+        public void Ring() => Doorbell.Set();
+
+        public bool CheckHeartbeat(HeartbeatSettings settings) => _engine.CheckHeartbeat(this, settings);
 
         public void EnqueueControl(Control control)
         {
@@ -197,6 +234,10 @@ internal sealed partial class DeliveryEngine
             }
         }
 
-        public void Dispose() => _cts.Dispose();
+        public void Dispose()
+        {
+            _cts.Dispose();
+            _deliveryStop?.Dispose();
+        }
     }
 }

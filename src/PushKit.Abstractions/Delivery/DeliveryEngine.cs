@@ -23,13 +23,15 @@ internal sealed partial class DeliveryEngine
     private static readonly TimeSpan s_closeGrace = TimeSpan.FromSeconds(2);
     private static readonly TimeSpan s_drainTimeout = TimeSpan.FromSeconds(5);
 
+    private static readonly Func<Run, CancellationToken, Task> s_deliverLoop = static (run, token) => run.Engine.DeliverLoopAsync(run, token);
+
     private readonly object _gate = new();
     private readonly Func<PushMessage, CancellationToken, ValueTask> _deliver;
     private readonly ILogger _logger;
     private readonly string _name;
 
     // Unacknowledged outbound messages, oldest first; _ring[_head] has sequence number _lastAcked + 1.
-    private Entry[] _ring = new Entry[16];
+    private Entry[] _ring = new Entry[4];
     private int _head;
     private int _count;
     private long _lastAssigned;
@@ -350,7 +352,7 @@ internal sealed partial class DeliveryEngine
     /// </summary>
     public async Task<ConnectionEnd> RunAsync(IPushTransportConnection connection, CancellationToken cancellationToken = default)
     {
-        var run = new Run(connection, cancellationToken);
+        var run = new Run(this, connection, cancellationToken);
         lock (_gate)
         {
             if (_current is not null)
@@ -371,11 +373,15 @@ internal sealed partial class DeliveryEngine
 
         // Something may be waiting already: replay, an ack owed, or messages queued while disconnected.
         run.Ring();
-        using var deliveryStop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        var delivery = DeliverLoopAsync(run, deliveryStop.Token);
         var writer = WriteLoopAsync(run);
-        using var heartbeatStop = CancellationTokenSource.CreateLinkedTokenSource(run.Token);
-        var heartbeat = Heartbeat is { } settings ? HeartbeatLoopAsync(run, settings, heartbeatStop.Token) : Task.CompletedTask;
+        var heartbeat = Heartbeat;
+        if (heartbeat is not null)
+        {
+            run.MarkReceived(heartbeat.TimeProvider);
+            run.MarkSent(heartbeat.TimeProvider);
+            heartbeat.Register(run);
+        }
+
         ConnectionEnd end;
         var drain = false;
         try
@@ -407,7 +413,7 @@ internal sealed partial class DeliveryEngine
         }
 
         // The read side is done: heartbeats have nothing left to watch.
-        await heartbeatStop.CancelAsync().ConfigureAwait(false);
+        heartbeat?.Unregister(run);
 
         if (end.Kind == ConnectionEndKind.ClosedByPeer && run.LocalClose is { SendFrame: true } initiated)
         {
@@ -423,20 +429,23 @@ internal sealed partial class DeliveryEngine
         // Messages already received are still handed to the application: after an orderly close from the peer the
         // queue is drained (they were sent for good); otherwise delivery stops and the unacknowledged rest is
         // replayed by the peer on its next connection.
-        run.Deliveries.Writer.TryComplete();
+        run.Deliveries?.Writer.TryComplete();
         if (end.Kind != ConnectionEndKind.ClosedByPeer)
         {
-            await deliveryStop.CancelAsync().ConfigureAwait(false);
+            await run.StopDeliveryAsync().ConfigureAwait(false);
         }
 
-        try
+        if (run.Delivery is { } delivery)
         {
-            await delivery.WaitAsync(s_closeGrace + s_closeGrace, CancellationToken.None).ConfigureAwait(false);
-        }
-        catch (TimeoutException)
-        {
-            await deliveryStop.CancelAsync().ConfigureAwait(false);
-            await delivery.ConfigureAwait(false);
+            try
+            {
+                await delivery.WaitAsync(s_closeGrace + s_closeGrace, CancellationToken.None).ConfigureAwait(false);
+            }
+            catch (TimeoutException)
+            {
+                await run.StopDeliveryAsync().ConfigureAwait(false);
+                await delivery.ConfigureAwait(false);
+            }
         }
 
         if (end.Kind == ConnectionEndKind.ClosedByPeer)
@@ -453,7 +462,6 @@ internal sealed partial class DeliveryEngine
         try
         {
             await writer.WaitAsync(s_closeGrace + s_closeGrace, CancellationToken.None).ConfigureAwait(false);
-            await heartbeat.ConfigureAwait(false);
         }
         catch (Exception ex)
         {
@@ -499,11 +507,25 @@ internal sealed partial class DeliveryEngine
 
     private async Task<ConnectionEnd> ReadLoopAsync(Run run)
     {
-        var buffer = new ArrayBufferWriter<byte>(1024);
+        // The buffer is rented when a batch arrives and returned once it is processed: an idle connection holds none
+        // (the WebSocket connection waits for data with a zero-byte read before it asks for memory).
+        var buffer = new PooledBufferWriter();
+        try
+        {
+            return await ReadBatchesAsync(run, buffer).ConfigureAwait(false);
+        }
+        finally
+        {
+            buffer.Release();
+        }
+    }
+
+    private async Task<ConnectionEnd> ReadBatchesAsync(Run run, PooledBufferWriter buffer)
+    {
         var token = run.Token;
         while (true)
         {
-            buffer.ResetWrittenCount();
+            buffer.Release();
             var result = await run.Connection.ReceiveAsync(buffer, token).ConfigureAwait(false);
             run.MarkReceived(Heartbeat?.TimeProvider);
             if (result.IsClosed)
@@ -610,13 +632,14 @@ internal sealed partial class DeliveryEngine
 
     private async ValueTask QueueForDeliveryAsync(Run run, Frame frame)
     {
-        if (!run.Deliveries.Writer.TryWrite(frame))
+        var deliveries = run.Deliveries ?? run.StartDeliveries(s_deliverLoop);
+        if (!deliveries.Writer.TryWrite(frame))
         {
             // The application is behind: reading pauses (the peer is slowed down), and that is not a dead connection.
             run.ReadPaused = true;
             try
             {
-                await run.Deliveries.Writer.WriteAsync(frame, run.Token).ConfigureAwait(false);
+                await deliveries.Writer.WriteAsync(frame, run.Token).ConfigureAwait(false);
             }
             finally
             {
@@ -641,10 +664,16 @@ internal sealed partial class DeliveryEngine
     /// <summary>Hands queued inbound messages to the application in order and owes the peer an ack after each.</summary>
     private async Task DeliverLoopAsync(Run run, CancellationToken token)
     {
+        var reader = run.Deliveries!.Reader;
         try
         {
-            await foreach (var frame in run.Deliveries.Reader.ReadAllAsync(token).ConfigureAwait(false))
+            while (await reader.WaitToReadAsync(token).ConfigureAwait(false))
             {
+                if (!reader.TryRead(out var frame))
+                {
+                    continue;
+                }
+
                 if (frame.Type == FrameType.Skip)
                 {
                     long missing;
@@ -677,7 +706,7 @@ internal sealed partial class DeliveryEngine
 
                 // Batch acks: ring once the queue is drained rather than once per message (and for every
                 // message while a close waits for the queue to drain).
-                if (run.Deliveries.Reader.Count == 0 || run.LocalClose is not null)
+                if (reader.Count == 0 || run.LocalClose is not null)
                 {
                     run.Ring();
                 }
@@ -757,21 +786,19 @@ internal sealed partial class DeliveryEngine
 
     private async Task WriteLoopAsync(Run run)
     {
-        // Small to start (idle connections are the common case); it grows with the batches it carries.
-        var output = new ArrayBufferWriter<byte>(1024);
+        // Rented while there is something to send and returned when the loop goes idle: idle connections hold none.
+        var output = new PooledBufferWriter();
         var token = run.Token;
         try
         {
-            while (await run.Doorbell.Reader.WaitToReadAsync(token).ConfigureAwait(false))
+            while (true)
             {
-                while (run.Doorbell.Reader.TryRead(out _))
-                {
-                }
+                await run.Doorbell.WaitAsync().ConfigureAwait(false);
 
                 // Flush everything that is due, in batches.
                 while (true)
                 {
-                    output.ResetWrittenCount();
+                    output.Reset();
                     FillBatch(run, output);
                     if (output.WrittenCount == 0)
                     {
@@ -781,6 +808,8 @@ internal sealed partial class DeliveryEngine
                     await run.Connection.SendAsync(output.WrittenMemory, token).ConfigureAwait(false);
                     run.MarkSent(Heartbeat?.TimeProvider);
                 }
+
+                output.Release();
 
                 if (run.LocalClose is { } close)
                 {
@@ -794,7 +823,7 @@ internal sealed partial class DeliveryEngine
 
                     if (close.SendFrame)
                     {
-                        output.ResetWrittenCount();
+                        output.Reset();
                         FrameCodec.WriteClose(output, close.Code, close.Reason, close.RetryAfterMs);
                         await run.Connection.SendAsync(output.WrittenMemory, token).ConfigureAwait(false);
                     }
@@ -816,41 +845,42 @@ internal sealed partial class DeliveryEngine
             Log.WriteLoopEnded(_logger, _name, ex.Message);
             run.Cancel();
         }
+        finally
+        {
+            output.Release();
+        }
     }
 
-    private async Task HeartbeatLoopAsync(Run run, HeartbeatSettings settings, CancellationToken token)
+    /// <summary>One heartbeat check of <paramref name="run"/> (from the shared heartbeat timer).</summary>
+    /// <returns>False once the connection was closed for silence: it needs no more checks.</returns>
+    private bool CheckHeartbeat(Run run, HeartbeatSettings settings)
     {
         var time = settings.TimeProvider;
-        run.MarkReceived(time);
-        run.MarkSent(time);
-        try
+        if (run.Token.IsCancellationRequested)
         {
-            using var timer = new PeriodicTimer(settings.CheckPeriod, time);
-            while (await timer.WaitForNextTickAsync(token).ConfigureAwait(false))
-            {
-                if (!run.ReadPaused && time.GetElapsedTime(run.LastReceived) > settings.Timeout)
-                {
-                    Log.HeartbeatTimedOut(_logger, _name, settings.Timeout);
-                    run.RequestClose(PushCloseCode.HeartbeatTimeout, $"Nothing received for {settings.Timeout}.", retryAfterMs: null, sendFrame: true);
-
-                    // The read side may be stuck on a half-open connection: stop it now.
-                    run.Cancel();
-                    return;
-                }
-
-                if (time.GetElapsedTime(run.LastSent) >= settings.Interval)
-                {
-                    run.EnqueueControl(Control.Ping);
-                    run.MarkSent(time);
-                }
-            }
+            return false;
         }
-        catch (OperationCanceledException)
+
+        if (!run.ReadPaused && time.GetElapsedTime(run.LastReceived) > settings.Timeout)
         {
+            Log.HeartbeatTimedOut(_logger, _name, settings.Timeout);
+            run.RequestClose(PushCloseCode.HeartbeatTimeout, $"Nothing received for {settings.Timeout}.", retryAfterMs: null, sendFrame: true);
+
+            // The read side may be stuck on a half-open connection: stop it now.
+            run.Cancel();
+            return false;
         }
+
+        if (time.GetElapsedTime(run.LastSent) >= settings.Interval)
+        {
+            run.EnqueueControl(Control.Ping);
+            run.MarkSent(time);
+        }
+
+        return true;
     }
 
-    private void FillBatch(Run run, ArrayBufferWriter<byte> output)
+    private void FillBatch(Run run, PooledBufferWriter output)
     {
         var limit = Math.Min(PeerMaxMessageBytes, BatchTargetBytes);
         while (run.TryDequeueControl(out var control))

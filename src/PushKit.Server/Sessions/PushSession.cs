@@ -16,7 +16,8 @@ internal sealed partial class PushSession : IPushSession
     private readonly PushSessionManager _manager;
     private readonly byte[] _secretHash;
     private readonly SemaphoreSlim _connectionLock = new(1, 1);
-    private readonly Channel<PushMessage>? _inbound;
+    private Channel<PushMessage>? _inbound;
+    private readonly bool _readable;
     private readonly ILogger _logger;
     private readonly object _stateGate = new();
     private Task<ConnectionEnd>? _run;
@@ -38,14 +39,12 @@ internal sealed partial class PushSession : IPushSession
         _disconnectedAt = createdAt;
         _logger = logger;
         var options = manager.Options;
-        if (!manager.HasHandlers)
-        {
-            _inbound = Channel.CreateBounded<PushMessage>(new BoundedChannelOptions(options.InboundQueueCapacity) { SingleWriter = true });
-        }
+        // Without handlers the application reads the session (ReadAllAsync); its queue is made when first needed.
+        _readable = !manager.HasHandlers;
 
         Engine = new DeliveryEngine($"session {sessionId}", peerMaxMessageBytes, DeliverAsync, logger)
         {
-            Heartbeat = new HeartbeatSettings(options.HeartbeatInterval, options.HeartbeatTimeout, manager.TimeProvider),
+            Heartbeat = manager.Heartbeat,
             Limits = new BufferLimits(options.MaxBufferedMessagesPerSession, options.MaxBufferedBytesPerSession, options.BufferFullPolicy),
             OnMessagesDropped = count => MessagesDropped?.Invoke(this, new PushMessagesDroppedEventArgs(count)),
         };
@@ -79,6 +78,34 @@ internal sealed partial class PushSession : IPushSession
     }
 
     internal DeliveryEngine Engine { get; }
+
+    /// <summary>Messages from the client waiting for <see cref="ReadAllAsync"/> (no handlers registered); made on first use.</summary>
+    private Channel<PushMessage> Inbound
+    {
+        get
+        {
+            if (Volatile.Read(ref _inbound) is { } existing)
+            {
+                return existing;
+            }
+
+            lock (_stateGate)
+            {
+                if (_inbound is null)
+                {
+                    var inbound = Channel.CreateBounded<PushMessage>(new BoundedChannelOptions(_manager.Options.InboundQueueCapacity) { SingleWriter = true });
+                    if (_state == PushChannelState.Closed)
+                    {
+                        inbound.Writer.TryComplete();
+                    }
+
+                    Volatile.Write(ref _inbound, inbound);
+                }
+
+                return _inbound;
+            }
+        }
+    }
 
     /// <summary>The recent message ids of an anonymous session (authenticated users share theirs across sessions).</summary>
     internal RecentMessageIds? AnonymousRecentIds { get; set; }
@@ -170,15 +197,16 @@ internal sealed partial class PushSession : IPushSession
 
     public async IAsyncEnumerable<PushMessage> ReadAllAsync([EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
-        if (_inbound is null)
+        if (!_readable)
         {
             throw new InvalidOperationException(
                 "Messages from this session are dispatched to the registered PushHandler(s); ReadAllAsync is available only when no handler is registered.");
         }
 
-        while (await _inbound.Reader.WaitToReadAsync(cancellationToken).ConfigureAwait(false))
+        var inbound = Inbound;
+        while (await inbound.Reader.WaitToReadAsync(cancellationToken).ConfigureAwait(false))
         {
-            while (_inbound.Reader.TryRead(out var message))
+            while (inbound.Reader.TryRead(out var message))
             {
                 yield return message;
             }
@@ -321,7 +349,7 @@ internal sealed partial class PushSession : IPushSession
         // An overloaded session's client is asked to wait a little before it comes back with a new one.
         int? retryAfterMs = code == PushCloseCode.Overloaded ? 5_000 : null;
         Engine.Shutdown(code, reason, new PushChannelClosedException($"Session {SessionId} ended: {reason}", code), retryAfterMs);
-        _inbound?.Writer.TryComplete();
+        Volatile.Read(ref _inbound)?.Writer.TryComplete();
         bool connected;
         lock (_stateGate)
         {
@@ -342,9 +370,9 @@ internal sealed partial class PushSession : IPushSession
             return;
         }
 
-        if (_inbound is not null)
+        if (_readable)
         {
-            await _inbound.Writer.WriteAsync(message, cancellationToken).ConfigureAwait(false);
+            await Inbound.Writer.WriteAsync(message, cancellationToken).ConfigureAwait(false);
         }
         else
         {

@@ -1,3 +1,4 @@
+using PushKit.Delivery;
 using System.Security.Claims;
 using System.Security.Cryptography;
 using System.Text;
@@ -26,6 +27,7 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
         Options = options.Value;
         _scopeFactory = scopeFactory;
         TimeProvider = timeProvider;
+        Heartbeat = new HeartbeatSettings(Options.HeartbeatInterval, Options.HeartbeatTimeout, timeProvider);
         _loggerFactory = loggerFactory;
         _logger = loggerFactory.CreateLogger("PushKit.Server.Sessions");
 
@@ -64,6 +66,9 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
     public ILogger Logger => _logger;
 
     public TimeProvider TimeProvider { get; }
+
+    /// <summary>Heartbeats of every session's connection: one timer checks them all.</summary>
+    public HeartbeatSettings Heartbeat { get; }
 
     public bool HasHandlers => _hasHandlers.Value;
 

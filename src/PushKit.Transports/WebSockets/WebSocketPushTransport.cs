@@ -35,7 +35,18 @@ internal sealed class WebSocketPushTransport : IPushTransport
             detection.CancelAfter(options.TransportDetectionTimeout);
             try
             {
-                await socket.ConnectAsync(context.GetEndpointUrl("ws", webSocket: true), detection.Token).ConfigureAwait(false);
+                var url = context.GetEndpointUrl("ws", webSocket: true);
+                if (options.ConfigureWebSocket is null && context.WebSocketInvoker is { } invoker)
+                {
+                    // One TCP connection per client: the upgrade reuses the pooled negotiate connection.
+                    await socket.ConnectAsync(url, invoker, detection.Token).ConfigureAwait(false);
+                }
+                else
+                {
+                    // Options such as a proxy or client certificates set through ConfigureWebSocket apply only to a
+                    // socket that opens its own connection.
+                    await socket.ConnectAsync(url, detection.Token).ConfigureAwait(false);
+                }
             }
             catch (OperationCanceledException ex) when (!cancellationToken.IsCancellationRequested)
             {
