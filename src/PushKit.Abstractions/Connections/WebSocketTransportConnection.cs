@@ -12,10 +12,8 @@ namespace PushKit.Connections;
 internal sealed class WebSocketTransportConnection : IPushTransportConnection
 {
     private const int ReadChunk = 4096;
-    private const int HeadSize = 256;
     private static readonly TimeSpan s_closeLinger = TimeSpan.FromMilliseconds(250);
     private readonly WebSocket _socket;
-    private readonly byte[] _head = new byte[HeadSize];
     private readonly int _maxReceiveBytes;
 
     public WebSocketTransportConnection(WebSocket socket, int maxReceiveBytes)
@@ -34,7 +32,43 @@ internal sealed class WebSocketTransportConnection : IPushTransportConnection
     {
         try
         {
-            return await ReceiveCoreAsync(destination, cancellationToken).ConfigureAwait(false);
+            // Wait for the next message with a zero-byte read, so that an idle connection holds no buffer.
+            var first = await _socket.ReceiveAsync(Memory<byte>.Empty, cancellationToken).ConfigureAwait(false);
+            if (first.MessageType == WebSocketMessageType.Close)
+            {
+                return Closed();
+            }
+
+            if (first.EndOfMessage)
+            {
+                // An empty message: an empty batch.
+                return PushReceiveResult.Data;
+            }
+
+            var total = 0;
+            while (true)
+            {
+                var memory = destination.GetMemory(ReadChunk);
+                var result = await _socket.ReceiveAsync(memory, cancellationToken).ConfigureAwait(false);
+                if (result.MessageType == WebSocketMessageType.Close)
+                {
+                    return Closed();
+                }
+
+                total += result.Count;
+                if (total > _maxReceiveBytes)
+                {
+                    throw new PushProtocolException(
+                        PushCloseCode.MessageTooBig,
+                        $"A WebSocket message exceeded the limit of {_maxReceiveBytes} bytes.");
+                }
+
+                destination.Advance(result.Count);
+                if (result.EndOfMessage)
+                {
+                    return PushReceiveResult.Data;
+                }
+            }
         }
         catch (WebSocketException ex) when (_socket.State == WebSocketState.Aborted && ex.WebSocketErrorCode != WebSocketError.ConnectionClosedPrematurely)
         {
@@ -53,8 +87,7 @@ internal sealed class WebSocketTransportConnection : IPushTransportConnection
         }
         catch (WebSocketException) when (_socket.State == WebSocketState.CloseSent)
         {
-            // The WebSocket layer refused the message (invalid UTF-8: 1007) and sent its close: let the peer answer
-            // before the connection is dropped, so that the close is not lost to a reset.
+            // The close frame went out and the peer has yet to answer: let it, before the connection is dropped.
             await AwaitPeerCloseAsync().ConfigureAwait(false);
             throw;
         }
@@ -77,51 +110,6 @@ internal sealed class WebSocketTransportConnection : IPushTransportConnection
         finally
         {
             ArrayPool<byte>.Shared.Return(scratch);
-        }
-    }
-
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
-    private async ValueTask<PushReceiveResult> ReceiveCoreAsync(IBufferWriter<byte> destination, CancellationToken cancellationToken)
-    {
-        // The next message is awaited with a small buffer of the connection's own: acks, pings and small messages
-        // fit in it whole, and an idle connection needs no pooled buffer. (Not a zero-byte read: a text message whose
-        // invalid UTF-8 is found by a later read of the same message aborts the WebSocket instead of closing it with
-        // 1007.)
-        var first = await _socket.ReceiveAsync(_head.AsMemory(), cancellationToken).ConfigureAwait(false);
-        if (first.MessageType == WebSocketMessageType.Close)
-        {
-            return Closed();
-        }
-
-        destination.Write(_head.AsSpan(0, first.Count));
-        if (first.EndOfMessage)
-        {
-            return PushReceiveResult.Data;
-        }
-
-        var total = first.Count;
-        while (true)
-        {
-            var memory = destination.GetMemory(ReadChunk);
-            var result = await _socket.ReceiveAsync(memory, cancellationToken).ConfigureAwait(false);
-            if (result.MessageType == WebSocketMessageType.Close)
-            {
-                return Closed();
-            }
-
-            total += result.Count;
-            if (total > _maxReceiveBytes)
-            {
-                throw new PushProtocolException(
-                    PushCloseCode.MessageTooBig,
-                    $"A WebSocket message exceeded the limit of {_maxReceiveBytes} bytes.");
-            }
-
-            destination.Advance(result.Count);
-            if (result.EndOfMessage)
-            {
-                return PushReceiveResult.Data;
-            }
         }
     }
 

@@ -7,27 +7,27 @@ internal sealed partial class DeliveryEngine
     private static partial class Log
     {
         [LoggerMessage(1, LogLevel.Warning, "{Name}: protocol violation, closing the connection with {CloseCode}: {Detail}")]
-        public static partial void ProtocolViolation(ILogger logger, string name, PushCloseCode closeCode, string detail);
+        public static partial void ProtocolViolation(ILogger logger, object name, PushCloseCode closeCode, string detail);
 
         [LoggerMessage(2, LogLevel.Debug, "{Name}: write loop ended: {Detail}")]
-        public static partial void WriteLoopEnded(ILogger logger, string name, string detail);
+        public static partial void WriteLoopEnded(ILogger logger, object name, string detail);
 
         [LoggerMessage(3, LogLevel.Debug, "{Name}: {Transport} connection ended: {Kind} {CloseCode} {Reason}")]
-        public static partial void ConnectionEnded(ILogger logger, string name, string transport, ConnectionEndKind kind, PushCloseCode? closeCode, string? reason);
+        public static partial void ConnectionEnded(ILogger logger, object name, string transport, ConnectionEndKind kind, PushCloseCode? closeCode, string? reason);
 
         [LoggerMessage(4, LogLevel.Warning, "{Name}: ignored a frame of unknown type '{FrameType}'")]
-        public static partial void UnknownFrameType(ILogger logger, string name, string? frameType);
+        public static partial void UnknownFrameType(ILogger logger, object name, string? frameType);
 
         [LoggerMessage(5, LogLevel.Warning, "{Name}: the peer reported error '{Code}': {Message}")]
-        public static partial void PeerError(ILogger logger, string name, string? code, string? message);
+        public static partial void PeerError(ILogger logger, object name, string? code, string? message);
 
         [LoggerMessage(7, LogLevel.Warning, "{Name}: nothing received for {Timeout}; closing the connection as dead (4408)")]
-        public static partial void HeartbeatTimedOut(ILogger logger, string name, TimeSpan timeout);
+        public static partial void HeartbeatTimedOut(ILogger logger, object name, TimeSpan timeout);
 
         [LoggerMessage(8, LogLevel.Warning, "{Name}: the peer dropped {Count} message(s) this side will not receive")]
-        public static partial void MessagesDropped(ILogger logger, string name, long count);
+        public static partial void MessagesDropped(ILogger logger, object name, long count);
 
         [LoggerMessage(6, LogLevel.Error, "{Name}: delivering a message to the application failed; the connection is dropped and the message will be replayed")]
-        public static partial void DeliveryFailed(ILogger logger, string name, Exception exception);
+        public static partial void DeliveryFailed(ILogger logger, object name, Exception exception);
     }
 }

@@ -28,7 +28,8 @@ internal sealed partial class DeliveryEngine
     private readonly object _gate = new();
     private readonly Func<PushMessage, CancellationToken, ValueTask> _deliver;
     private readonly ILogger _logger;
-    private readonly string _name;
+    // Formatted only when a log line is written: a server holds one engine per session.
+    private readonly object _name;
 
     // Unacknowledged outbound messages, oldest first; _ring[_head] has sequence number _lastAcked + 1.
     private Entry[] _ring = new Entry[4];
@@ -50,7 +51,7 @@ internal sealed partial class DeliveryEngine
     private TaskCompletionSource? _space;
     private int _peerMaxMessageBytes;
 
-    public DeliveryEngine(string name, int peerMaxMessageBytes, Func<PushMessage, CancellationToken, ValueTask> deliver, ILogger logger)
+    public DeliveryEngine(object name, int peerMaxMessageBytes, Func<PushMessage, CancellationToken, ValueTask> deliver, ILogger logger)
     {
         _name = name;
         _peerMaxMessageBytes = peerMaxMessageBytes;
@@ -510,85 +511,80 @@ internal sealed partial class DeliveryEngine
         // The buffer is rented when a batch arrives and returned once it is processed: an idle connection holds none
         // (the WebSocket connection waits for data with a zero-byte read before it asks for memory).
         var buffer = new PooledBufferWriter();
+        var token = run.Token;
         try
         {
-            return await ReadBatchesAsync(run, buffer).ConfigureAwait(false);
+            while (true)
+            {
+                buffer.Release();
+                var result = await run.Connection.ReceiveAsync(buffer, token).ConfigureAwait(false);
+                run.MarkReceived(Heartbeat?.TimeProvider);
+                if (result.IsClosed)
+                {
+                    return new ConnectionEnd(ConnectionEndKind.ClosedByPeer, result.CloseCode, result.CloseReason);
+                }
+
+                var reportedUnknown = false;
+                foreach (var line in FrameCodec.SplitBatch(buffer.WrittenMemory))
+                {
+                    var status = FrameCodec.TryParse(line.Span, out var frame, out var error);
+                    if (status == FrameParseStatus.Malformed)
+                    {
+                        throw new PushProtocolException(PushCloseCode.ProtocolError, $"Malformed frame: {error}");
+                    }
+
+                    if (status == FrameParseStatus.UnknownType)
+                    {
+                        // One error frame per batch at most, so that a flood of unknown frames cannot amplify into replies.
+                        if (!reportedUnknown)
+                        {
+                            reportedUnknown = true;
+                            Log.UnknownFrameType(_logger, _name, error);
+                            run.EnqueueControl(Control.Error(PushErrorCodes.UnknownFrameType, $"Unknown frame type '{Truncate(error, 64)}'; the frame was ignored."));
+                        }
+
+                        continue;
+                    }
+
+                    switch (frame.Type)
+                    {
+                        case FrameType.Message:
+                            await ReceiveMessageAsync(run, frame).ConfigureAwait(false);
+                            break;
+                        case FrameType.Ack:
+                            Acknowledge(frame.Sequence);
+                            break;
+                        case FrameType.Ping:
+                            run.EnqueueControl(Control.Pong);
+                            break;
+                        case FrameType.Pong:
+                            break;
+                        case FrameType.Skip:
+                            await ReceiveSkipAsync(run, frame).ConfigureAwait(false);
+                            break;
+                        case FrameType.Close:
+                            return new ConnectionEnd(ConnectionEndKind.ClosedByPeer, frame.CloseCode, frame.Text, frame.RetryAfterMs);
+                        case FrameType.Error:
+                            Log.PeerError(_logger, _name, frame.ErrorCode, frame.Text);
+                            break;
+                    }
+                }
+
+                bool ackDue;
+                lock (_gate)
+                {
+                    ackDue = _ackDue;
+                }
+
+                if (ackDue)
+                {
+                    run.Ring();
+                }
+            }
         }
         finally
         {
             buffer.Release();
-        }
-    }
-
-    private async Task<ConnectionEnd> ReadBatchesAsync(Run run, PooledBufferWriter buffer)
-    {
-        var token = run.Token;
-        while (true)
-        {
-            buffer.Release();
-            var result = await run.Connection.ReceiveAsync(buffer, token).ConfigureAwait(false);
-            run.MarkReceived(Heartbeat?.TimeProvider);
-            if (result.IsClosed)
-            {
-                return new ConnectionEnd(ConnectionEndKind.ClosedByPeer, result.CloseCode, result.CloseReason);
-            }
-
-            var reportedUnknown = false;
-            foreach (var line in FrameCodec.SplitBatch(buffer.WrittenMemory))
-            {
-                var status = FrameCodec.TryParse(line.Span, out var frame, out var error);
-                if (status == FrameParseStatus.Malformed)
-                {
-                    throw new PushProtocolException(PushCloseCode.ProtocolError, $"Malformed frame: {error}");
-                }
-
-                if (status == FrameParseStatus.UnknownType)
-                {
-                    // One error frame per batch at most, so that a flood of unknown frames cannot amplify into replies.
-                    if (!reportedUnknown)
-                    {
-                        reportedUnknown = true;
-                        Log.UnknownFrameType(_logger, _name, error);
-                        run.EnqueueControl(Control.Error(PushErrorCodes.UnknownFrameType, $"Unknown frame type '{Truncate(error, 64)}'; the frame was ignored."));
-                    }
-
-                    continue;
-                }
-
-                switch (frame.Type)
-                {
-                    case FrameType.Message:
-                        await ReceiveMessageAsync(run, frame).ConfigureAwait(false);
-                        break;
-                    case FrameType.Ack:
-                        Acknowledge(frame.Sequence);
-                        break;
-                    case FrameType.Ping:
-                        run.EnqueueControl(Control.Pong);
-                        break;
-                    case FrameType.Pong:
-                        break;
-                    case FrameType.Skip:
-                        await ReceiveSkipAsync(run, frame).ConfigureAwait(false);
-                        break;
-                    case FrameType.Close:
-                        return new ConnectionEnd(ConnectionEndKind.ClosedByPeer, frame.CloseCode, frame.Text, frame.RetryAfterMs);
-                    case FrameType.Error:
-                        Log.PeerError(_logger, _name, frame.ErrorCode, frame.Text);
-                        break;
-                }
-            }
-
-            bool ackDue;
-            lock (_gate)
-            {
-                ackDue = _ackDue;
-            }
-
-            if (ackDue)
-            {
-                run.Ring();
-            }
         }
     }
 

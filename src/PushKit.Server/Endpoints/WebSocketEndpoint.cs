@@ -1,4 +1,8 @@
+using System.Security.Claims;
 using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Features.Authentication;
+using Microsoft.AspNetCore.WebUtilities;
+using Microsoft.Extensions.Primitives;
 using Microsoft.Extensions.DependencyInjection;
 using PushKit.Connections;
 using PushKit.Protocol;
@@ -41,16 +45,24 @@ internal static class WebSocketEndpoint
 /// <summary>Checks the session id, resume secret and user of a connection request; answers the error itself.</summary>
 internal static class SessionAuthenticator
 {
+    private static readonly ClaimsPrincipal s_anonymous = new(new ClaimsIdentity());
+
+    private static string Get(Dictionary<string, StringValues>? query, string name) =>
+        query is not null && query.TryGetValue(name, out var value) ? value.ToString() : string.Empty;
+
     /// <param name="context">The request.</param>
     /// <param name="sessions">The sessions.</param>
     /// <param name="allowEnded">Also return a session that has ended but is still delivering its close.</param>
     public static async Task<PushSession?> AuthenticateAsync(HttpContext context, PushSessionManager sessions, bool allowEnded = false)
     {
-        var sessionId = context.Request.Query[PushProtocol.Query.SessionId].ToString();
+        // The query is parsed on the spot rather than through Request.Query, which would keep a parsed copy for the
+        // whole life of a long-lived connection.
+        var query = QueryHelpers.ParseNullableQuery(context.Request.QueryString.Value);
+        var sessionId = Get(query, PushProtocol.Query.SessionId);
         var secret = context.Request.Headers[PushProtocol.SecretHeader].ToString();
         if (secret.Length == 0)
         {
-            secret = context.Request.Query[PushProtocol.Query.Secret].ToString();
+            secret = Get(query, PushProtocol.Query.Secret);
         }
 
         if (sessionId.Length == 0 || secret.Length == 0)
@@ -68,7 +80,9 @@ internal static class SessionAuthenticator
             return null;
         }
 
-        if (!session.VerifySecret(secret) || !string.Equals(session.UserId, sessions.Options.UserIdProvider(context.User), StringComparison.Ordinal))
+        // Without authentication, HttpContext.User would create an empty principal for the connection to keep.
+        var user = context.Features.Get<IHttpAuthenticationFeature>()?.User ?? s_anonymous;
+        if (!session.VerifySecret(secret) || !string.Equals(session.UserId, sessions.Options.UserIdProvider(user), StringComparison.Ordinal))
         {
             await HttpErrors.WriteAsync(context, StatusCodes.Status403Forbidden, PushErrorCodes.InvalidSessionSecret,
                 "The resume secret does not match the session, or the caller is not the session's user.").ConfigureAwait(false);

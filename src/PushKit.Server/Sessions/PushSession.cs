@@ -42,10 +42,10 @@ internal sealed partial class PushSession : IPushSession
         // Without handlers the application reads the session (ReadAllAsync); its queue is made when first needed.
         _readable = !manager.HasHandlers;
 
-        Engine = new DeliveryEngine($"session {sessionId}", peerMaxMessageBytes, DeliverAsync, logger)
+        Engine = new DeliveryEngine(this, peerMaxMessageBytes, DeliverAsync, logger)
         {
             Heartbeat = manager.Heartbeat,
-            Limits = new BufferLimits(options.MaxBufferedMessagesPerSession, options.MaxBufferedBytesPerSession, options.BufferFullPolicy),
+            Limits = manager.BufferLimits,
             OnMessagesDropped = count => MessagesDropped?.Invoke(this, new PushMessagesDroppedEventArgs(count)),
         };
     }
@@ -154,6 +154,9 @@ internal sealed partial class PushSession : IPushSession
             return connection;
         }
     }
+
+    /// <summary>How logs name the session.</summary>
+    public override string ToString() => "session " + SessionId;
 
     public bool VerifySecret(string secret) =>
         CryptographicOperations.FixedTimeEquals(_secretHash, PushSessionManager.HashSecret(secret));

@@ -28,6 +28,7 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
         _scopeFactory = scopeFactory;
         TimeProvider = timeProvider;
         Heartbeat = new HeartbeatSettings(Options.HeartbeatInterval, Options.HeartbeatTimeout, timeProvider);
+        BufferLimits = new BufferLimits(Options.MaxBufferedMessagesPerSession, Options.MaxBufferedBytesPerSession, Options.BufferFullPolicy);
         _loggerFactory = loggerFactory;
         _logger = loggerFactory.CreateLogger("PushKit.Server.Sessions");
 
@@ -69,6 +70,9 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
 
     /// <summary>Heartbeats of every session's connection: one timer checks them all.</summary>
     public HeartbeatSettings Heartbeat { get; }
+
+    /// <summary>Every session's buffer limits.</summary>
+    public BufferLimits BufferLimits { get; }
 
     public bool HasHandlers => _hasHandlers.Value;
 
