@@ -171,6 +171,9 @@ internal sealed partial class PushChannel : IPushChannel
                 _options.TimeProvider),
             Limits = new BufferLimits(_options.MaxBufferedMessages, _options.MaxBufferedBytes, _options.BufferFullPolicy),
             OnMessagesDropped = count => MessagesDropped?.Invoke(this, new PushMessagesDroppedEventArgs(count)),
+
+            // Received messages go straight into the receive queue while it has room.
+            TryDeliverInline = _inbound.Writer.TryWrite,
         };
         var (connection, reason) = await OpenTransportsAsync(negotiated, cancellationToken).ConfigureAwait(false);
 

@@ -72,6 +72,13 @@ internal sealed partial class DeliveryEngine
     /// <summary>Called (from the delivery loop, in order) when the peer says it dropped messages this side lacks.</summary>
     public Action<long>? OnMessagesDropped { get; set; }
 
+    /// <summary>
+    /// Hands an inbound message to the application synchronously when it can take it at once (returns false
+    /// otherwise, and the message goes through the delivery loop instead); null to always use the loop. Called only
+    /// when nothing is queued or being delivered ahead of the message, so order is kept.
+    /// </summary>
+    public Func<PushMessage, bool>? TryDeliverInline { get; set; }
+
     /// <summary>Heartbeat settings for every connection run from now on; null for none.</summary>
     public HeartbeatSettings? Heartbeat { get; set; }
 
@@ -628,6 +635,24 @@ internal sealed partial class DeliveryEngine
 
     private async ValueTask QueueForDeliveryAsync(Run run, Frame frame)
     {
+        // Fast path: with nothing queued or being delivered ahead of it, a message the application can take at once
+        // is handed over right here, without a trip through the delivery queue and loop. (The queue count is read
+        // before the Delivering flag: the loop raises the flag before it takes a frame off the queue.)
+        if (frame.Type == FrameType.Message
+            && TryDeliverInline is { } inline
+            && (run.Deliveries is not { } queued || queued.Reader.Count == 0)
+            && !run.Delivering
+            && inline(frame.Message!))
+        {
+            lock (_gate)
+            {
+                _lastDelivered = frame.Sequence;
+                _ackDue = true;
+            }
+
+            return;
+        }
+
         var deliveries = run.Deliveries ?? run.StartDeliveries(s_deliverLoop);
         if (!deliveries.Writer.TryWrite(frame))
         {
@@ -665,46 +690,46 @@ internal sealed partial class DeliveryEngine
         {
             while (await reader.WaitToReadAsync(token).ConfigureAwait(false))
             {
-                if (!reader.TryRead(out var frame))
+                // Delivering is raised before a frame leaves the queue and lowered only after its delivery is
+                // recorded: the read loop's inline fast path relies on that to never overtake this loop.
+                run.Delivering = true;
+                try
                 {
-                    continue;
-                }
-
-                if (frame.Type == FrameType.Skip)
-                {
-                    long missing;
-                    lock (_gate)
+                    while (reader.TryRead(out var frame))
                     {
-                        missing = frame.Sequence - _lastDelivered;
-                    }
+                        if (frame.Type == FrameType.Skip)
+                        {
+                            long missing;
+                            lock (_gate)
+                            {
+                                missing = frame.Sequence - _lastDelivered;
+                            }
 
-                    Log.MessagesDropped(_logger, _name, missing);
-                    OnMessagesDropped?.Invoke(missing);
-                }
-                else
-                {
-                    run.Delivering = true;
-                    try
-                    {
-                        await _deliver(frame.Message!, token).ConfigureAwait(false);
-                    }
-                    finally
-                    {
-                        run.Delivering = false;
-                    }
-                }
+                            Log.MessagesDropped(_logger, _name, missing);
+                            OnMessagesDropped?.Invoke(missing);
+                        }
+                        else
+                        {
+                            await _deliver(frame.Message!, token).ConfigureAwait(false);
+                        }
 
-                lock (_gate)
-                {
-                    _lastDelivered = frame.Sequence;
-                    _ackDue = true;
-                }
+                        lock (_gate)
+                        {
+                            _lastDelivered = frame.Sequence;
+                            _ackDue = true;
+                        }
 
-                // Batch acks: ring once the queue is drained rather than once per message (and for every
-                // message while a close waits for the queue to drain).
-                if (reader.Count == 0 || run.LocalClose is not null)
+                        // Batch acks: ring once the queue is drained rather than once per message (and for every
+                        // message while a close waits for the queue to drain).
+                        if (reader.Count == 0 || run.LocalClose is not null)
+                        {
+                            run.Ring();
+                        }
+                    }
+                }
+                finally
                 {
-                    run.Ring();
+                    run.Delivering = false;
                 }
             }
         }
