@@ -18,7 +18,6 @@ internal sealed class SseServerConnection : HttpServerConnection
     private readonly SemaphoreSlim _writeLock = new(1, 1);
     private readonly ITimer _keepAlive;
     private readonly CancellationToken _aborted;
-    private readonly ArrayBufferWriter<byte> _events = new(1024);
 
     public SseServerConnection(HttpContext context, TimeSpan keepAliveInterval, TimeProvider timeProvider)
     {
@@ -41,28 +40,40 @@ internal sealed class SseServerConnection : HttpServerConnection
         await WriteLockedAsync(System.Text.Encoding.UTF8.GetBytes(start), _aborted).ConfigureAwait(false);
     }
 
-    public override ValueTask SendAsync(ReadOnlyMemory<byte> frames, CancellationToken cancellationToken = default)
+    public override async ValueTask SendAsync(ReadOnlyMemory<byte> frames, CancellationToken cancellationToken = default)
     {
-        // One writer calls SendAsync at a time and awaits it, so one buffer per connection serves every batch.
-        var events = _events;
-        events.ResetWrittenCount();
-        foreach (var frame in FrameCodec.SplitBatch(frames))
+        await _writeLock.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
         {
-            if (FrameCodec.TryGetMessageSequence(frame.Span, out var sequence))
+            if (IsDead)
             {
-                events.Write("id: "u8);
-                var span = events.GetSpan(20);
-                Utf8Formatter.TryFormat(sequence, span, out var written);
-                events.Advance(written);
-                events.Write("\n"u8);
+                return;
             }
 
-            events.Write("data: "u8);
-            events.Write(frame.Span);
-            events.Write("\n\n"u8);
-        }
+            // Events are written straight into the response's pipe, one flush per batch.
+            var events = _response.BodyWriter;
+            foreach (var frame in FrameCodec.SplitBatch(frames))
+            {
+                if (FrameCodec.TryGetMessageSequence(frame.Span, out var sequence))
+                {
+                    events.Write("id: "u8);
+                    var span = events.GetSpan(21);
+                    Utf8Formatter.TryFormat(sequence, span, out var written);
+                    span[written] = (byte)'\n';
+                    events.Advance(written + 1);
+                }
 
-        return new ValueTask(WriteLockedAsync(events.WrittenMemory, cancellationToken));
+                events.Write("data: "u8);
+                events.Write(frame.Span);
+                events.Write("\n\n"u8);
+            }
+
+            await events.FlushAsync(cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            _writeLock.Release();
+        }
     }
 
     protected override void OnAborted() => _keepAlive.Dispose();
@@ -89,8 +100,7 @@ internal sealed class SseServerConnection : HttpServerConnection
                 return;
             }
 
-            await _response.Body.WriteAsync(bytes, cancellationToken).ConfigureAwait(false);
-            await _response.Body.FlushAsync(cancellationToken).ConfigureAwait(false);
+            await _response.BodyWriter.WriteAsync(bytes, cancellationToken).ConfigureAwait(false);
         }
         finally
         {

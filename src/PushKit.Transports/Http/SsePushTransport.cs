@@ -12,6 +12,9 @@ namespace PushKit.Client.Http;
 /// </summary>
 internal sealed class SsePushTransport : IPushTransport
 {
+    // Events already received are handed to the reader together, up to about this many bytes.
+    private const int BatchBytes = 64 * 1024;
+
     public string Name => PushProtocol.Transports.ServerSentEvents;
 
     public async ValueTask<IPushTransportConnection> ConnectAsync(PushTransportContext context, CancellationToken cancellationToken = default)
@@ -31,7 +34,7 @@ internal sealed class SsePushTransport : IPushTransport
         var registration = detection.Token.Register(streamLifetime.Cancel);
         try
         {
-            IAsyncEnumerator<SseItem<string>> events;
+            IAsyncEnumerator<SseItem<byte[]>> events;
             try
             {
                 response = await context.HttpClient.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, streamLifetime.Token).ConfigureAwait(false);
@@ -41,7 +44,8 @@ internal sealed class SsePushTransport : IPushTransport
                 }
 
                 var stream = await response.Content.ReadAsStreamAsync(streamLifetime.Token).ConfigureAwait(false);
-                events = SseParser.Create(stream).EnumerateAsync(streamLifetime.Token).GetAsyncEnumerator(streamLifetime.Token);
+                // Event data is kept as UTF-8 bytes: frames are UTF-8 JSON, so nothing is transcoded on the way in.
+                events = SseParser.Create(stream, static (_, data) => data.ToArray()).EnumerateAsync(streamLifetime.Token).GetAsyncEnumerator(streamLifetime.Token);
                 if (!await events.MoveNextAsync().ConfigureAwait(false) || events.Current.EventType != "open")
                 {
                     throw new PushConnectException("The SSE stream did not start with the 'open' event.");
@@ -78,10 +82,13 @@ internal sealed class SsePushTransport : IPushTransport
     private sealed class SseClientConnection(
         PushTransportContext context,
         HttpResponseMessage response,
-        IAsyncEnumerator<SseItem<string>> events,
+        IAsyncEnumerator<SseItem<byte[]>> events,
         CancellationTokenSource streamLifetime) : IPushTransportConnection
     {
         private readonly Uri _sendUrl = context.GetEndpointUrl("send", webSocket: false);
+        private CancellationTokenRegistration _registration;
+        private CancellationToken _registered;
+        private ValueTask<bool>? _pending;
 
         public string TransportName => PushProtocol.Transports.ServerSentEvents;
 
@@ -90,11 +97,35 @@ internal sealed class SsePushTransport : IPushTransport
 
         public async ValueTask<PushReceiveResult> ReceiveAsync(IBufferWriter<byte> destination, CancellationToken cancellationToken = default)
         {
-            using var registration = cancellationToken.Register(streamLifetime.Cancel);
+            if (cancellationToken != _registered)
+            {
+                // The reader passes the same token call after call: register it once, not once per event.
+                _registration.Dispose();
+                _registration = cancellationToken.UnsafeRegister(static state => ((CancellationTokenSource)state!).Cancel(), streamLifetime);
+                _registered = cancellationToken;
+            }
+
+            var limit = context.Options.MaxMessageBytes;
+            var total = 0;
             while (true)
             {
-                if (!await events.MoveNextAsync().ConfigureAwait(false))
+                var next = _pending ?? events.MoveNextAsync();
+                _pending = null;
+                if (total > 0 && !next.IsCompleted)
                 {
+                    // The batch holds what had arrived; the next event is awaited by the next call.
+                    _pending = next;
+                    return PushReceiveResult.Data;
+                }
+
+                if (!await next.ConfigureAwait(false))
+                {
+                    if (total > 0)
+                    {
+                        _pending = new ValueTask<bool>(false);
+                        return PushReceiveResult.Data;
+                    }
+
                     // Orderly endings carry a close frame first; a bare end of stream is a lost connection.
                     throw new IOException("The SSE stream ended.");
                 }
@@ -105,15 +136,24 @@ internal sealed class SsePushTransport : IPushTransport
                     continue;
                 }
 
-                var byteCount = Encoding.UTF8.GetByteCount(item.Data);
-                if (byteCount > context.Options.MaxMessageBytes)
+                var data = item.Data;
+                if (data.Length > limit)
                 {
-                    throw new PushProtocolException(PushCloseCode.MessageTooBig, $"An SSE event exceeded the limit of {context.Options.MaxMessageBytes} bytes.");
+                    throw new PushProtocolException(PushCloseCode.MessageTooBig, $"An SSE event exceeded the limit of {limit} bytes.");
                 }
 
-                var span = destination.GetSpan(byteCount);
-                destination.Advance(Encoding.UTF8.GetBytes(item.Data, span));
-                return PushReceiveResult.Data;
+                // Events that arrived together form one batch of frames, one per line.
+                if (total > 0)
+                {
+                    destination.Write("\n"u8);
+                }
+
+                destination.Write(data);
+                total += data.Length + 1;
+                if (total >= BatchBytes)
+                {
+                    return PushReceiveResult.Data;
+                }
             }
         }
 
@@ -139,12 +179,26 @@ internal sealed class SsePushTransport : IPushTransport
             Abort();
             try
             {
+                // A read that was started ahead (see ReceiveAsync) must finish, cancelled, before the parser is disposed.
+                if (_pending is { } pending)
+                {
+                    _pending = null;
+                    await pending.ConfigureAwait(false);
+                }
+            }
+            catch (Exception ex) when (ex is OperationCanceledException or IOException or HttpRequestException)
+            {
+            }
+
+            try
+            {
                 await events.DisposeAsync().ConfigureAwait(false);
             }
             catch (Exception ex) when (ex is OperationCanceledException or IOException or HttpRequestException)
             {
             }
 
+            _registration.Dispose();
             response.Dispose();
             streamLifetime.Dispose();
         }
