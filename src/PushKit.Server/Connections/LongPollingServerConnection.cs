@@ -114,10 +114,20 @@ internal sealed class LongPollingServerConnection : HttpServerConnection
                 return;
             }
 
-            byte[] body;
+            context.Response.StatusCode = StatusCodes.Status200OK;
+            context.Response.ContentType = "application/x-ndjson";
+            context.Response.Headers.CacheControl = "no-store";
+            int length;
             lock (_gate)
             {
-                body = _pending.WrittenSpan.ToArray();
+                // Copied straight into the response's pipe; it is sent by the flush below.
+                length = _pending.WrittenCount;
+                context.Response.ContentLength = length;
+                if (length > 0)
+                {
+                    context.Response.BodyWriter.Write(_pending.WrittenSpan);
+                }
+
                 _pending.ResetWrittenCount();
                 _dataAvailable = NewSignal();
                 var drained = _drained;
@@ -125,13 +135,9 @@ internal sealed class LongPollingServerConnection : HttpServerConnection
                 drained.TrySetResult();
             }
 
-            context.Response.StatusCode = StatusCodes.Status200OK;
-            context.Response.ContentType = "application/x-ndjson";
-            context.Response.Headers.CacheControl = "no-store";
-            context.Response.ContentLength = body.Length;
-            if (body.Length > 0)
+            if (length > 0)
             {
-                await context.Response.Body.WriteAsync(body, context.RequestAborted).ConfigureAwait(false);
+                await context.Response.BodyWriter.FlushAsync(context.RequestAborted).ConfigureAwait(false);
             }
         }
         finally

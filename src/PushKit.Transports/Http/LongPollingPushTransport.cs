@@ -39,6 +39,7 @@ internal sealed class LongPollingPushTransport : IPushTransport
     {
         private readonly Uri _pollUrl = context.GetEndpointUrl("poll", webSocket: false);
         private readonly Uri _sendUrl = context.GetEndpointUrl("send", webSocket: false);
+        private const int ReadChunk = 16 * 1024;
         private readonly CancellationTokenSource _lifetime = new();
 
         public string TransportName => PushProtocol.Transports.LongPolling;
@@ -49,7 +50,7 @@ internal sealed class LongPollingPushTransport : IPushTransport
         {
             var url = open ? new Uri(_pollUrl + "&open=1") : _pollUrl;
             using var request = await HttpTransportHelpers.CreateRequestAsync(HttpMethod.Get, url, context, cancellationToken).ConfigureAwait(false);
-            return await context.HttpClient.SendAsync(request, HttpCompletionOption.ResponseContentRead, cancellationToken).ConfigureAwait(false);
+            return await context.HttpClient.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cancellationToken).ConfigureAwait(false);
         }
 
         public ValueTask SendAsync(ReadOnlyMemory<byte> frames, CancellationToken cancellationToken = default) =>
@@ -72,19 +73,33 @@ internal sealed class LongPollingPushTransport : IPushTransport
                     throw new IOException((await HttpTransportHelpers.ToExceptionAsync(response, "Long-polling", linked.Token).ConfigureAwait(false)).Message);
                 }
 
-                var body = await response.Content.ReadAsByteArrayAsync(linked.Token).ConfigureAwait(false);
-                if (body.Length == 0)
+                // The body is read straight into the reader's buffer.
+                var stream = await response.Content.ReadAsStreamAsync(linked.Token).ConfigureAwait(false);
+                var limit = context.Options.MaxMessageBytes + 1;
+                var total = 0;
+                while (true)
+                {
+                    var read = await stream.ReadAsync(destination.GetMemory(ReadChunk), linked.Token).ConfigureAwait(false);
+                    if (read == 0)
+                    {
+                        break;
+                    }
+
+                    total += read;
+                    if (total > limit)
+                    {
+                        throw new PushProtocolException(PushCloseCode.MessageTooBig, $"A poll response exceeded the limit of {context.Options.MaxMessageBytes} bytes.");
+                    }
+
+                    destination.Advance(read);
+                }
+
+                if (total == 0)
                 {
                     // The poll timed out with nothing to say: poll again.
                     continue;
                 }
 
-                if (body.Length > context.Options.MaxMessageBytes + 1)
-                {
-                    throw new PushProtocolException(PushCloseCode.MessageTooBig, $"A poll response exceeded the limit of {context.Options.MaxMessageBytes} bytes.");
-                }
-
-                destination.Write(body);
                 return PushReceiveResult.Data;
             }
         }
