@@ -44,6 +44,11 @@ var results = new List<(string Scenario, string System, string Transport, string
 var systems = Option("--systems", ["pushkit", "signalr", "raw"]);
 var transports = Option("--transports", ["websocket", "sse", "longpolling"]);
 Console.WriteLine($"server process id: {server.Id}");
+if (Environment.GetEnvironmentVariable("PUSHKIT_BENCH_START_DELAY_SECONDS") is { } startDelay)
+{
+    // For profiling: time to attach a tracer to both processes before the scenarios start.
+    await Task.Delay(TimeSpan.FromSeconds(int.Parse(startDelay, CultureInfo.InvariantCulture)));
+}
 
 // 1. Fan-out: 100 clients, 2,000 (and 10,000) broadcast messages of 256 B.
 foreach (var messages in !groups.Contains("fanout") ? [] : quick ? new[] { 2_000 } : new[] { 2_000, 10_000 })

@@ -147,6 +147,12 @@ internal sealed partial class DeliveryEngine
             }
         }
 
+        /// <summary>
+        /// The highest sequence number the read loop handed to the application directly and has yet to record as
+        /// delivered; 0 when none (read loop only).
+        /// </summary>
+        public long InlineDelivered { get; set; }
+
         /// <summary>The highest skip frame sent on this connection.</summary>
         public long SkipSent { get; set; }
 

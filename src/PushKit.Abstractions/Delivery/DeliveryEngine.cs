@@ -578,8 +578,17 @@ internal sealed partial class DeliveryEngine
                 }
 
                 bool ackDue;
+                var delivered = run.InlineDelivered;
+                run.InlineDelivered = 0;
                 lock (_gate)
                 {
+                    // What the fast path handed over in this batch is recorded once for the batch.
+                    if (delivered > 0)
+                    {
+                        _lastDelivered = delivered;
+                        _ackDue = true;
+                    }
+
                     ackDue = _ackDue;
                 }
 
@@ -591,6 +600,7 @@ internal sealed partial class DeliveryEngine
         }
         finally
         {
+            CommitInlineDeliveries(run);
             buffer.Release();
         }
     }
@@ -644,15 +654,13 @@ internal sealed partial class DeliveryEngine
             && !run.Delivering
             && inline(frame.Message!))
         {
-            lock (_gate)
-            {
-                _lastDelivered = frame.Sequence;
-                _ackDue = true;
-            }
-
+            // Recorded as delivered at the end of the batch (CommitInlineDeliveries), not under the lock per message.
+            run.InlineDelivered = frame.Sequence;
             return;
         }
 
+        // What the fast path handed over goes on record before anything is queued behind it.
+        CommitInlineDeliveries(run);
         var deliveries = run.Deliveries ?? run.StartDeliveries(s_deliverLoop);
         if (!deliveries.Writer.TryWrite(frame))
         {
@@ -667,6 +675,23 @@ internal sealed partial class DeliveryEngine
                 run.ReadPaused = false;
                 run.MarkReceived(Heartbeat?.TimeProvider);
             }
+        }
+    }
+
+    /// <summary>Records the messages the read loop's fast path handed over since the last commit (read loop only).</summary>
+    private void CommitInlineDeliveries(Run run)
+    {
+        var delivered = run.InlineDelivered;
+        if (delivered == 0)
+        {
+            return;
+        }
+
+        run.InlineDelivered = 0;
+        lock (_gate)
+        {
+            _lastDelivered = delivered;
+            _ackDue = true;
         }
     }
 
