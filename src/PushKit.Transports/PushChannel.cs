@@ -24,7 +24,7 @@ internal sealed partial class PushChannel : IPushChannel
     private readonly HttpMessageHandler _handler;
     private readonly HttpClient _http;
     private readonly HttpMessageInvoker _invoker;
-    private readonly Channel<PushMessage> _inbound;
+    private readonly ReceiveQueue _inbound;
     private readonly object _gate = new();
     private PushChannelState _state = PushChannelState.Disconnected;
     private DeliveryEngine? _engine;
@@ -54,7 +54,7 @@ internal sealed partial class PushChannel : IPushChannel
         // The WebSocket handshake goes through the same connection pool, so it reuses the connection the negotiate
         // request left idle instead of opening a second one (and leaving the first idle on the server).
         _invoker = new HttpMessageInvoker(_handler, disposeHandler: false);
-        _inbound = Channel.CreateBounded<PushMessage>(new BoundedChannelOptions(options.ReceiveQueueCapacity) { SingleWriter = true });
+        _inbound = new ReceiveQueue(options.ReceiveQueueCapacity);
         _reconnect = options.ReconnectPipeline ?? CreateDefaultReconnectPipeline(options);
     }
 
@@ -173,7 +173,7 @@ internal sealed partial class PushChannel : IPushChannel
             OnMessagesDropped = count => MessagesDropped?.Invoke(this, new PushMessagesDroppedEventArgs(count)),
 
             // Received messages go straight into the receive queue while it has room.
-            TryDeliverInline = _inbound.Writer.TryWrite,
+            TryDeliverInline = _inbound.TryWrite,
         };
         var (connection, reason) = await OpenTransportsAsync(negotiated, cancellationToken).ConfigureAwait(false);
 
@@ -431,7 +431,7 @@ internal sealed partial class PushChannel : IPushChannel
         }
 
         engine?.Shutdown(code ?? PushCloseCode.Normal, reason, error as PushChannelClosedException ?? new PushChannelClosedException(reason, code, error));
-        _inbound.Writer.TryComplete();
+        _inbound.Complete();
         SetState(state, code, reason, error);
     }
 
@@ -482,16 +482,8 @@ internal sealed partial class PushChannel : IPushChannel
         }
     }
 
-    public async IAsyncEnumerable<PushMessage> ReadAllAsync([EnumeratorCancellation] CancellationToken cancellationToken = default)
-    {
-        while (await _inbound.Reader.WaitToReadAsync(cancellationToken).ConfigureAwait(false))
-        {
-            while (_inbound.Reader.TryRead(out var message))
-            {
-                yield return message;
-            }
-        }
-    }
+    public IAsyncEnumerable<PushMessage> ReadAllAsync(CancellationToken cancellationToken = default) =>
+        _inbound.ReadAllAsync(cancellationToken);
 
     public async Task CloseAsync(CancellationToken cancellationToken = default)
     {
@@ -521,7 +513,7 @@ internal sealed partial class PushChannel : IPushChannel
         }
 
         await _lifetime.CancelAsync().ConfigureAwait(false);
-        _inbound.Writer.TryComplete();
+        _inbound.Complete();
     }
 
     public async ValueTask DisposeAsync()
@@ -552,7 +544,7 @@ internal sealed partial class PushChannel : IPushChannel
     }
 
     private async ValueTask DeliverAsync(PushMessage message, CancellationToken cancellationToken) =>
-        await _inbound.Writer.WriteAsync(message, cancellationToken).ConfigureAwait(false);
+        await _inbound.WriteAsync(message, cancellationToken).ConfigureAwait(false);
 
     private void SetState(PushChannelState state, PushCloseCode? code, string? reason, Exception? exception, bool sessionReset = false)
     {

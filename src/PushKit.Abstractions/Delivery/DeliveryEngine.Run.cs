@@ -55,6 +55,7 @@ internal sealed partial class DeliveryEngine
         private readonly Queue<Control> _control = new(0);
         private CloseRequest? _localClose;
         private long _lastReceived;
+        private long _lastQueued;
         private long _lastSent;
         private bool _readPaused;
         private bool _delivering;
@@ -157,7 +158,11 @@ internal sealed partial class DeliveryEngine
         public long SkipSent { get; set; }
 
         /// <summary>The highest inbound sequence number queued for delivery on this connection (read loop only).</summary>
-        public long LastQueued { get; set; }
+        public long LastQueued
+        {
+            get => Volatile.Read(ref _lastQueued);
+            set => Volatile.Write(ref _lastQueued, value);
+        }
 
         /// <summary>When something last arrived (a <see cref="TimeProvider"/> timestamp).</summary>
         public long LastReceived => Volatile.Read(ref _lastReceived);

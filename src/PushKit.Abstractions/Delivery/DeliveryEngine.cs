@@ -108,6 +108,9 @@ internal sealed partial class DeliveryEngine
 
     public bool IsConnected => Volatile.Read(ref _current) is not null;
 
+    /// <summary>The highest inbound sequence number the current connection's read loop has taken in (for tests).</summary>
+    internal long ReceivedThrough => Volatile.Read(ref _current)?.LastQueued ?? 0;
+
     /// <summary>Whether reading on the current connection is paused because the application is behind.</summary>
     internal bool IsReadPaused => Volatile.Read(ref _current)?.ReadPaused == true;
 

@@ -1,0 +1,223 @@
+using System.Buffers;
+using System.Threading.Channels;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Time.Testing;
+using PushKit.Client;
+using PushKit.Delivery;
+
+namespace PushKit.Tests.Delivery;
+
+/// <summary>
+/// The pieces that keep connections cheap and fast: the client's receive queue, the write loop's signal, pooled
+/// frame buffers, the shared heartbeat timer and the read loop's inline delivery.
+/// </summary>
+public class FastPathTests
+{
+    private static readonly TimeSpan s_timeout = TimeSpan.FromSeconds(10);
+
+    [Fact]
+    public async Task The_receive_queue_refuses_writes_beyond_its_capacity_until_a_reader_makes_room()
+    {
+        var queue = new ReceiveQueue(capacity: 2);
+        Assert.True(queue.TryWrite(PushMessage.FromString("1")));
+        Assert.True(queue.TryWrite(PushMessage.FromString("2")));
+        Assert.False(queue.TryWrite(PushMessage.FromString("3")));
+
+        await using var reader = queue.ReadAllAsync().GetAsyncEnumerator();
+        Assert.True(await reader.MoveNextAsync().AsTask().WaitAsync(s_timeout));
+        Assert.Equal("1", reader.Current.GetString());
+        Assert.True(queue.TryWrite(PushMessage.FromString("3")));
+        Assert.False(queue.TryWrite(PushMessage.FromString("4")));
+    }
+
+    [Fact]
+    public async Task A_waiting_writer_resumes_when_a_message_is_read_and_fails_when_the_queue_completes()
+    {
+        var queue = new ReceiveQueue(capacity: 1);
+        Assert.True(queue.TryWrite(PushMessage.FromString("1")));
+        var second = queue.WriteAsync(PushMessage.FromString("2"), CancellationToken.None).AsTask();
+        Assert.False(second.IsCompleted);
+
+        await using var reader = queue.ReadAllAsync().GetAsyncEnumerator();
+        Assert.True(await reader.MoveNextAsync().AsTask().WaitAsync(s_timeout));
+        await second.WaitAsync(s_timeout);
+
+        var third = queue.WriteAsync(PushMessage.FromString("3"), CancellationToken.None).AsTask();
+        Assert.False(third.IsCompleted);
+        queue.Complete();
+        await Assert.ThrowsAsync<ChannelClosedException>(() => third.WaitAsync(s_timeout));
+
+        // What was queued before the end is still read, then the sequence ends.
+        Assert.True(await reader.MoveNextAsync().AsTask().WaitAsync(s_timeout));
+        Assert.Equal("2", reader.Current.GetString());
+        Assert.False(await reader.MoveNextAsync().AsTask().WaitAsync(s_timeout));
+    }
+
+    [Fact]
+    public async Task The_signal_wakes_its_waiter_coalesces_sets_and_ends_every_wait_once_cancelled()
+    {
+        var signal = new AsyncSignal();
+        signal.Set();
+        signal.Set();
+        Assert.True(signal.WaitAsync().IsCompletedSuccessfully);
+
+        var waiting = signal.WaitAsync().AsTask();
+        Assert.False(waiting.IsCompleted);
+        signal.Set();
+        await waiting.WaitAsync(s_timeout);
+
+        waiting = signal.WaitAsync().AsTask();
+        using var cts = new CancellationTokenSource();
+        await cts.CancelAsync();
+        signal.Cancel(cts.Token);
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => waiting.WaitAsync(s_timeout));
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => signal.WaitAsync().AsTask().WaitAsync(s_timeout));
+    }
+
+    [Fact]
+    public void The_pooled_buffer_grows_with_what_is_written_and_holds_nothing_once_released()
+    {
+        var buffer = new PooledBufferWriter();
+        Assert.Equal(0, buffer.WrittenMemory.Length);
+        var data = Enumerable.Range(0, 10_000).Select(i => (byte)i).ToArray();
+        buffer.Write<byte>(data.AsSpan(0, 100));
+        buffer.Write<byte>(data.AsSpan(100));
+        Assert.Equal(data, buffer.WrittenMemory.ToArray());
+
+        buffer.Release();
+        Assert.Equal(0, buffer.WrittenCount);
+        Assert.Equal(0, buffer.WrittenMemory.Length);
+        buffer.Write<byte>(data.AsSpan(0, 3));
+        Assert.Equal(data[..3], buffer.WrittenMemory.ToArray());
+    }
+
+    [Fact]
+    public async Task One_heartbeat_timer_serves_every_connection_and_stops_with_the_last()
+    {
+        var time = new FakeTimeProvider();
+        var heartbeat = new HeartbeatSettings(TimeSpan.FromSeconds(10), TimeSpan.FromSeconds(30), time);
+        var first = new DeliveryEngine("first", 1 << 20, (_, _) => ValueTask.CompletedTask, NullLogger.Instance) { Heartbeat = heartbeat };
+        var second = new DeliveryEngine("second", 1 << 20, (_, _) => ValueTask.CompletedTask, NullLogger.Instance) { Heartbeat = heartbeat };
+        var (a, peerA) = InMemoryConnection.CreatePair();
+        var (b, peerB) = InMemoryConnection.CreatePair();
+        var runs = new[] { first.RunAsync(a), second.RunAsync(b) };
+        await Eventually.TrueAsync(() => heartbeat.Count == 2);
+
+        time.Advance(TimeSpan.FromSeconds(10));
+        await Eventually.TrueAsync(() => a.SentText().Contains("\"ping\"", StringComparison.Ordinal) && b.SentText().Contains("\"ping\"", StringComparison.Ordinal));
+
+        a.Abort();
+        b.Abort();
+        await Task.WhenAll(runs).WaitAsync(s_timeout);
+        Assert.Equal(0, heartbeat.Count);
+        _ = (peerA, peerB);
+    }
+
+    [Fact]
+    public async Task A_message_is_not_handed_over_inline_while_the_one_before_it_is_still_being_delivered()
+    {
+        var seen = new List<string>();
+        var started = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var receiver = new DeliveryEngine(
+            "receiver",
+            1 << 20,
+            async (m, _) =>
+            {
+                started.TrySetResult();
+                await gate.Task;
+                lock (seen)
+                {
+                    seen.Add(m.GetString());
+                }
+            },
+            NullLogger.Instance)
+        {
+            // The application refuses message 1 inline (it goes through the delivery loop) and would take any other.
+            TryDeliverInline = m =>
+            {
+                if (m.GetString() == "1")
+                {
+                    return false;
+                }
+
+                lock (seen)
+                {
+                    seen.Add(m.GetString());
+                }
+
+                return true;
+            },
+        };
+        var sender = new DeliveryEngine("sender", 1 << 20, (_, _) => ValueTask.CompletedTask, NullLogger.Instance);
+        var (a, b) = InMemoryConnection.CreatePair();
+        var runs = new[] { sender.RunAsync(a), receiver.RunAsync(b) };
+
+        var first = sender.Enqueue(PushMessage.FromString("1"), trackAck: true)!;
+        await started.Task.WaitAsync(s_timeout);
+        var second = sender.Enqueue(PushMessage.FromString("2"), trackAck: true)!;
+        await Eventually.TrueAsync(() => receiver.ReceivedThrough == 2);
+        gate.SetResult();
+        await Task.WhenAll(first, second).WaitAsync(s_timeout);
+
+        lock (seen)
+        {
+            Assert.Equal(["1", "2"], seen);
+        }
+
+        sender.CloseConnection(PushCloseCode.Normal, "done");
+        await Task.WhenAll(runs).WaitAsync(s_timeout);
+    }
+
+    [Fact]
+    public async Task Inline_delivery_never_overtakes_the_delivery_loop()
+    {
+        // The application takes some messages at once (inline) and refuses others, which then go through the
+        // delivery loop (slowly): whatever the mix, it sees every message once, in order.
+        var seen = new List<int>();
+        var random = new Random(7);
+        var receiver = new DeliveryEngine(
+            "receiver",
+            1 << 20,
+            async (m, _) =>
+            {
+                await Task.Yield();
+                lock (seen)
+                {
+                    seen.Add(int.Parse(m.GetString(), System.Globalization.CultureInfo.InvariantCulture));
+                }
+            },
+            NullLogger.Instance)
+        {
+            TryDeliverInline = m =>
+            {
+                lock (seen)
+                {
+                    if (random.Next(3) == 0)
+                    {
+                        return false;
+                    }
+
+                    seen.Add(int.Parse(m.GetString(), System.Globalization.CultureInfo.InvariantCulture));
+                    return true;
+                }
+            },
+        };
+        var sender = new DeliveryEngine("sender", 1 << 20, (_, _) => ValueTask.CompletedTask, NullLogger.Instance);
+        var (a, b) = InMemoryConnection.CreatePair();
+        var runs = new[] { sender.RunAsync(a), receiver.RunAsync(b) };
+
+        const int count = 3000;
+        var acks = Enumerable.Range(1, count).Select(i => sender.Enqueue(PushMessage.FromString(i.ToString(System.Globalization.CultureInfo.InvariantCulture)), trackAck: true)!).ToArray();
+        await Task.WhenAll(acks).WaitAsync(s_timeout);
+
+        lock (seen)
+        {
+            Assert.Equal(Enumerable.Range(1, count), seen);
+        }
+
+        Assert.Equal(count, receiver.LastDelivered);
+        sender.CloseConnection(PushCloseCode.Normal, "done");
+        await Task.WhenAll(runs).WaitAsync(s_timeout);
+    }
+}
