@@ -40,13 +40,36 @@ internal sealed partial class PushSender(PushSessionManager sessions) : IPushSen
         foreach (var session in targets)
         {
             cancellationToken.ThrowIfCancellationRequested();
-            if (await TryEnqueueAsync(session, message, many: true, cancellationToken).ConfigureAwait(false))
+
+            // The common case completes here, synchronously; only a full buffer under the Wait policy awaits.
+            var outcome = TryEnqueueNow(session, message);
+            if (outcome == true || (outcome is null && await TryEnqueueAsync(session, message, many: true, cancellationToken).ConfigureAwait(false)))
             {
                 accepted++;
             }
         }
 
         return accepted;
+    }
+
+    /// <returns>True when queued, false when the session is skipped, null when it must be waited for.</returns>
+    private bool? TryEnqueueNow(PushSession session, PushMessage message)
+    {
+        try
+        {
+            return session.TryEnqueueNow(message) ? true : null;
+        }
+        catch (PushChannelClosedException)
+        {
+            // The session ended between lookup and enqueue.
+            return false;
+        }
+        catch (PushMessageTooLargeException ex)
+        {
+            // This client accepts less than the server's limit; the others still get the message.
+            Log.SkippedTooLarge(sessions.Logger, session.SessionId, ex.FrameBytes, ex.LimitBytes);
+            return false;
+        }
     }
 
     private async ValueTask<bool> TryEnqueueAsync(PushSession session, PushMessage message, bool many, CancellationToken cancellationToken)

@@ -148,6 +148,14 @@ internal sealed partial class DeliveryEngine
         }
     }
 
+    /// <summary>
+    /// Queues <paramref name="message"/> (no acknowledgement awaited) when <see cref="Limits"/> allow it now; false when
+    /// the buffer is full under <see cref="PushBufferFullPolicy.Wait"/> (then <see cref="EnqueueAsync"/> waits).
+    /// The synchronous path of a broadcast: no state machine per recipient.
+    /// </summary>
+    /// <exception cref="PushBufferFullException">The buffer is full and the policy is <see cref="PushBufferFullPolicy.Disconnect"/>.</exception>
+    public bool TryEnqueueNow(PushMessage message) => TryEnqueue(message, trackAck: false, enforceLimits: true).Added;
+
     private (Task? Completion, bool Added, Task? Space) TryEnqueue(PushMessage message, bool trackAck, bool enforceLimits)
     {
         ArgumentNullException.ThrowIfNull(message);
@@ -938,6 +946,9 @@ internal sealed partial class DeliveryEngine
             output.Write("\n"u8);
         }
 
+        var picked = ArrayPool<PushMessage>.Shared.Rent(64);
+        var count = 0;
+        long first;
         lock (_gate)
         {
             if (_skipThrough > run.SkipSent)
@@ -954,17 +965,30 @@ internal sealed partial class DeliveryEngine
                 _ackDue = false;
             }
 
+            // Under the lock only the messages are picked (references, in order); they are encoded after it is
+            // released, so that senders queueing more for this session are not held up by the copying.
+            first = _sendCursor;
+            var size = output.WrittenCount;
             while (_sendCursor <= _lastAssigned)
             {
                 var offset = _sendCursor - (_lastAcked + 1);
                 var message = _ring[(int)((_head + offset) % _ring.Length)].Message!;
-                if (output.WrittenCount > 0 && output.WrittenCount + FrameCodec.MaxMessageFrameLength(message) > limit)
+                var length = FrameCodec.MaxMessageFrameLength(message) + 1;
+                if (size > 0 && size + length > limit)
                 {
                     break;
                 }
 
-                FrameCodec.WriteMessage(output, _sendCursor, message);
-                output.Write("\n"u8);
+                if (count == picked.Length)
+                {
+                    var larger = ArrayPool<PushMessage>.Shared.Rent(picked.Length * 2);
+                    picked.AsSpan(0, count).CopyTo(larger);
+                    ArrayPool<PushMessage>.Shared.Return(picked, clearArray: true);
+                    picked = larger;
+                }
+
+                picked[count++] = message;
+                size += length;
                 _sendCursor++;
             }
 
@@ -973,6 +997,14 @@ internal sealed partial class DeliveryEngine
                 _highestSent = _sendCursor - 1;
             }
         }
+
+        for (var i = 0; i < count; i++)
+        {
+            FrameCodec.WriteMessage(output, first + i, picked[i]);
+            output.Write("\n"u8);
+        }
+
+        ArrayPool<PushMessage>.Shared.Return(picked, clearArray: true);
     }
 
     private static string? Truncate(string? text, int length) =>

@@ -192,10 +192,31 @@ internal sealed partial class PushSession : IPushSession
         }
         catch (PushBufferFullException ex)
         {
-            Log.SlowConsumer(_logger, SessionId, ex.Message);
-            End(PushCloseCode.Overloaded, "The client does not keep up: its buffer of unacknowledged messages is full.");
-            throw new PushChannelClosedException($"Session {SessionId} was ended: {ex.Message}", PushCloseCode.Overloaded, ex);
+            throw EndAsSlowConsumer(ex);
         }
+    }
+
+    /// <summary>
+    /// Queues a message (no acknowledgement awaited) when the buffer has room now; false when it is full under
+    /// <see cref="PushBufferFullPolicy.Wait"/>, and <see cref="EnqueueAsync"/> must wait.
+    /// </summary>
+    internal bool TryEnqueueNow(PushMessage message)
+    {
+        try
+        {
+            return Engine.TryEnqueueNow(message);
+        }
+        catch (PushBufferFullException ex)
+        {
+            throw EndAsSlowConsumer(ex);
+        }
+    }
+
+    private PushChannelClosedException EndAsSlowConsumer(PushBufferFullException ex)
+    {
+        Log.SlowConsumer(_logger, SessionId, ex.Message);
+        End(PushCloseCode.Overloaded, "The client does not keep up: its buffer of unacknowledged messages is full.");
+        return new PushChannelClosedException($"Session {SessionId} was ended: {ex.Message}", PushCloseCode.Overloaded, ex);
     }
 
     public async IAsyncEnumerable<PushMessage> ReadAllAsync([EnumeratorCancellation] CancellationToken cancellationToken = default)
