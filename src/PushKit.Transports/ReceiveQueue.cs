@@ -1,5 +1,7 @@
+using System.Collections.Concurrent;
 using System.Runtime.CompilerServices;
 using System.Threading.Channels;
+using PushKit.Delivery;
 
 namespace PushKit.Client;
 
@@ -8,13 +10,16 @@ namespace PushKit.Client;
 /// <see cref="IPushChannel.ReadAllAsync"/> readers.
 /// </summary>
 /// <remarks>
-/// A bounded channel takes one lock for every write and every read, and the read loop and the application then
-/// contend on it for every message. Here reads are lock-free (an unbounded channel's queue) and the bound is a
-/// counter the single writer checks.
+/// A channel takes a lock on every write (and a bounded one on every read too), and the read loop and the application
+/// then contend on it for every message; the profile showed clients spinning on it for much of their CPU. Here the
+/// queue is lock-free, the bound is a counter the single writer checks, and a lock-free signal wakes a reader that
+/// found the queue empty. Readers that wait take turns (a semaphore), so concurrent readers share the messages.
 /// </remarks>
 internal sealed class ReceiveQueue
 {
-    private readonly Channel<PushMessage> _channel = Channel.CreateUnbounded<PushMessage>(new UnboundedChannelOptions { SingleWriter = true });
+    private readonly ConcurrentQueue<PushMessage> _items = new();
+    private readonly AsyncSignal _available = new();
+    private readonly SemaphoreSlim _waitTurn = new(1, 1);
     private readonly int _capacity;
     private int _count;
     private volatile bool _completed;
@@ -31,13 +36,9 @@ internal sealed class ReceiveQueue
         }
 
         Interlocked.Increment(ref _count);
-        if (_channel.Writer.TryWrite(message))
-        {
-            return true;
-        }
-
-        Interlocked.Decrement(ref _count);
-        return false;
+        _items.Enqueue(message);
+        _available.Set();
+        return true;
     }
 
     /// <summary>Queues <paramref name="message"/>, waiting for room.</summary>
@@ -69,16 +70,15 @@ internal sealed class ReceiveQueue
     public void Complete()
     {
         _completed = true;
-        _channel.Writer.TryComplete();
+        _available.Set();
         Interlocked.Exchange(ref _space, null)?.TrySetResult();
     }
 
     public async IAsyncEnumerable<PushMessage> ReadAllAsync([EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
-        var reader = _channel.Reader;
-        while (await reader.WaitToReadAsync(cancellationToken).ConfigureAwait(false))
+        while (true)
         {
-            while (reader.TryRead(out var message))
+            if (_items.TryDequeue(out var message))
             {
                 if (Interlocked.Decrement(ref _count) < _capacity && Volatile.Read(ref _space) is not null)
                 {
@@ -86,7 +86,37 @@ internal sealed class ReceiveQueue
                 }
 
                 yield return message;
+                continue;
             }
+
+            if (_completed && _items.IsEmpty)
+            {
+                yield break;
+            }
+
+            await WaitForItemsAsync(cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask WaitForItemsAsync(CancellationToken cancellationToken)
+    {
+        // One waiter at a time on the signal; a cancelled reader is woken (and the next waiter re-checks the queue).
+        await _waitTurn.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            using var registration = cancellationToken.CanBeCanceled
+                ? cancellationToken.UnsafeRegister(static state => ((AsyncSignal)state!).Set(), _available)
+                : default;
+            while (_items.IsEmpty && !_completed)
+            {
+                await _available.WaitAsync().ConfigureAwait(false);
+                cancellationToken.ThrowIfCancellationRequested();
+            }
+        }
+        finally
+        {
+            _waitTurn.Release();
         }
     }
 }
