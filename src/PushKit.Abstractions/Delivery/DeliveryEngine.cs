@@ -41,8 +41,10 @@ internal sealed partial class DeliveryEngine
     private long _highestSent;
 
     // Inbound: the highest sequence number delivered to the application, and whether the peer still needs to hear it.
+    // Written (never by two at once) by the read loop's fast path or the delivery loop, read by the write loop: kept
+    // without the lock so that the read and write loops do not contend on it for every batch.
     private long _lastDelivered;
-    private bool _ackDue;
+    private int _ackDue;
 
     private Run? _current;
     private Exception? _terminal;
@@ -101,7 +103,7 @@ internal sealed partial class DeliveryEngine
         {
             lock (_gate)
             {
-                return _lastDelivered;
+                return Volatile.Read(ref _lastDelivered);
             }
         }
     }
@@ -387,7 +389,7 @@ internal sealed partial class DeliveryEngine
 
             _current = run;
             _sendCursor = _lastAcked + 1;
-            run.LastQueued = _lastDelivered;
+            run.LastQueued = Volatile.Read(ref _lastDelivered);
         }
 
         // Something may be waiting already: replay, an ack owed, or messages queued while disconnected.
@@ -588,22 +590,9 @@ internal sealed partial class DeliveryEngine
                     }
                 }
 
-                bool ackDue;
-                var delivered = run.InlineDelivered;
-                run.InlineDelivered = 0;
-                lock (_gate)
-                {
-                    // What the fast path handed over in this batch is recorded once for the batch.
-                    if (delivered > 0)
-                    {
-                        _lastDelivered = delivered;
-                        _ackDue = true;
-                    }
-
-                    ackDue = _ackDue;
-                }
-
-                if (ackDue)
+                // What the fast path handed over in this batch is recorded once for the batch.
+                CommitInlineDeliveries(run);
+                if (Volatile.Read(ref _ackDue) != 0)
                 {
                     run.Ring();
                 }
@@ -624,14 +613,11 @@ internal sealed partial class DeliveryEngine
     {
         if (frame.Sequence <= run.LastQueued)
         {
-            lock (_gate)
+            // A replay of something delivered already: drop it, but make sure the peer learns that.
+            // (Queued but not yet delivered: its ack follows its delivery.)
+            if (frame.Sequence <= Math.Max(Volatile.Read(ref _lastDelivered), run.InlineDelivered))
             {
-                // A replay of something delivered already: drop it, but make sure the peer learns that.
-                // (Queued but not yet delivered: its ack follows its delivery.)
-                if (frame.Sequence <= _lastDelivered)
-                {
-                    _ackDue = true;
-                }
+                Volatile.Write(ref _ackDue, 1);
             }
 
             return;
@@ -689,6 +675,13 @@ internal sealed partial class DeliveryEngine
         }
     }
 
+    /// <summary>Records that everything up to <paramref name="sequence"/> was handed to the application: an ack is owed.</summary>
+    private void RecordDelivered(long sequence)
+    {
+        Volatile.Write(ref _lastDelivered, sequence);
+        Volatile.Write(ref _ackDue, 1);
+    }
+
     /// <summary>Records the messages the read loop's fast path handed over since the last commit (read loop only).</summary>
     private void CommitInlineDeliveries(Run run)
     {
@@ -699,11 +692,7 @@ internal sealed partial class DeliveryEngine
         }
 
         run.InlineDelivered = 0;
-        lock (_gate)
-        {
-            _lastDelivered = delivered;
-            _ackDue = true;
-        }
+        RecordDelivered(delivered);
     }
 
     /// <summary>The peer dropped messages up to the frame's sequence number: what this side lacks of them is a gap.</summary>
@@ -735,11 +724,7 @@ internal sealed partial class DeliveryEngine
                     {
                         if (frame.Type == FrameType.Skip)
                         {
-                            long missing;
-                            lock (_gate)
-                            {
-                                missing = frame.Sequence - _lastDelivered;
-                            }
+                            var missing = frame.Sequence - Volatile.Read(ref _lastDelivered);
 
                             Log.MessagesDropped(_logger, _name, missing);
                             OnMessagesDropped?.Invoke(missing);
@@ -749,11 +734,7 @@ internal sealed partial class DeliveryEngine
                             await _deliver(frame.Message!, token).ConfigureAwait(false);
                         }
 
-                        lock (_gate)
-                        {
-                            _lastDelivered = frame.Sequence;
-                            _ackDue = true;
-                        }
+                        RecordDelivered(frame.Sequence);
 
                         // Batch acks: ring once the queue is drained rather than once per message (and for every
                         // message while a close waits for the queue to drain).
@@ -946,6 +927,13 @@ internal sealed partial class DeliveryEngine
             output.Write("\n"u8);
         }
 
+        // Taking the flag first and reading the sequence after acknowledges at least what set the flag.
+        if (Interlocked.Exchange(ref _ackDue, 0) != 0)
+        {
+            FrameCodec.WriteAck(output, Volatile.Read(ref _lastDelivered));
+            output.Write("\n"u8);
+        }
+
         var picked = ArrayPool<PushMessage>.Shared.Rent(64);
         var count = 0;
         long first;
@@ -958,12 +946,6 @@ internal sealed partial class DeliveryEngine
                 run.SkipSent = _skipThrough;
             }
 
-            if (_ackDue)
-            {
-                FrameCodec.WriteAck(output, _lastDelivered);
-                output.Write("\n"u8);
-                _ackDue = false;
-            }
 
             // Under the lock only the messages are picked (references, in order); they are encoded after it is
             // released, so that senders queueing more for this session are not held up by the copying.
