@@ -272,7 +272,7 @@ internal static class FrameCodec
 
             if (name.SequenceEqual("type"u8))
             {
-                type = ReadString(ref reader, "type");
+                type = ReadType(ref reader);
             }
             else if (name.SequenceEqual("seq"u8))
             {
@@ -505,6 +505,36 @@ internal static class FrameCodec
         {
             return null;
         }
+    }
+
+    /// <summary>Reads the frame type; the known names are interned, so a frame costs no string for its type.</summary>
+    private static string ReadType(ref Utf8JsonReader reader)
+    {
+        if (reader.TokenType == JsonTokenType.String && !reader.ValueIsEscaped)
+        {
+            var value = reader.ValueSpan;
+            if (value.SequenceEqual("msg"u8))
+            {
+                return "msg";
+            }
+
+            if (value.SequenceEqual("ack"u8))
+            {
+                return "ack";
+            }
+
+            if (value.SequenceEqual("ping"u8))
+            {
+                return "ping";
+            }
+
+            if (value.SequenceEqual("pong"u8))
+            {
+                return "pong";
+            }
+        }
+
+        return ReadString(ref reader, "type");
     }
 
     private static string ReadString(ref Utf8JsonReader reader, string field) =>
