@@ -18,7 +18,7 @@ namespace PushKit.Client;
 internal sealed class ReceiveQueue
 {
     private readonly ConcurrentQueue<PushMessage> _items = new();
-    private readonly AsyncSignal _available = new();
+    private readonly AsyncSignal _available = new(runContinuationsAsynchronously: false);
     private readonly SemaphoreSlim _waitTurn = new(1, 1);
     private readonly int _capacity;
     private int _count;
