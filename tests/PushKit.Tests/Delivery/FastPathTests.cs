@@ -221,3 +221,42 @@ public class FastPathTests
         await Task.WhenAll(runs).WaitAsync(s_timeout);
     }
 }
+
+/// <summary>The broadcast hot path allocates nothing per recipient: a message is encoded once and shared.</summary>
+public class BroadcastAllocationTests
+{
+    [Fact]
+    public void Queueing_a_broadcast_for_another_session_allocates_nothing()
+    {
+        var engines = Enumerable.Range(0, 100)
+            .Select(i => new DeliveryEngine("session " + i, 1 << 20, (_, _) => ValueTask.CompletedTask, NullLogger.Instance)
+            {
+                Limits = new BufferLimits(10_000, 1 << 30, PushBufferFullPolicy.Wait),
+            })
+            .ToArray();
+
+        // Warm up: the rings grow to 64 entries (48 used) and the code paths are compiled.
+        var warm = PushMessage.FromString(new string('w', 256));
+        foreach (var engine in engines)
+        {
+            for (var i = 0; i < 40; i++)
+            {
+                Assert.True(engine.TryEnqueueNow(warm));
+            }
+        }
+
+        var message = PushMessage.FromString(new string('x', 256));
+        _ = message.EncodedBody.Length;
+        var before = GC.GetAllocatedBytesForCurrentThread();
+        for (var round = 0; round < 8; round++)
+        {
+            foreach (var engine in engines)
+            {
+                engine.TryEnqueueNow(message);
+            }
+        }
+
+        var allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.Equal(0, allocated);
+    }
+}
