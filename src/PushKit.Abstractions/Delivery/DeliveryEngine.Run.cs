@@ -52,7 +52,7 @@ internal sealed partial class DeliveryEngine
         private readonly DeliveryEngine _engine;
         private readonly CancellationTokenSource _cts;
         private readonly CancellationToken _outerToken;
-        private readonly Queue<Control> _control = new(0);
+        private Queue<Control>? _control;
         private CloseRequest? _localClose;
         private long _lastReceived;
         private long _lastQueued;
@@ -199,9 +199,10 @@ internal sealed partial class DeliveryEngine
 
         public void EnqueueControl(Control control)
         {
-            lock (_control)
+            // Locked on the doorbell, an object of the run's own; the queue is made on first use.
+            lock (Doorbell)
             {
-                _control.Enqueue(control);
+                (_control ??= new Queue<Control>()).Enqueue(control);
             }
 
             Ring();
@@ -209,9 +210,15 @@ internal sealed partial class DeliveryEngine
 
         public bool TryDequeueControl(out Control control)
         {
-            lock (_control)
+            lock (Doorbell)
             {
-                return _control.TryDequeue(out control);
+                if (_control is { Count: > 0 } queue)
+                {
+                    return queue.TryDequeue(out control);
+                }
+
+                control = default;
+                return false;
             }
         }
 

@@ -32,7 +32,7 @@ internal sealed partial class DeliveryEngine
     private readonly object _name;
 
     // Unacknowledged outbound messages, oldest first; _ring[_head] has sequence number _lastAcked + 1.
-    private Entry[] _ring = new Entry[4];
+    private Entry[] _ring = [];
     private int _head;
     private int _count;
     private long _lastAssigned;
@@ -994,7 +994,8 @@ internal sealed partial class DeliveryEngine
 
     private void Grow()
     {
-        var larger = new Entry[_ring.Length * 2];
+        // Made on first use: a session that is never sent anything holds no ring.
+        var larger = new Entry[Math.Max(4, _ring.Length * 2)];
         for (var i = 0; i < _count; i++)
         {
             larger[i] = _ring[(_head + i) % _ring.Length];

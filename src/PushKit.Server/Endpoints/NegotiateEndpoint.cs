@@ -66,7 +66,7 @@ internal static class NegotiateEndpoint
             return;
         }
 
-        var session = sessions.Create(context.User, out var secret, request.MaxMessageBytes);
+        var session = sessions.Create(PushSessionManager.UserOf(context), out var secret, request.MaxMessageBytes);
         var response = new NegotiateResponse
         {
             ProtocolVersion = PushProtocol.Version,

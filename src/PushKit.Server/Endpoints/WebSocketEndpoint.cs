@@ -1,6 +1,4 @@
-using System.Security.Claims;
 using Microsoft.AspNetCore.Http;
-using Microsoft.AspNetCore.Http.Features.Authentication;
 using Microsoft.AspNetCore.WebUtilities;
 using Microsoft.Extensions.Primitives;
 using Microsoft.Extensions.DependencyInjection;
@@ -45,8 +43,6 @@ internal static class WebSocketEndpoint
 /// <summary>Checks the session id, resume secret and user of a connection request; answers the error itself.</summary>
 internal static class SessionAuthenticator
 {
-    private static readonly ClaimsPrincipal s_anonymous = new(new ClaimsIdentity());
-
     private static string Get(Dictionary<string, StringValues>? query, string name) =>
         query is not null && query.TryGetValue(name, out var value) ? value.ToString() : string.Empty;
 
@@ -81,7 +77,7 @@ internal static class SessionAuthenticator
         }
 
         // Without authentication, HttpContext.User would create an empty principal for the connection to keep.
-        var user = context.Features.Get<IHttpAuthenticationFeature>()?.User ?? s_anonymous;
+        var user = PushSessionManager.UserOf(context) ?? PushSessionManager.Anonymous;
         if (!session.VerifySecret(secret) || !string.Equals(session.UserId, sessions.Options.UserIdProvider(user), StringComparison.Ordinal))
         {
             await HttpErrors.WriteAsync(context, StatusCodes.Status403Forbidden, PushErrorCodes.InvalidSessionSecret,

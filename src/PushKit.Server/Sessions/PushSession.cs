@@ -21,6 +21,7 @@ internal sealed partial class PushSession : IPushSession
     private readonly ILogger _logger;
     private readonly object _stateGate = new();
     private Task<ConnectionEnd>? _run;
+    private ClaimsPrincipal? _user;
     private PushChannelState _state = PushChannelState.Disconnected;
     private long _disconnectedAt;
     private string? _transport;
@@ -29,12 +30,12 @@ internal sealed partial class PushSession : IPushSession
     private IPushTransportConnection? _connection;
     private Connections.HttpServerConnection? _httpConnection;
 
-    public PushSession(PushSessionManager manager, string sessionId, byte[] secretHash, ClaimsPrincipal user, string? userId, long createdAt, int peerMaxMessageBytes, ILogger logger)
+    public PushSession(PushSessionManager manager, string sessionId, byte[] secretHash, ClaimsPrincipal? user, string? userId, long createdAt, int peerMaxMessageBytes, ILogger logger)
     {
         _manager = manager;
         SessionId = sessionId;
         _secretHash = secretHash;
-        User = user;
+        _user = user;
         UserId = userId;
         _disconnectedAt = createdAt;
         _logger = logger;
@@ -60,7 +61,8 @@ internal sealed partial class PushSession : IPushSession
 
     public string? UserId { get; }
 
-    public ClaimsPrincipal User { get; }
+    /// <remarks>An anonymous session's (empty) principal is made on first use.</remarks>
+    public ClaimsPrincipal User => _user ?? LazyInitializer.EnsureInitialized(ref _user, static () => new ClaimsPrincipal(new ClaimsIdentity()));
 
     public string? Transport => Volatile.Read(ref _transport);
 

@@ -78,11 +78,22 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
 
     public int Count => _store.All().Count(s => s.State != PushChannelState.Closed);
 
+    /// <summary>
+    /// Stands for the caller when no authentication ran (reading <c>HttpContext.User</c> would create a new empty
+    /// principal per request, for long-lived connections and sessions to keep). Only ever passed to
+    /// <see cref="PushKitServerOptions.UserIdProvider"/>, never handed to the application.
+    /// </summary>
+    internal static readonly ClaimsPrincipal Anonymous = new(new ClaimsIdentity());
+
+    /// <summary>The caller of <paramref name="context"/>, or null when no authentication ran.</summary>
+    internal static ClaimsPrincipal? UserOf(Microsoft.AspNetCore.Http.HttpContext context) =>
+        context.Features.Get<Microsoft.AspNetCore.Http.Features.Authentication.IHttpAuthenticationFeature>()?.User;
+
     /// <summary>Creates and stores a session.</summary>
-    /// <param name="user">The negotiating user.</param>
+    /// <param name="user">The negotiating user; null when no authentication ran.</param>
     /// <param name="resumeSecret">The new session's secret (only its hash is kept).</param>
     /// <param name="clientMaxMessageBytes">The largest frame the client accepts, when it said; sends stay within it.</param>
-    public PushSession Create(ClaimsPrincipal user, out string resumeSecret, int? clientMaxMessageBytes = null)
+    public PushSession Create(ClaimsPrincipal? user, out string resumeSecret, int? clientMaxMessageBytes = null)
     {
         // 128 bits of id (public) and 256 bits of secret (never stored, only its SHA-256).
         var sessionId = NewToken(16);
@@ -92,7 +103,7 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
             sessionId,
             HashSecret(resumeSecret),
             user,
-            Options.UserIdProvider(user),
+            Options.UserIdProvider(user ?? Anonymous),
             TimeProvider.GetTimestamp(),
             Math.Min(Options.MaxMessageBytes, clientMaxMessageBytes ?? int.MaxValue),
             _loggerFactory.CreateLogger("PushKit.Server.Session"));
