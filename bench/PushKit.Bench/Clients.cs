@@ -138,13 +138,22 @@ internal sealed class RawClient(Uri root) : BenchClient
             {
                 while (true)
                 {
-                    var result = await _socket.ReceiveAsync(buffer, CancellationToken.None);
+                    // A message may arrive in more than one piece: count it once, when it is whole.
+                    var length = 0;
+                    ValueWebSocketReceiveResult result;
+                    do
+                    {
+                        result = await _socket.ReceiveAsync(buffer.AsMemory(length), CancellationToken.None);
+                        length += result.Count;
+                    }
+                    while (!result.EndOfMessage && result.MessageType != WebSocketMessageType.Close);
+
                     if (result.MessageType == WebSocketMessageType.Close)
                     {
                         return;
                     }
 
-                    OnMessage(Encoding.UTF8.GetString(buffer, 0, result.Count));
+                    OnMessage(Encoding.UTF8.GetString(buffer, 0, length));
                 }
             }
             catch (Exception ex) when (ex is WebSocketException or OperationCanceledException)
