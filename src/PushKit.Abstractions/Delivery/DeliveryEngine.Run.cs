@@ -208,6 +208,18 @@ internal sealed partial class DeliveryEngine
             Ring();
         }
 
+        /// <summary>Whether control frames wait to be sent.</summary>
+        public bool HasControl
+        {
+            get
+            {
+                lock (Doorbell)
+                {
+                    return _control is { Count: > 0 };
+                }
+            }
+        }
+
         public bool TryDequeueControl(out Control control)
         {
             lock (Doorbell)

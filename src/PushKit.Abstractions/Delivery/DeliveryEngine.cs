@@ -832,6 +832,11 @@ internal sealed partial class DeliveryEngine
             while (true)
             {
                 await run.Doorbell.WaitAsync().ConfigureAwait(false);
+                if (run.Connection is IAckCoalescing { AckDelay: var ackDelay } && ackDelay > TimeSpan.Zero && OnlyAnAckIsDue(run))
+                {
+                    // Every batch is a request on this transport: let one ack cover what arrives in the next moment.
+                    await Task.Delay(ackDelay, token).ConfigureAwait(false);
+                }
 
                 // Flush everything that is due, in batches.
                 while (true)
@@ -888,6 +893,14 @@ internal sealed partial class DeliveryEngine
             output.Release();
         }
     }
+
+    /// <summary>Whether the next batch would carry an ack and nothing else (a racy read: a wrong answer only delays or not).</summary>
+    private bool OnlyAnAckIsDue(Run run) =>
+        Volatile.Read(ref _ackDue) != 0
+        && run.LocalClose is null
+        && !run.HasControl
+        && Volatile.Read(ref _sendCursor) > Volatile.Read(ref _lastAssigned)
+        && Volatile.Read(ref _skipThrough) <= run.SkipSent;
 
     /// <summary>One heartbeat check of <paramref name="run"/> (from the shared heartbeat timer).</summary>
     /// <returns>False once the connection was closed for silence: it needs no more checks.</returns>

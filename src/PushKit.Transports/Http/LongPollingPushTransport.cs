@@ -35,7 +35,7 @@ internal sealed class LongPollingPushTransport : IPushTransport
         return connection;
     }
 
-    private sealed class LongPollingClientConnection(PushTransportContext context) : IPushTransportConnection
+    private sealed class LongPollingClientConnection(PushTransportContext context) : IPushTransportConnection, IAckCoalescing
     {
         private readonly Uri _pollUrl = context.GetEndpointUrl("poll", webSocket: false);
         private readonly Uri _sendUrl = context.GetEndpointUrl("send", webSocket: false);
@@ -43,6 +43,9 @@ internal sealed class LongPollingPushTransport : IPushTransport
         private readonly CancellationTokenSource _lifetime = new();
 
         public string TransportName => PushProtocol.Transports.LongPolling;
+
+        // Each upstream batch is a POST: acks wait a moment to cover more.
+        public TimeSpan AckDelay => HttpTransportHelpers.AckDelay;
 
         /// <param name="cancellationToken">Cancels the poll.</param>
         /// <param name="open">The first poll of a connection: the server starts a new connection (and replays what is unacknowledged).</param>

@@ -83,7 +83,7 @@ internal sealed class SsePushTransport : IPushTransport
         PushTransportContext context,
         HttpResponseMessage response,
         IAsyncEnumerator<SseItem<byte[]>> events,
-        CancellationTokenSource streamLifetime) : IPushTransportConnection
+        CancellationTokenSource streamLifetime) : IPushTransportConnection, IAckCoalescing
     {
         private readonly Uri _sendUrl = context.GetEndpointUrl("send", webSocket: false);
         private CancellationTokenRegistration _registration;
@@ -91,6 +91,9 @@ internal sealed class SsePushTransport : IPushTransport
         private ValueTask<bool>? _pending;
 
         public string TransportName => PushProtocol.Transports.ServerSentEvents;
+
+        // Each upstream batch is a POST: acks wait a moment to cover more.
+        public TimeSpan AckDelay => HttpTransportHelpers.AckDelay;
 
         public ValueTask SendAsync(ReadOnlyMemory<byte> frames, CancellationToken cancellationToken = default) =>
             HttpTransportHelpers.PostBatchAsync(context, _sendUrl, frames, cancellationToken);
