@@ -43,19 +43,47 @@ using var http = new HttpClient { BaseAddress = root, Timeout = TimeSpan.FromMin
 await WaitForServerAsync(http);
 
 var results = new List<(string Scenario, string System, string Transport, string Figure, double Value)>();
-var systems = Option("--systems", ["pushkit", "signalr", "raw"]);
-var transports = Option("--transports", ["websocket", "sse", "longpolling"]);
-Console.WriteLine($"server process id: {server.Id}");
-if (Environment.GetEnvironmentVariable("PUSHKIT_BENCH_START_DELAY_SECONDS") is { } startDelay)
-{
-    // For profiling: time to attach a tracer to both processes before the scenarios start.
-    await Task.Delay(TimeSpan.FromSeconds(int.Parse(startDelay, CultureInfo.InvariantCulture)));
-}
 
-// 1. Fan-out: 100 clients, 2,000 (and 10,000) broadcast messages of 256 B.
-foreach (var messages in !groups.Contains("fanout") ? [] : quick ? new[] { 2_000 } : new[] { 2_000, 10_000 })
+// The server process is ended whatever happens here (a failure must not leave it running).
+AppDomain.CurrentDomain.ProcessExit += (_, _) => KillQuietly(server);
+try
 {
-    foreach (var transport in transports)
+    var systems = Option("--systems", ["pushkit", "signalr", "raw"]);
+    var transports = Option("--transports", ["websocket", "sse", "longpolling"]);
+    Console.WriteLine($"server process id: {server.Id}");
+    if (Environment.GetEnvironmentVariable("PUSHKIT_BENCH_START_DELAY_SECONDS") is { } startDelay)
+    {
+        // For profiling: time to attach a tracer to both processes before the scenarios start.
+        await Task.Delay(TimeSpan.FromSeconds(int.Parse(startDelay, CultureInfo.InvariantCulture)));
+    }
+
+    // 1. Fan-out: 100 clients, 2,000 (and 10,000) broadcast messages of 256 B.
+    foreach (var messages in !groups.Contains("fanout") ? [] : quick ? new[] { 2_000 } : new[] { 2_000, 10_000 })
+    {
+        foreach (var transport in transports)
+        {
+            foreach (var system in systems)
+            {
+                if (system == "raw" && transport != "websocket")
+                {
+                    continue;
+                }
+
+                var rate = await FanOutAsync(system, transport, clients: 100, messages);
+                results.Add(($"fan-out 100 x {messages} x 256 B", system, transport, "msg/s", rate));
+            }
+        }
+    }
+
+    // 2. Scaling shape: 1,000 clients; and one client at a high rate.
+    foreach (var system in groups.Contains("scale") ? systems : [])
+    {
+        results.Add(("fan-out 1000 x 200 x 256 B", system, "websocket", "msg/s", await FanOutAsync(system, "websocket", clients: 1_000, messages: 200)));
+        results.Add(($"1 client x {(quick ? 20_000 : 50_000)} x 256 B", system, "websocket", "msg/s", await FanOutAsync(system, "websocket", clients: 1, messages: quick ? 20_000 : 50_000)));
+    }
+
+    // 3. Latency at a paced rate well below saturation (500 msg/s to 10 clients).
+    foreach (var transport in groups.Contains("latency") ? transports : [])
     {
         foreach (var system in systems)
         {
@@ -64,39 +92,24 @@ foreach (var messages in !groups.Contains("fanout") ? [] : quick ? new[] { 2_000
                 continue;
             }
 
-            var rate = await FanOutAsync(system, transport, clients: 100, messages);
-            results.Add(($"fan-out 100 x {messages} x 256 B", system, transport, "msg/s", rate));
+            var (p50, p99) = await LatencyAsync(system, transport, clients: 10, perSecond: 500, seconds: quick ? 2 : 5);
+            results.Add(("latency @ 500 msg/s, 10 clients", system, transport, "p50 ms", p50));
+            results.Add(("latency @ 500 msg/s, 10 clients", system, transport, "p99 ms", p99));
         }
     }
-}
 
-// 2. Scaling shape: 1,000 clients; and one client at a high rate.
-foreach (var system in groups.Contains("scale") ? systems : [])
-{
-    results.Add(("fan-out 1000 x 200 x 256 B", system, "websocket", "msg/s", await FanOutAsync(system, "websocket", clients: 1_000, messages: 200)));
-    results.Add(($"1 client x {(quick ? 20_000 : 50_000)} x 256 B", system, "websocket", "msg/s", await FanOutAsync(system, "websocket", clients: 1, messages: quick ? 20_000 : 50_000)));
-}
-
-// 3. Latency at a paced rate well below saturation (500 msg/s to 10 clients).
-foreach (var transport in groups.Contains("latency") ? transports : [])
-{
-    foreach (var system in systems)
+    // 4. Server memory per idle connection, 2,000 connections, server in its own process.
+    foreach (var system in groups.Contains("memory") ? systems : [])
     {
-        if (system == "raw" && transport != "websocket")
-        {
-            continue;
-        }
-
-        var (p50, p99) = await LatencyAsync(system, transport, clients: 10, perSecond: 500, seconds: quick ? 2 : 5);
-        results.Add(("latency @ 500 msg/s, 10 clients", system, transport, "p50 ms", p50));
-        results.Add(("latency @ 500 msg/s, 10 clients", system, transport, "p99 ms", p99));
+        results.Add(("memory per idle connection (2000)", system, "websocket", "KB", await MemoryPerConnectionAsync(system, quick ? 500 : 2_000)));
     }
-}
 
-// 4. Server memory per idle connection, 2,000 connections, server in its own process.
-foreach (var system in groups.Contains("memory") ? systems : [])
+}
+catch (Exception ex)
 {
-    results.Add(("memory per idle connection (2000)", system, "websocket", "KB", await MemoryPerConnectionAsync(system, quick ? 500 : 2_000)));
+    Console.Error.WriteLine($"The benchmark failed: {ex}");
+    KillQuietly(server);
+    return;
 }
 
 Report(results, quick);
@@ -279,6 +292,18 @@ static void Report(List<(string Scenario, string System, string Transport, strin
     var path = Path.Combine(AppContext.BaseDirectory, "bench-results.md");
     File.WriteAllText(path, report.ToString());
     Console.WriteLine($"(also written to {path})");
+}
+
+static void KillQuietly(Process process)
+{
+    try
+    {
+        process.Kill(entireProcessTree: true);
+    }
+    catch (Exception ex) when (ex is InvalidOperationException or System.ComponentModel.Win32Exception)
+    {
+        // Already gone.
+    }
 }
 
 static int FreePort()

@@ -13,13 +13,15 @@ namespace PushKit.Client;
 /// A channel takes a lock on every write (and a bounded one on every read too), and the read loop and the application
 /// then contend on it for every message; the profile showed clients spinning on it for much of their CPU. Here the
 /// queue is lock-free, the bound is a counter the single writer checks, and a lock-free signal wakes a reader that
-/// found the queue empty. Readers that wait take turns (a semaphore), so concurrent readers share the messages.
+/// found the queue empty. Concurrent readers share the messages: one waits on the signal, the others for their turn.
 /// </remarks>
 internal sealed class ReceiveQueue
 {
     private readonly ConcurrentQueue<PushMessage> _items = new();
     private readonly AsyncSignal _available = new(runContinuationsAsynchronously: false);
-    private readonly SemaphoreSlim _waitTurn = new(1, 1);
+    private readonly SemaphoreSlim _turn = new(0);
+    private int _waiterSlot;
+    private int _contenders;
     private readonly int _capacity;
     private int _count;
     private volatile bool _completed;
@@ -72,6 +74,13 @@ internal sealed class ReceiveQueue
         _completed = true;
         _available.Set();
         Interlocked.Exchange(ref _space, null)?.TrySetResult();
+
+        // Every reader waiting for its turn ends too (one arriving after this sees the completion itself).
+        var contenders = Volatile.Read(ref _contenders);
+        if (contenders > 0)
+        {
+            _turn.Release(contenders);
+        }
     }
 
     public async IAsyncEnumerable<PushMessage> ReadAllAsync([EnumeratorCancellation] CancellationToken cancellationToken = default)
@@ -101,10 +110,29 @@ internal sealed class ReceiveQueue
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask WaitForItemsAsync(CancellationToken cancellationToken)
     {
-        // One waiter at a time on the signal; a cancelled reader is woken (and the next waiter re-checks the queue).
-        await _waitTurn.WaitAsync(cancellationToken).ConfigureAwait(false);
+        // One reader at a time waits on the signal (it has a single waiter). The usual single reader takes that slot
+        // without a lock; a concurrent reader waits for its turn and then looks at the queue again.
+        if (Interlocked.CompareExchange(ref _waiterSlot, 1, 0) != 0)
+        {
+            Interlocked.Increment(ref _contenders);
+            try
+            {
+                if (Volatile.Read(ref _waiterSlot) != 0 && !_completed)
+                {
+                    await _turn.WaitAsync(cancellationToken).ConfigureAwait(false);
+                }
+            }
+            finally
+            {
+                Interlocked.Decrement(ref _contenders);
+            }
+
+            return;
+        }
+
         try
         {
+            // A cancelled reader is woken by a set; it then throws.
             using var registration = cancellationToken.CanBeCanceled
                 ? cancellationToken.UnsafeRegister(static state => ((AsyncSignal)state!).Set(), _available)
                 : default;
@@ -116,7 +144,11 @@ internal sealed class ReceiveQueue
         }
         finally
         {
-            _waitTurn.Release();
+            Interlocked.Exchange(ref _waiterSlot, 0);
+            if (Volatile.Read(ref _contenders) > 0)
+            {
+                _turn.Release();
+            }
         }
     }
 }

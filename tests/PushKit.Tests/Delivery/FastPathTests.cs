@@ -54,6 +54,49 @@ public class FastPathTests
     }
 
     [Fact]
+    public async Task Concurrent_readers_share_the_messages_and_all_end_when_the_queue_completes()
+    {
+        var queue = new ReceiveQueue(capacity: 10_000);
+        var received = new System.Collections.Concurrent.ConcurrentBag<string>();
+        var readers = Enumerable.Range(0, 3).Select(_ => Task.Run(async () =>
+        {
+            await foreach (var message in queue.ReadAllAsync())
+            {
+                received.Add(message.GetString());
+            }
+        })).ToArray();
+
+        for (var i = 0; i < 5_000; i++)
+        {
+            Assert.True(queue.TryWrite(PushMessage.FromString(i.ToString(System.Globalization.CultureInfo.InvariantCulture))));
+        }
+
+        await Eventually.TrueAsync(() => received.Count == 5_000);
+        queue.Complete();
+        await Task.WhenAll(readers).WaitAsync(s_timeout);
+        Assert.Equal(5_000, received.Distinct().Count());
+    }
+
+    [Fact]
+    public async Task A_waiting_reader_stops_when_cancelled_and_another_reader_then_gets_the_messages()
+    {
+        var queue = new ReceiveQueue(capacity: 10);
+        using var cts = new CancellationTokenSource();
+        var first = queue.ReadAllAsync(cts.Token).GetAsyncEnumerator(cts.Token);
+        var waiting = first.MoveNextAsync().AsTask();
+        Assert.False(waiting.IsCompleted);
+        await cts.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => waiting.WaitAsync(s_timeout));
+        await first.DisposeAsync();
+
+        await using var second = queue.ReadAllAsync().GetAsyncEnumerator();
+        var next = second.MoveNextAsync().AsTask();
+        Assert.True(queue.TryWrite(PushMessage.FromString("after")));
+        Assert.True(await next.WaitAsync(s_timeout));
+        Assert.Equal("after", second.Current.GetString());
+    }
+
+    [Fact]
     public async Task The_signal_wakes_its_waiter_coalesces_sets_and_ends_every_wait_once_cancelled()
     {
         var signal = new AsyncSignal();
