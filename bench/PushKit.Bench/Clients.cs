@@ -20,6 +20,9 @@ internal abstract class BenchClient : IAsyncDisposable
 
     public abstract Task ConnectAsync();
 
+    /// <summary>The client's state, for a stalled round's report.</summary>
+    public virtual string Describe() => GetType().Name;
+
     public abstract ValueTask DisposeAsync();
 
     /// <summary>Resets the count and returns a task that completes when <paramref name="count"/> more arrive.</summary>
@@ -82,6 +85,9 @@ internal sealed class PushKitClient(Uri root, string transport) : BenchClient
             }
         });
     }
+
+    public override string Describe() =>
+        _channel is null ? "not connected" : $"{_channel.State} over {_channel.Transport}, session {_channel.SessionId}";
 
     public override async ValueTask DisposeAsync()
     {

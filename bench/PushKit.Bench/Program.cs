@@ -128,16 +128,14 @@ async Task<double> FanOutAsync(string system, string transport, int clients, int
         var warmUp = Stopwatch.StartNew();
         do
         {
-            await Task.WhenAll(connected.Select(c => c.ExpectAsync(messages)).Append(BroadcastAsync(system, messages))).WaitAsync(TimeSpan.FromMinutes(5));
+            await RoundAsync(connected, system, messages);
         }
         while (warmUp.Elapsed < TimeSpan.FromSeconds(2));
         var rates = new List<double>();
         for (var run = 0; run < repeats; run++)
         {
-            var expectations = connected.Select(c => c.ExpectAsync(messages)).ToArray();
             var stopwatch = Stopwatch.StartNew();
-            await BroadcastAsync(system, messages);
-            await Task.WhenAll(expectations).WaitAsync(TimeSpan.FromMinutes(5));
+            await RoundAsync(connected, system, messages);
             stopwatch.Stop();
             rates.Add((double)clients * messages / stopwatch.Elapsed.TotalSeconds);
         }
@@ -151,6 +149,23 @@ async Task<double> FanOutAsync(string system, string transport, int clients, int
     finally
     {
         await DisposeAllAsync(connected);
+    }
+}
+
+// One broadcast round: every client must receive every message; a round that stalls says who is short.
+async Task RoundAsync(List<BenchClient> connected, string system, int messages)
+{
+    var expectations = connected.Select(c => c.ExpectAsync(messages)).ToArray();
+    var all = Task.WhenAll(expectations.Append(BroadcastAsync(system, messages)));
+    try
+    {
+        await all.WaitAsync(TimeSpan.FromSeconds(60));
+    }
+    catch (TimeoutException)
+    {
+        var short_ = connected.Where(c => c.Received < messages).Select(c => $"{c.Received} ({c.Describe()})").ToList();
+        throw new TimeoutException(
+            $"{system}: a round of {messages} stalled; {short_.Count} of {connected.Count} clients short: {string.Join("; ", short_.Take(10))}");
     }
 }
 
