@@ -18,7 +18,7 @@ namespace PushKit.Client;
 internal sealed class ReceiveQueue
 {
     private readonly ConcurrentQueue<PushMessage> _items = new();
-    private readonly AsyncSignal _available = new(runContinuationsAsynchronously: false);
+    private readonly AsyncSignal _available = new();
     private readonly SemaphoreSlim _turn = new(0);
     private int _waiterSlot;
     private int _contenders;

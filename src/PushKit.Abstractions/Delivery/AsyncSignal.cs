@@ -14,16 +14,12 @@ internal sealed class AsyncSignal : IValueTaskSource
     private const int Signalled = 1;
     private const int Waiting = 2;
 
-    private ManualResetValueTaskSourceCore<bool> _core;
+    // The woken waiter continues on the thread pool, never inside the setter's call (a setter may hold a lock, or be
+    // the connection's read loop, which a waiter must not be able to block).
+    private ManualResetValueTaskSourceCore<bool> _core = new() { RunContinuationsAsynchronously = true };
     private int _state;
     private volatile bool _cancelled;
     private CancellationToken _token;
-
-    /// <param name="runContinuationsAsynchronously">
-    /// Whether the woken waiter continues on the thread pool (true) or on the thread that calls <see cref="Set"/>.
-    /// </param>
-    public AsyncSignal(bool runContinuationsAsynchronously = true) =>
-        _core = new() { RunContinuationsAsynchronously = runContinuationsAsynchronously };
 
     /// <summary>Wakes the waiter, or the next wait when nobody waits now.</summary>
     public void Set()
