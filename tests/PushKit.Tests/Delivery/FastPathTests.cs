@@ -54,6 +54,39 @@ public class FastPathTests
     }
 
     [Fact]
+    public async Task A_writer_and_a_reader_pass_many_messages_through_a_small_queue_without_stalling()
+    {
+        var queue = new ReceiveQueue(capacity: 16);
+        using var cts = new CancellationTokenSource(s_timeout);
+        const int count = 200_000;
+        var reader = Task.Run(async () =>
+        {
+            var next = 0;
+            await foreach (var message in queue.ReadAllAsync(cts.Token))
+            {
+                Assert.Equal(next.ToString(System.Globalization.CultureInfo.InvariantCulture), message.GetString());
+                if (++next == count)
+                {
+                    return next;
+                }
+            }
+
+            return next;
+        });
+
+        for (var i = 0; i < count; i++)
+        {
+            var message = PushMessage.FromString(i.ToString(System.Globalization.CultureInfo.InvariantCulture));
+            if (!queue.TryWrite(message))
+            {
+                await queue.WriteAsync(message, cts.Token);
+            }
+        }
+
+        Assert.Equal(count, await reader.WaitAsync(s_timeout));
+    }
+
+    [Fact]
     public async Task Concurrent_readers_share_the_messages_and_all_end_when_the_queue_completes()
     {
         var queue = new ReceiveQueue(capacity: 10_000);
