@@ -116,6 +116,7 @@ internal sealed class BenchHub : Hub;
 /// <summary>Raw ASP.NET Core WebSockets: the ceiling of this stack (no protocol, no acks).</summary>
 internal sealed class RawSockets
 {
+    private static readonly byte[] Ready = "ready"u8.ToArray();
     private readonly ConcurrentDictionary<int, Channel<byte[]>> _outboxes = new();
     private int _next;
 
@@ -131,6 +132,9 @@ internal sealed class RawSockets
         var id = Interlocked.Increment(ref _next);
         var outbox = Channel.CreateUnbounded<byte[]>(new UnboundedChannelOptions { SingleReader = true });
         _outboxes[id] = outbox;
+
+        // Tell the client it is registered: a broadcast before this point would miss it.
+        outbox.Writer.TryWrite(Ready);
         try
         {
             var reading = Task.Run(async () =>
