@@ -111,7 +111,11 @@ internal static class BenchServer
     }
 }
 
-internal sealed class BenchHub : Hub;
+internal sealed class BenchHub : Hub
+{
+    // Tells the client it is registered: a broadcast before this point would miss it.
+    public override Task OnConnectedAsync() => Clients.Caller.SendAsync("ready");
+}
 
 /// <summary>Raw ASP.NET Core WebSockets: the ceiling of this stack (no protocol, no acks).</summary>
 internal sealed class RawSockets

@@ -117,7 +117,12 @@ internal sealed class SignalRClient(Uri root, string transport) : BenchClient
         };
         _connection = new HubConnectionBuilder().WithUrl(new Uri(root, "/hub"), type).Build();
         _connection.On<string>("m", OnMessage);
+        var ready = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _connection.On("ready", () => ready.TrySetResult());
         await _connection.StartAsync();
+
+        // Counted in only once the hub has registered the connection for broadcasts.
+        await ready.Task.WaitAsync(TimeSpan.FromSeconds(30));
     }
 
     public override async ValueTask DisposeAsync()
