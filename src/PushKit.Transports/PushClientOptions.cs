@@ -7,6 +7,8 @@ namespace PushKit.Client;
 /// <summary>Options of a PushKit client channel.</summary>
 public sealed class PushClientOptions
 {
+    private static readonly TimeSpan MaxAckDelay = TimeSpan.FromSeconds(1);
+
     /// <summary>The server's PushKit base URL, for example <c>https://example.com/push</c> (what the server passed to <c>MapPushKit</c>). Required.</summary>
     public Uri? Url { get; set; }
 
@@ -74,6 +76,20 @@ public sealed class PushClientOptions
     /// down (messages are acknowledged only when there is room). Default 1,024.
     /// </summary>
     public int ReceiveQueueCapacity { get; set; } = 1024;
+
+    /// <summary>
+    /// How long the client may hold back an acknowledgement that has nothing else to travel with, so that one
+    /// acknowledgement covers everything that arrives meanwhile (as TCP's delayed ACK does). Null (the default) for the
+    /// transport's own: 5 ms on WebSocket; 20 ms on Server-Sent Events and long-polling, where every acknowledgement
+    /// is an HTTP request. <see cref="TimeSpan.Zero"/> acknowledges every received batch at once. At most 1 second.
+    /// </summary>
+    /// <remarks>
+    /// Acknowledgements are cumulative, so waiting loses nothing; fewer of them means less work for the server and
+    /// fewer upstream packets. In exchange the server keeps each message a little longer, and a server-side
+    /// <see cref="IPushChannel.SendAsync"/> that awaits the acknowledgement completes up to this much later. Sends,
+    /// pings and pongs never wait: an acknowledgement that can travel with them goes at once.
+    /// </remarks>
+    public TimeSpan? AckDelay { get; set; }
 
     /// <summary>Supplies a bearer token sent as <c>Authorization: Bearer …</c> on every request; null for none.</summary>
     public Func<CancellationToken, ValueTask<string?>>? AccessTokenProvider { get; set; }
@@ -149,6 +165,11 @@ public sealed class PushClientOptions
         if (MaxMessageBytes < 1024)
         {
             errors.Add($"PushClientOptions.MaxMessageBytes must be at least 1024 (was {MaxMessageBytes}).");
+        }
+
+        if (AckDelay is { } ackDelay && (ackDelay < TimeSpan.Zero || ackDelay > MaxAckDelay))
+        {
+            errors.Add($"PushClientOptions.AckDelay must be between zero and {MaxAckDelay.TotalSeconds:0} second, or null for the transport's default (was {ackDelay}).");
         }
 
         if (ReceiveQueueCapacity < 1)

@@ -9,7 +9,7 @@ namespace PushKit.Connections;
 /// A <see cref="IPushTransportConnection"/> over a <see cref="WebSocket"/>: each batch is one WebSocket text message.
 /// Used by both the client (<c>ClientWebSocket</c>) and the server (an accepted WebSocket).
 /// </summary>
-internal sealed class WebSocketTransportConnection : IPushTransportConnection
+internal sealed class WebSocketTransportConnection : IPushTransportConnection, IAckCoalescing
 {
     private const int ReadChunk = 4096;
     private static readonly TimeSpan s_closeLinger = TimeSpan.FromMilliseconds(250);
@@ -23,6 +23,9 @@ internal sealed class WebSocketTransportConnection : IPushTransportConnection
     }
 
     public string TransportName => PushProtocol.Transports.WebSocket;
+
+    /// <summary>How long an ack-only frame may wait to acknowledge more (the client's; zero on the server: acks at once).</summary>
+    public TimeSpan AckDelay { get; init; }
 
     public ValueTask SendAsync(ReadOnlyMemory<byte> frames, CancellationToken cancellationToken = default) =>
         _socket.SendAsync(frames, WebSocketMessageType.Text, endOfMessage: true, cancellationToken);

@@ -827,15 +827,26 @@ internal sealed partial class DeliveryEngine
         // Rented while there is something to send and returned when the loop goes idle: idle connections hold none.
         var output = new PooledBufferWriter();
         var token = run.Token;
+        var ackDelay = run.Connection is IAckCoalescing { AckDelay: var delay } && delay > TimeSpan.Zero ? delay : TimeSpan.Zero;
+        Task? pendingRing = null;
         try
         {
             while (true)
             {
-                await run.Doorbell.WaitAsync().ConfigureAwait(false);
-                if (run.Connection is IAckCoalescing { AckDelay: var ackDelay } && ackDelay > TimeSpan.Zero && OnlyAnAckIsDue(run))
+                if (pendingRing is not null)
                 {
-                    // Every batch is a request on this transport: let one ack cover what arrives in the next moment.
-                    await Task.Delay(ackDelay, token).ConfigureAwait(false);
+                    // A ring that arrived while an ack was held back, or one still to come.
+                    await pendingRing.ConfigureAwait(false);
+                    pendingRing = null;
+                }
+                else
+                {
+                    await run.Doorbell.WaitAsync().ConfigureAwait(false);
+                }
+
+                if (ackDelay > TimeSpan.Zero && OnlyAnAckIsDue(run))
+                {
+                    pendingRing = await HoldAckAsync(run, ackDelay).ConfigureAwait(false);
                 }
 
                 // Flush everything that is due, in batches.
@@ -892,6 +903,47 @@ internal sealed partial class DeliveryEngine
         {
             output.Release();
         }
+    }
+
+    /// <summary>
+    /// Holds back an ack that has nothing else to travel with for up to <paramref name="delay"/>, so that one ack
+    /// covers what arrives meanwhile; ends early when something else becomes due (a message, a control frame, a close),
+    /// which then carries the ack. Returns the doorbell wait still pending when the delay ran out, for the write loop to
+    /// await next (the doorbell has one waiter at a time), or null.
+    /// </summary>
+    private async Task<Task?> HoldAckAsync(Run run, TimeSpan delay)
+    {
+        var time = Heartbeat?.TimeProvider ?? TimeProvider.System;
+        var started = time.GetTimestamp();
+        while (OnlyAnAckIsDue(run))
+        {
+            var remaining = delay - time.GetElapsedTime(started);
+            if (remaining <= TimeSpan.Zero)
+            {
+                return null;
+            }
+
+            var ring = run.Doorbell.WaitAsync();
+            if (ring.IsCompleted)
+            {
+                // Rung already (more to acknowledge, or more than an ack): look again.
+                await ring.ConfigureAwait(false);
+                continue;
+            }
+
+            var ringTask = ring.AsTask();
+            using var timer = CancellationTokenSource.CreateLinkedTokenSource(run.Token);
+            var elapsed = Task.Delay(remaining, time, timer.Token);
+            if (await Task.WhenAny(ringTask, elapsed).ConfigureAwait(false) == elapsed)
+            {
+                return ringTask;
+            }
+
+            await timer.CancelAsync().ConfigureAwait(false);
+            await ringTask.ConfigureAwait(false);
+        }
+
+        return null;
     }
 
     /// <summary>Whether the next batch would carry an ack and nothing else (a racy read: a wrong answer only delays or not).</summary>

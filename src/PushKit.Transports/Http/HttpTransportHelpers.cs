@@ -8,10 +8,10 @@ namespace PushKit.Client.Http;
 internal static class HttpTransportHelpers
 {
     /// <summary>
-    /// How long an ack-only POST waits to acknowledge more (see <c>IAckCoalescing</c>): short next to any ack timeout,
-    /// long enough that a busy stream is acknowledged a few dozen times a second rather than once per read.
+    /// The default for how long an ack-only POST waits to acknowledge more (see <c>IAckCoalescing</c>): short next to
+    /// any ack timeout, long enough that a busy stream is acknowledged a few dozen times a second rather than once per read.
     /// </summary>
-    public static readonly TimeSpan AckDelay = TimeSpan.FromMilliseconds(20);
+    public static readonly TimeSpan DefaultAckDelay = TimeSpan.FromMilliseconds(20);
 
     public static async ValueTask<HttpRequestMessage> CreateRequestAsync(HttpMethod method, Uri url, PushTransportContext context, CancellationToken cancellationToken)
     {

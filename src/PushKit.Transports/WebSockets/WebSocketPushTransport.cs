@@ -7,6 +7,13 @@ namespace PushKit.Client.WebSockets;
 /// <summary>The WebSocket client transport: <c>GET {base}/ws?session=…&amp;secret=…</c> upgraded to a WebSocket.</summary>
 internal sealed class WebSocketPushTransport : IPushTransport
 {
+    /// <summary>
+    /// The default for how long an ack-only frame waits to acknowledge more: a frame is cheap, but acknowledging every
+    /// read made each received batch wake the write loop and cost the server a frame to process while it was still
+    /// delivering; a few milliseconds let one ack cover a busy moment.
+    /// </summary>
+    public static readonly TimeSpan DefaultAckDelay = TimeSpan.FromMilliseconds(5);
+
     public string Name => PushProtocol.Transports.WebSocket;
 
     public async ValueTask<IPushTransportConnection> ConnectAsync(PushTransportContext context, CancellationToken cancellationToken = default)
@@ -53,7 +60,7 @@ internal sealed class WebSocketPushTransport : IPushTransport
                 throw new PushConnectException($"The WebSocket handshake was not answered within {options.TransportDetectionTimeout}.", ex);
             }
 
-            return new WebSocketTransportConnection(socket, options.MaxMessageBytes);
+            return new WebSocketTransportConnection(socket, options.MaxMessageBytes) { AckDelay = options.AckDelay ?? DefaultAckDelay };
         }
         catch (WebSocketException ex)
         {

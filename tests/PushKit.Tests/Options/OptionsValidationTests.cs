@@ -161,3 +161,30 @@ public class OptionsValidationTests
         Assert.True(recent.TryAdd("m1"));
     }
 }
+
+public class AckDelayOptionTests
+{
+    [Theory]
+    [InlineData(-1)]
+    [InlineData(1001)]
+    public void An_AckDelay_below_zero_or_above_one_second_is_refused(int milliseconds)
+    {
+        var options = new PushClientOptions { Url = new Uri("http://127.0.0.1/push"), AckDelay = TimeSpan.FromMilliseconds(milliseconds) };
+        var error = Assert.Throws<ArgumentException>(options.Validate);
+        Assert.Contains("AckDelay", error.Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData(null)]
+    [InlineData(0)]
+    [InlineData(1000)]
+    public void No_AckDelay_zero_and_up_to_one_second_are_accepted(int? milliseconds)
+    {
+        var options = new PushClientOptions
+        {
+            Url = new Uri("http://127.0.0.1/push"),
+            AckDelay = milliseconds is { } ms ? TimeSpan.FromMilliseconds(ms) : null,
+        };
+        options.Validate();
+    }
+}

@@ -1,0 +1,87 @@
+using Microsoft.Extensions.Time.Testing;
+using PushKit.Client;
+using PushKit.IntegrationTests.Infrastructure;
+using PushKit.Server.Sessions;
+
+namespace PushKit.IntegrationTests;
+
+/// <summary>
+/// The client holds back an acknowledgement that has nothing else to travel with for up to
+/// <see cref="PushClientOptions.AckDelay"/>, so that one covers what arrives meanwhile; a send of its own takes the
+/// acknowledgement along at once. The client's clock is fake here: only an advance lets a held ack go.
+/// </summary>
+public class AckCoalescingTests
+{
+    /// <summary>Long enough that an ack sent at once would have arrived on loopback many times over.</summary>
+    private static readonly TimeSpan s_wouldHaveArrived = TimeSpan.FromMilliseconds(300);
+
+    [Theory]
+    [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
+    public async Task Acks_wait_for_the_delay_and_one_covers_every_message_received_meanwhile(string transport)
+    {
+        var time = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        await using var server = await PushTestServer.StartAsync();
+        var client = await server.ConnectClientAsync(transport, o =>
+        {
+            o.TimeProvider = time;
+            o.AckDelay = TimeSpan.FromSeconds(1);
+        });
+        var session = (PushSession)server.Sessions.FindSession(client.SessionId!)!;
+
+        // The server's SendAsync completes when the client acknowledges.
+        var sends = new[] { "a", "b", "c" }.Select(text => session.SendStringAsync(text).AsTask()).ToArray();
+        var received = await client.ReadAsync(3);
+        Assert.Equal(["a", "b", "c"], received.Select(m => m.GetString()));
+
+        // Received, handed to the application, and not yet acknowledged: the ack waits for the delay.
+        await Task.WhenAny(Task.WhenAll(sends), Task.Delay(s_wouldHaveArrived));
+        Assert.All(sends, send => Assert.False(send.IsCompleted));
+        Assert.Equal(3, session.Engine.UnacknowledgedCount);
+
+        time.Advance(TimeSpan.FromSeconds(1));
+        await Task.WhenAll(sends).WaitAsync(TestTimeouts.Default);
+        Assert.Equal(0, session.Engine.UnacknowledgedCount);
+    }
+
+    [Theory]
+    [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
+    public async Task A_send_from_the_client_carries_a_held_ack_at_once(string transport)
+    {
+        var time = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        await using var server = await PushTestServer.StartAsync();
+        var client = await server.ConnectClientAsync(transport, o =>
+        {
+            o.TimeProvider = time;
+            o.AckDelay = TimeSpan.FromSeconds(1);
+        });
+        var session = (PushSession)server.Sessions.FindSession(client.SessionId!)!;
+
+        var push = session.SendStringAsync("to the client").AsTask();
+        await client.ReadAsync(1);
+        await Task.WhenAny(push, Task.Delay(s_wouldHaveArrived));
+        Assert.False(push.IsCompleted);
+
+        // No clock advance: the ack goes with the client's own message.
+        await client.SendStringAsync("to the server").AsTask().WaitAsync(TestTimeouts.Default);
+        await push.WaitAsync(TestTimeouts.Default);
+    }
+
+    [Theory]
+    [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
+    public async Task With_AckDelay_zero_every_received_batch_is_acknowledged_at_once(string transport)
+    {
+        var time = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        await using var server = await PushTestServer.StartAsync();
+        var client = await server.ConnectClientAsync(transport, o =>
+        {
+            o.TimeProvider = time;
+            o.AckDelay = TimeSpan.Zero;
+        });
+        var session = server.Sessions.FindSession(client.SessionId!)!;
+
+        // The clock never moves: the acknowledgement cannot be waiting for it.
+        var send = session.SendStringAsync("now").AsTask();
+        await client.ReadAsync(1);
+        await send.WaitAsync(TestTimeouts.Default);
+    }
+}
