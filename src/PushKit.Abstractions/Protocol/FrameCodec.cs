@@ -294,7 +294,7 @@ internal static class FrameCodec
             }
             else if (name.SequenceEqual("contentType"u8))
             {
-                contentType = ReadString(ref reader, "contentType");
+                contentType = ReadContentType(ref reader);
             }
             else if (name.SequenceEqual("reason"u8) || name.SequenceEqual("message"u8))
             {
@@ -535,6 +535,31 @@ internal static class FrameCodec
         }
 
         return ReadString(ref reader, "type");
+    }
+
+    /// <summary>Reads a content type; the common ones are interned, so a received message costs no string for it.</summary>
+    private static string ReadContentType(ref Utf8JsonReader reader)
+    {
+        if (reader.TokenType == JsonTokenType.String && !reader.ValueIsEscaped)
+        {
+            var value = reader.ValueSpan;
+            if (value.SequenceEqual("text/plain; charset=utf-8"u8))
+            {
+                return PushMessage.TextContentType;
+            }
+
+            if (value.SequenceEqual("application/json"u8))
+            {
+                return PushMessage.JsonContentType;
+            }
+
+            if (value.SequenceEqual("application/octet-stream"u8))
+            {
+                return PushMessage.DefaultContentType;
+            }
+        }
+
+        return ReadString(ref reader, "contentType");
     }
 
     private static string ReadString(ref Utf8JsonReader reader, string field) =>

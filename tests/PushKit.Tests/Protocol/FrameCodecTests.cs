@@ -86,6 +86,41 @@ public class FrameCodecTests
     }
 
     [Fact]
+    public void Common_content_types_are_read_without_a_string_per_message()
+    {
+        foreach (var contentType in new[] { PushMessage.TextContentType, PushMessage.JsonContentType, PushMessage.DefaultContentType })
+        {
+            var frame = RoundTrip(1, new PushMessage("{}"u8.ToArray(), contentType));
+            Assert.Same(contentType, frame.Message!.ContentType);
+        }
+    }
+
+    [Theory]
+    [InlineData("text/html", "text/html")]
+    [InlineData("application\\/json", "application/json")]
+    [InlineData("text/plain; charset=utf-8; x=1", "text/plain; charset=utf-8; x=1")]
+    public void Other_and_escaped_content_types_are_read_as_written(string written, string expected)
+    {
+        var frame = ParseOk($"{{\"type\":\"msg\",\"seq\":1,\"contentType\":\"{written}\",\"data\":\"x\"}}");
+        Assert.Equal(expected, frame.Message!.ContentType);
+    }
+
+    [Fact]
+    public void Parsing_a_text_message_allocates_its_payload_and_message_and_nothing_per_field()
+    {
+        var frame = Encoding.UTF8.GetBytes(Encode(w => FrameCodec.WriteMessage(w, 7, PushMessage.FromString(new string('x', 256)))));
+        FrameCodec.TryParse(frame, out _, out _);
+
+        var before = GC.GetAllocatedBytesForCurrentThread();
+        FrameCodec.TryParse(frame, out var parsed, out _);
+        var allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+
+        // The 256-byte payload's array (280 B) and the PushMessage (72 B); the type and content type are interned.
+        Assert.Equal(256, parsed.Message!.Payload.Length);
+        Assert.True(allocated <= 360, $"{allocated} bytes allocated");
+    }
+
+    [Fact]
     public void Encoded_body_is_computed_once_per_message()
     {
         var message = PushMessage.FromString("broadcast");
