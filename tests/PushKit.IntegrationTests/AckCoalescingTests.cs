@@ -28,10 +28,13 @@ public class AckCoalescingTests
         });
         var session = (PushSession)server.Sessions.FindSession(client.SessionId!)!;
 
-        // The server's SendAsync completes when the client acknowledges.
-        var sends = new[] { "a", "b", "c" }.Select(text => session.SendStringAsync(text).AsTask()).ToArray();
-        var received = await client.ReadAsync(3);
-        Assert.Equal(["a", "b", "c"], received.Select(m => m.GetString()));
+        // The server's SendAsync completes when the client acknowledges. The first message starts the hold; the
+        // others arrive while it lasts, and their acks must ride on the held one.
+        var first = session.SendStringAsync("a").AsTask();
+        Assert.Equal("a", Assert.Single(await client.ReadAsync(1)).GetString());
+        var more = new[] { "b", "c" }.Select(text => session.SendStringAsync(text).AsTask()).ToArray();
+        Assert.Equal(["b", "c"], (await client.ReadAsync(2)).Select(m => m.GetString()));
+        var sends = more.Prepend(first).ToArray();
 
         // Received, handed to the application, and not yet acknowledged: the ack waits for the delay.
         await Task.WhenAny(Task.WhenAll(sends), Task.Delay(s_wouldHaveArrived));

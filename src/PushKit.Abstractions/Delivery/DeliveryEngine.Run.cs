@@ -59,6 +59,7 @@ internal sealed partial class DeliveryEngine
         private long _lastSent;
         private bool _readPaused;
         private bool _delivering;
+        private bool _holdingAck;
         private bool _drainExpired;
         private int _drainStarted;
         private Channel<Frame>? _deliveries;
@@ -194,6 +195,34 @@ internal sealed partial class DeliveryEngine
         }
 
         public void Ring() => Doorbell.Set();
+
+        /// <summary>
+        /// Whether the write loop is holding back an ack to coalesce it: acks that fall due meanwhile need not wake it,
+        /// the held one will carry them (see <see cref="RingForAck"/>).
+        /// </summary>
+        public bool HoldingAck
+        {
+            get => Volatile.Read(ref _holdingAck);
+            set
+            {
+                Volatile.Write(ref _holdingAck, value);
+
+                // Paired with the barrier in RingForAck: the write loop, after this, reads the ack state afresh.
+                Interlocked.MemoryBarrier();
+            }
+        }
+
+        /// <summary>Wakes the write loop for an ack that fell due, unless it is holding one back that will cover it.</summary>
+        public void RingForAck()
+        {
+            // The ack state was written before this barrier; the flag is read after it. Either the write loop's hold
+            // had not ended yet (it will send what was written), or this sees the flag clear and rings.
+            Interlocked.MemoryBarrier();
+            if (!Volatile.Read(ref _holdingAck))
+            {
+                Ring();
+            }
+        }
 
         public bool CheckHeartbeat(HeartbeatSettings settings) => _engine.CheckHeartbeat(this, settings);
 

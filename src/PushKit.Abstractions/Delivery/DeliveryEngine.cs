@@ -594,7 +594,7 @@ internal sealed partial class DeliveryEngine
                 CommitInlineDeliveries(run);
                 if (Volatile.Read(ref _ackDue) != 0)
                 {
-                    run.Ring();
+                    run.RingForAck();
                 }
             }
         }
@@ -740,7 +740,7 @@ internal sealed partial class DeliveryEngine
                         // message while a close waits for the queue to drain).
                         if (reader.Count == 0 || run.LocalClose is not null)
                         {
-                            run.Ring();
+                            run.RingForAck();
                         }
                     }
                 }
@@ -915,6 +915,21 @@ internal sealed partial class DeliveryEngine
     {
         var time = Heartbeat?.TimeProvider ?? TimeProvider.System;
         var started = time.GetTimestamp();
+
+        // Acks that fall due meanwhile do not ring: only the delay or something else to send ends the hold.
+        run.HoldingAck = true;
+        try
+        {
+            return await HoldAckCoreAsync(run, delay, time, started).ConfigureAwait(false);
+        }
+        finally
+        {
+            run.HoldingAck = false;
+        }
+    }
+
+    private async Task<Task?> HoldAckCoreAsync(Run run, TimeSpan delay, TimeProvider time, long started)
+    {
         while (OnlyAnAckIsDue(run))
         {
             var remaining = delay - time.GetElapsedTime(started);
