@@ -15,6 +15,8 @@ using PushKit.Bench;
 //          --repeat N                           measured runs per throughput figure (median; default 5, quick 3)
 //          --systems pushkit,signalr,raw        runs only those systems
 //          --transports websocket,sse,longpolling
+//          --messages 2000,10000                messages per fan-out round of 100 clients
+//          --warmup S                           unmeasured seconds of full rounds before each throughput figure (default 5)
 if (args.Length > 0 && args[0] == "server")
 {
     await BenchServer.RunAsync(args[1..]);
@@ -36,6 +38,9 @@ string[] Option(string name, string[] all)
 
 var groups = Option("--only", ["fanout", "scale", "latency", "memory"]);
 var repeats = int.Parse(Option("--repeat", [quick ? "3" : "5"])[0], CultureInfo.InvariantCulture);
+// Five seconds: with two, PushKit's first scenario ran at half its steady speed (its code was still being tiered up);
+// every system gets the same.
+var warmUpTime = TimeSpan.FromSeconds(double.Parse(Option("--warmup", ["5"])[0], CultureInfo.InvariantCulture));
 var port = FreePort();
 var root = new Uri($"http://127.0.0.1:{port}/");
 using var server = StartServer(port);
@@ -58,7 +63,8 @@ try
     }
 
     // 1. Fan-out: 100 clients, 2,000 (and 10,000) broadcast messages of 256 B.
-    foreach (var messages in !groups.Contains("fanout") ? [] : quick ? new[] { 2_000 } : new[] { 2_000, 10_000 })
+    var fanOutSizes = Option("--messages", quick ? ["2000"] : ["2000", "10000"]).Select(m => int.Parse(m, CultureInfo.InvariantCulture));
+    foreach (var messages in groups.Contains("fanout") ? fanOutSizes : [])
     {
         foreach (var transport in transports)
         {
@@ -130,8 +136,9 @@ async Task<double> FanOutAsync(string system, string transport, int clients, int
         {
             await RoundAsync(connected, system, messages);
         }
-        while (warmUp.Elapsed < TimeSpan.FromSeconds(2));
+        while (warmUp.Elapsed < warmUpTime);
         var rates = new List<double>();
+        var (allocated, gen0, gen1, gen2, pause) = (GC.GetTotalAllocatedBytes(), GC.CollectionCount(0), GC.CollectionCount(1), GC.CollectionCount(2), GC.GetTotalPauseDuration());
         for (var run = 0; run < repeats; run++)
         {
             var stopwatch = Stopwatch.StartNew();
@@ -140,10 +147,18 @@ async Task<double> FanOutAsync(string system, string transport, int clients, int
             rates.Add((double)clients * messages / stopwatch.Elapsed.TotalSeconds);
         }
 
+        // The client process's garbage collection over the measured runs: what each system's client costs beyond the
+        // benchmark's own string per message (536 B for 256 characters).
+        var delivered = (double)clients * messages * repeats;
+        var collections =
+            $"  client process: {(GC.GetTotalAllocatedBytes() - allocated) / delivered:N0} B allocated per delivered message; " +
+            $"GCs gen0 {GC.CollectionCount(0) - gen0}, gen1 {GC.CollectionCount(1) - gen1}, gen2 {GC.CollectionCount(2) - gen2}; " +
+            $"pauses {(GC.GetTotalPauseDuration() - pause).TotalMilliseconds:N0} ms";
         var runs = string.Join(", ", rates.Select(r => r.ToString("N0", CultureInfo.InvariantCulture)));
         rates.Sort();
         var rate = rates[rates.Count / 2];
         Console.WriteLine($"{system,-8} {transport,-12} {clients,5} clients x {messages,6}: {rate,12:N0} msg/s (median of runs {runs})");
+        Console.WriteLine(collections);
         return rate;
     }
     finally
