@@ -12,7 +12,7 @@ using PushKit.Bench;
 //   dotnet run -c Release --project bench/PushKit.Bench -- --quick  a smaller run
 //   dotnet run -c Release --project bench/PushKit.Bench -- micro    BenchmarkDotNet micro-benchmarks (codec, send path)
 // Options: --only fanout,scale,latency,memory   runs only those scenario groups
-//          --repeat N                           measured runs per throughput figure (median; default 5, quick 3)
+//          --repeat N                           measured rounds per throughput figure (median; default 7, quick 3)
 //          --systems pushkit,signalr,raw        runs only those systems
 //          --transports websocket,sse,longpolling
 //          --messages 2000,10000                messages per fan-out round of 100 clients
@@ -37,7 +37,7 @@ string[] Option(string name, string[] all)
 }
 
 var groups = Option("--only", ["fanout", "scale", "latency", "memory"]);
-var repeats = int.Parse(Option("--repeat", [quick ? "3" : "5"])[0], CultureInfo.InvariantCulture);
+var repeats = int.Parse(Option("--repeat", [quick ? "3" : "7"])[0], CultureInfo.InvariantCulture);
 // Five seconds: with two, PushKit's first scenario ran at half its steady speed (its code was still being tiered up);
 // every system gets the same.
 var warmUpTime = TimeSpan.FromSeconds(double.Parse(Option("--warmup", ["5"])[0], CultureInfo.InvariantCulture));
@@ -68,24 +68,27 @@ try
     {
         foreach (var transport in transports)
         {
-            foreach (var system in systems)
+            var here = systems.Where(system => system != "raw" || transport == "websocket").ToList();
+            foreach (var (system, rate) in await FanOutAsync(here, transport, clients: 100, messages))
             {
-                if (system == "raw" && transport != "websocket")
-                {
-                    continue;
-                }
-
-                var rate = await FanOutAsync(system, transport, clients: 100, messages);
                 results.Add(($"fan-out 100 x {messages} x 256 B", system, transport, "msg/s", rate));
             }
         }
     }
 
     // 2. Scaling shape: 1,000 clients; and one client at a high rate.
-    foreach (var system in groups.Contains("scale") ? systems : [])
+    if (groups.Contains("scale"))
     {
-        results.Add(("fan-out 1000 x 200 x 256 B", system, "websocket", "msg/s", await FanOutAsync(system, "websocket", clients: 1_000, messages: 200)));
-        results.Add(($"1 client x {(quick ? 20_000 : 50_000)} x 256 B", system, "websocket", "msg/s", await FanOutAsync(system, "websocket", clients: 1, messages: quick ? 20_000 : 50_000)));
+        foreach (var (system, rate) in await FanOutAsync(systems, "websocket", clients: 1_000, messages: 200))
+        {
+            results.Add(("fan-out 1000 x 200 x 256 B", system, "websocket", "msg/s", rate));
+        }
+
+        var stream = quick ? 20_000 : 50_000;
+        foreach (var (system, rate) in await FanOutAsync(systems, "websocket", clients: 1, messages: stream))
+        {
+            results.Add(($"1 client x {stream} x 256 B", system, "websocket", "msg/s", rate));
+        }
     }
 
     // 3. Latency at a paced rate well below saturation (500 msg/s to 10 clients).
@@ -122,48 +125,68 @@ Report(results, quick);
 server.Kill(entireProcessTree: true);
 return;
 
-async Task<double> FanOutAsync(string system, string transport, int clients, int messages)
+// Fan-out for several systems at once: each system's clients are connected and warmed up, then the measured rounds
+// take turns (system A, B, C, then B, C, A, ...), so that a noisy moment on the shared machine falls on every system
+// rather than on the one whose runs happened to be then. Each figure is the median of its system's rounds.
+async Task<Dictionary<string, double>> FanOutAsync(IReadOnlyList<string> systemsHere, string transport, int clients, int messages)
 {
-    var connected = await ConnectAsync(system, transport, clients);
+    var connected = new Dictionary<string, List<BenchClient>>();
     try
     {
-        // Warm up, then the measured runs: two cores shared by client and server make one run noisy, so the figure
-        // is the median of several.
-        // Warm-up: unmeasured full rounds for at least two seconds, so that every system runs its steady-state code
-        // (tiered JIT, dynamic PGO, a grown thread pool) when measured.
-        var warmUp = Stopwatch.StartNew();
-        do
+        foreach (var system in systemsHere)
         {
-            await RoundAsync(connected, system, messages);
-        }
-        while (warmUp.Elapsed < warmUpTime);
-        var rates = new List<double>();
-        var (allocated, gen0, gen1, gen2, pause) = (GC.GetTotalAllocatedBytes(), GC.CollectionCount(0), GC.CollectionCount(1), GC.CollectionCount(2), GC.GetTotalPauseDuration());
-        for (var run = 0; run < repeats; run++)
-        {
-            var stopwatch = Stopwatch.StartNew();
-            await RoundAsync(connected, system, messages);
-            stopwatch.Stop();
-            rates.Add((double)clients * messages / stopwatch.Elapsed.TotalSeconds);
+            connected[system] = await ConnectAsync(system, transport, clients);
         }
 
-        // The client process's garbage collection over the measured runs: what each system's client costs beyond the
-        // benchmark's own string per message (536 B for 256 characters).
-        var delivered = (double)clients * messages * repeats;
-        var collections =
-            $"  client process: {(GC.GetTotalAllocatedBytes() - allocated) / delivered:N0} B allocated per delivered message; " +
-            $"GCs gen0 {GC.CollectionCount(0) - gen0}, gen1 {GC.CollectionCount(1) - gen1}, gen2 {GC.CollectionCount(2) - gen2}; " +
-            $"pauses {(GC.GetTotalPauseDuration() - pause).TotalMilliseconds:N0} ms";
-        var runs = string.Join(", ", rates.Select(r => r.ToString("N0", CultureInfo.InvariantCulture)));
-        rates.Sort();
-        var rate = rates[rates.Count / 2];
-        Console.WriteLine($"{system,-8} {transport,-12} {clients,5} clients x {messages,6}: {rate,12:N0} msg/s (median of runs {runs})");
-        Console.WriteLine(collections);
-        return rate;
+        // Warm-up: unmeasured full rounds, so that every system runs its steady-state code (tiered JIT, dynamic PGO, a
+        // grown thread pool) when measured.
+        foreach (var system in systemsHere)
+        {
+            var warmUp = Stopwatch.StartNew();
+            do
+            {
+                await RoundAsync(connected[system], system, messages);
+            }
+            while (warmUp.Elapsed < warmUpTime);
+        }
+
+        var rates = systemsHere.ToDictionary(s => s, _ => new List<double>());
+        var collections = systemsHere.ToDictionary(s => s, _ => new GcCost());
+        for (var run = 0; run < repeats; run++)
+        {
+            for (var turn = 0; turn < systemsHere.Count; turn++)
+            {
+                var system = systemsHere[(run + turn) % systemsHere.Count];
+                var gc = GcSnapshot.Now();
+                var stopwatch = Stopwatch.StartNew();
+                await RoundAsync(connected[system], system, messages);
+                stopwatch.Stop();
+                rates[system].Add((double)clients * messages / stopwatch.Elapsed.TotalSeconds);
+                collections[system].Add(GcSnapshot.Now() - gc);
+            }
+        }
+
+        var medians = new Dictionary<string, double>();
+        foreach (var system in systemsHere)
+        {
+            var runs = string.Join(", ", rates[system].Select(r => r.ToString("N0", CultureInfo.InvariantCulture)));
+            var sorted = rates[system].Order().ToList();
+            medians[system] = sorted[sorted.Count / 2];
+            Console.WriteLine($"{system,-8} {transport,-12} {clients,5} clients x {messages,6}: {medians[system],12:N0} msg/s (median of runs {runs})");
+
+            // The client process's garbage collection in this system's rounds: what its client costs beyond the
+            // benchmark's own string per message (536 B for 256 characters).
+            Console.WriteLine($"  client process: {collections[system].Describe((double)clients * messages * repeats)}");
+        }
+
+        return medians;
     }
     finally
     {
-        await DisposeAllAsync(connected);
+        foreach (var clientsOfSystem in connected.Values)
+        {
+            await DisposeAllAsync(clientsOfSystem);
+        }
     }
 }
 
@@ -378,3 +401,28 @@ static async Task WaitForServerAsync(HttpClient http)
 }
 
 internal sealed record MemoryReport(long ManagedBytes, long WorkingSet);
+
+/// <summary>The client process's garbage collection counters at one moment, or their change over some rounds.</summary>
+internal readonly record struct GcSnapshot(long Allocated, int Gen0, int Gen1, int Gen2, TimeSpan Pauses)
+{
+    public static GcSnapshot Now() =>
+        new(GC.GetTotalAllocatedBytes(precise: true), GC.CollectionCount(0), GC.CollectionCount(1), GC.CollectionCount(2), GC.GetTotalPauseDuration());
+
+    public static GcSnapshot operator -(GcSnapshot a, GcSnapshot b) =>
+        new(a.Allocated - b.Allocated, a.Gen0 - b.Gen0, a.Gen1 - b.Gen1, a.Gen2 - b.Gen2, a.Pauses - b.Pauses);
+
+    public static GcSnapshot operator +(GcSnapshot a, GcSnapshot b) =>
+        new(a.Allocated + b.Allocated, a.Gen0 + b.Gen0, a.Gen1 + b.Gen1, a.Gen2 + b.Gen2, a.Pauses + b.Pauses);
+}
+
+/// <summary>The client process's garbage collection summed over one system's measured rounds.</summary>
+internal sealed class GcCost
+{
+    private GcSnapshot _total;
+
+    public void Add(GcSnapshot change) => _total += change;
+
+    public string Describe(double delivered) =>
+        $"{_total.Allocated / delivered:N0} B allocated per delivered message; GCs gen0 {_total.Gen0}, gen1 {_total.Gen1}, " +
+        $"gen2 {_total.Gen2}; pauses {_total.Pauses.TotalMilliseconds:N0} ms";
+}
