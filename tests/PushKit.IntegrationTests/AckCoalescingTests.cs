@@ -15,18 +15,25 @@ public class AckCoalescingTests
     /// <summary>Long enough that an ack sent at once would have arrived on loopback many times over.</summary>
     private static readonly TimeSpan s_wouldHaveArrived = TimeSpan.FromMilliseconds(300);
 
+    /// <summary>A client on a clock that only the test moves, with <paramref name="ackDelay"/>, and its server-side session.</summary>
+    private static async Task<(IPushChannel Client, PushSession Session, FakeTimeProvider Time)> ConnectAsync(
+        PushTestServer server, string transport, TimeSpan ackDelay)
+    {
+        var time = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        var client = await server.ConnectClientAsync(transport, o =>
+        {
+            o.TimeProvider = time;
+            o.AckDelay = ackDelay;
+        });
+        return (client, (PushSession)server.Sessions.FindSession(client.SessionId!)!, time);
+    }
+
     [Theory]
     [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
     public async Task Acks_wait_for_the_delay_and_one_covers_every_message_received_meanwhile(string transport)
     {
-        var time = new FakeTimeProvider(DateTimeOffset.UtcNow);
         await using var server = await PushTestServer.StartAsync();
-        var client = await server.ConnectClientAsync(transport, o =>
-        {
-            o.TimeProvider = time;
-            o.AckDelay = TimeSpan.FromSeconds(1);
-        });
-        var session = (PushSession)server.Sessions.FindSession(client.SessionId!)!;
+        var (client, session, time) = await ConnectAsync(server, transport, TimeSpan.FromSeconds(1));
 
         // The server's SendAsync completes when the client acknowledges. The first message starts the hold; the
         // others arrive while it lasts, and their acks must ride on the held one.
@@ -50,14 +57,8 @@ public class AckCoalescingTests
     [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
     public async Task A_send_from_the_client_carries_a_held_ack_at_once(string transport)
     {
-        var time = new FakeTimeProvider(DateTimeOffset.UtcNow);
         await using var server = await PushTestServer.StartAsync();
-        var client = await server.ConnectClientAsync(transport, o =>
-        {
-            o.TimeProvider = time;
-            o.AckDelay = TimeSpan.FromSeconds(1);
-        });
-        var session = (PushSession)server.Sessions.FindSession(client.SessionId!)!;
+        var (client, session, _) = await ConnectAsync(server, transport, TimeSpan.FromSeconds(1));
 
         var push = session.SendStringAsync("to the client").AsTask();
         await client.ReadAsync(1);
@@ -73,14 +74,8 @@ public class AckCoalescingTests
     [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
     public async Task With_AckDelay_zero_every_received_batch_is_acknowledged_at_once(string transport)
     {
-        var time = new FakeTimeProvider(DateTimeOffset.UtcNow);
         await using var server = await PushTestServer.StartAsync();
-        var client = await server.ConnectClientAsync(transport, o =>
-        {
-            o.TimeProvider = time;
-            o.AckDelay = TimeSpan.Zero;
-        });
-        var session = server.Sessions.FindSession(client.SessionId!)!;
+        var (client, session, _) = await ConnectAsync(server, transport, TimeSpan.Zero);
 
         // The clock never moves: the acknowledgement cannot be waiting for it.
         var send = session.SendStringAsync("now").AsTask();
