@@ -197,19 +197,15 @@ internal sealed partial class DeliveryEngine
         public void Ring() => Doorbell.Set();
 
         /// <summary>
-        /// Whether the write loop is holding back an ack to coalesce it: acks that fall due meanwhile need not wake it,
-        /// the held one will carry them (see <see cref="RingForAck"/>).
+        /// Marks whether the write loop is holding back an ack to coalesce it: acks that fall due meanwhile need not wake
+        /// it, the held one will carry them (see <see cref="RingForAck"/>).
         /// </summary>
-        public bool HoldingAck
+        public void SetHoldingAck(bool holding)
         {
-            get => Volatile.Read(ref _holdingAck);
-            set
-            {
-                Volatile.Write(ref _holdingAck, value);
+            Volatile.Write(ref _holdingAck, holding);
 
-                // Paired with the barrier in RingForAck: the write loop, after this, reads the ack state afresh.
-                Interlocked.MemoryBarrier();
-            }
+            // Paired with the barrier in RingForAck: the write loop, after this, reads the ack state afresh.
+            Interlocked.MemoryBarrier();
         }
 
         /// <summary>Wakes the write loop for an ack that fell due, unless it is holding one back that will cover it.</summary>

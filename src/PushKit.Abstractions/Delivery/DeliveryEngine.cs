@@ -97,16 +97,7 @@ internal sealed partial class DeliveryEngine
     }
 
     /// <summary>The highest inbound sequence number delivered to the application.</summary>
-    public long LastDelivered
-    {
-        get
-        {
-            lock (_gate)
-            {
-                return Volatile.Read(ref _lastDelivered);
-            }
-        }
-    }
+    public long LastDelivered => Volatile.Read(ref _lastDelivered);
 
     public bool IsConnected => Volatile.Read(ref _current) is not null;
 
@@ -917,48 +908,43 @@ internal sealed partial class DeliveryEngine
         var started = time.GetTimestamp();
 
         // Acks that fall due meanwhile do not ring: only the delay or something else to send ends the hold.
-        run.HoldingAck = true;
+        run.SetHoldingAck(true);
         try
         {
-            return await HoldAckCoreAsync(run, delay, time, started).ConfigureAwait(false);
+            while (OnlyAnAckIsDue(run))
+            {
+                var remaining = delay - time.GetElapsedTime(started);
+                if (remaining <= TimeSpan.Zero)
+                {
+                    return null;
+                }
+
+                var ring = run.Doorbell.WaitAsync();
+                if (ring.IsCompleted)
+                {
+                    // Rung already (more to acknowledge, or more than an ack): look again.
+                    await ring.ConfigureAwait(false);
+                    continue;
+                }
+
+                var ringTask = ring.AsTask();
+                using var timer = CancellationTokenSource.CreateLinkedTokenSource(run.Token);
+                var elapsed = Task.Delay(remaining, time, timer.Token);
+                if (await Task.WhenAny(ringTask, elapsed).ConfigureAwait(false) == elapsed)
+                {
+                    return ringTask;
+                }
+
+                await timer.CancelAsync().ConfigureAwait(false);
+                await ringTask.ConfigureAwait(false);
+            }
+
+            return null;
         }
         finally
         {
-            run.HoldingAck = false;
+            run.SetHoldingAck(false);
         }
-    }
-
-    private async Task<Task?> HoldAckCoreAsync(Run run, TimeSpan delay, TimeProvider time, long started)
-    {
-        while (OnlyAnAckIsDue(run))
-        {
-            var remaining = delay - time.GetElapsedTime(started);
-            if (remaining <= TimeSpan.Zero)
-            {
-                return null;
-            }
-
-            var ring = run.Doorbell.WaitAsync();
-            if (ring.IsCompleted)
-            {
-                // Rung already (more to acknowledge, or more than an ack): look again.
-                await ring.ConfigureAwait(false);
-                continue;
-            }
-
-            var ringTask = ring.AsTask();
-            using var timer = CancellationTokenSource.CreateLinkedTokenSource(run.Token);
-            var elapsed = Task.Delay(remaining, time, timer.Token);
-            if (await Task.WhenAny(ringTask, elapsed).ConfigureAwait(false) == elapsed)
-            {
-                return ringTask;
-            }
-
-            await timer.CancelAsync().ConfigureAwait(false);
-            await ringTask.ConfigureAwait(false);
-        }
-
-        return null;
     }
 
     /// <summary>Whether the next batch would carry an ack and nothing else (a racy read: a wrong answer only delays or not).</summary>
@@ -1014,7 +1000,8 @@ internal sealed partial class DeliveryEngine
             output.Write("\n"u8);
         }
 
-        var picked = ArrayPool<PushMessage>.Shared.Rent(64);
+        // Rented with the first message picked: most calls (the last of each flush, ack-only batches) pick none.
+        PushMessage[]? picked = null;
         var count = 0;
         long first;
         lock (_gate)
@@ -1025,7 +1012,6 @@ internal sealed partial class DeliveryEngine
                 output.Write("\n"u8);
                 run.SkipSent = _skipThrough;
             }
-
 
             // Under the lock only the messages are picked (references, in order); they are encoded after it is
             // released, so that senders queueing more for this session are not held up by the copying.
@@ -1041,7 +1027,11 @@ internal sealed partial class DeliveryEngine
                     break;
                 }
 
-                if (count == picked.Length)
+                if (picked is null)
+                {
+                    picked = ArrayPool<PushMessage>.Shared.Rent(64);
+                }
+                else if (count == picked.Length)
                 {
                     var larger = ArrayPool<PushMessage>.Shared.Rent(picked.Length * 2);
                     picked.AsSpan(0, count).CopyTo(larger);
@@ -1058,6 +1048,11 @@ internal sealed partial class DeliveryEngine
             {
                 _highestSent = _sendCursor - 1;
             }
+        }
+
+        if (picked is null)
+        {
+            return;
         }
 
         for (var i = 0; i < count; i++)

@@ -10,27 +10,20 @@ namespace PushKit.Delivery;
 /// timer checks them all each <see cref="CheckPeriod"/>, rather than a timer and a loop per connection. The timer runs
 /// only while at least one connection is registered.
 /// </remarks>
-internal sealed class HeartbeatSettings
+internal sealed class HeartbeatSettings(TimeSpan interval, TimeSpan timeout, TimeProvider timeProvider)
 {
     private readonly object _gate = new();
     private readonly HashSet<IHeartbeatTarget> _targets = [];
     private ITimer? _timer;
 
-    public HeartbeatSettings(TimeSpan interval, TimeSpan timeout, TimeProvider timeProvider)
-    {
-        Interval = interval;
-        Timeout = timeout;
-        TimeProvider = timeProvider;
-    }
-
     /// <summary>Send a ping after this long without sending anything.</summary>
-    public TimeSpan Interval { get; }
+    public TimeSpan Interval { get; } = interval;
 
     /// <summary>Close a connection that received nothing for this long.</summary>
-    public TimeSpan Timeout { get; }
+    public TimeSpan Timeout { get; } = timeout;
 
     /// <summary>The clock.</summary>
-    public TimeProvider TimeProvider { get; }
+    public TimeProvider TimeProvider { get; } = timeProvider;
 
     /// <summary>How often the connections are checked.</summary>
     public TimeSpan CheckPeriod => Interval / 2;

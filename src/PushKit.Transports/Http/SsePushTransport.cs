@@ -44,12 +44,15 @@ internal sealed class SsePushTransport : IPushTransport
                 }
 
                 var stream = await response.Content.ReadAsStreamAsync(streamLifetime.Token).ConfigureAwait(false);
-                // Event data is kept as UTF-8 bytes: frames are UTF-8 JSON, so nothing is transcoded on the way in.
+                // Event data is kept as UTF-8 bytes (frames are UTF-8 JSON, so nothing is transcoded on the way in), in
+                // arrays rented from the pool (see EventData).
                 events = SseParser.Create(stream, static (_, data) => EventData.Rent(data)).EnumerateAsync(streamLifetime.Token).GetAsyncEnumerator(streamLifetime.Token);
                 if (!await events.MoveNextAsync().ConfigureAwait(false) || events.Current.EventType != "open")
                 {
                     throw new PushConnectException("The SSE stream did not start with the 'open' event.");
                 }
+
+                events.Current.Data.Return();
             }
             catch (OperationCanceledException ex) when (!cancellationToken.IsCancellationRequested)
             {
