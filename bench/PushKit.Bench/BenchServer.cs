@@ -99,6 +99,15 @@ internal static class BenchServer
             return Results.Ok();
         });
 
+        // The server process's garbage collection so far, for the latency rounds' report.
+        app.MapGet("/control/gc", () => Results.Ok(new
+        {
+            gen0 = GC.CollectionCount(0),
+            gen1 = GC.CollectionCount(1),
+            gen2 = GC.CollectionCount(2),
+            pauseMs = GC.GetTotalPauseDuration().TotalMilliseconds,
+        }));
+
         app.MapGet("/control/memory", () =>
         {
             GC.Collect();

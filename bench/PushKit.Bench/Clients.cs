@@ -16,6 +16,9 @@ internal abstract class BenchClient : IAsyncDisposable
 
     public List<double>? Latencies { get; set; }
 
+    /// <summary>Latencies are recorded for messages sent at or after this <see cref="Stopwatch"/> timestamp.</summary>
+    public long RecordFrom { get; set; }
+
     public int Received => Volatile.Read(ref _received);
 
     public abstract Task ConnectAsync();
@@ -36,7 +39,7 @@ internal abstract class BenchClient : IAsyncDisposable
 
     protected void OnMessage(string text)
     {
-        if (Latencies is { } latencies && long.TryParse(text, out var stamp))
+        if (Latencies is { } latencies && long.TryParse(text, out var stamp) && stamp >= RecordFrom)
         {
             lock (latencies)
             {
@@ -75,6 +78,10 @@ internal sealed class PushKitClient(Uri root, string transport) : BenchClient
                 _ => PushTransports.LongPolling,
             });
             o.ReceiveQueueCapacity = 10_000;
+            if (Environment.GetEnvironmentVariable("PUSHKIT_BENCH_ACK_DELAY_MS") is { } ackDelay)
+            {
+                o.AckDelay = TimeSpan.FromMilliseconds(double.Parse(ackDelay, System.Globalization.CultureInfo.InvariantCulture));
+            }
         }).Build();
         await _channel.ConnectAsync();
         _reading = Task.Run(async () =>
