@@ -85,9 +85,10 @@ public sealed class PushClientOptions
     /// </summary>
     /// <remarks>
     /// Acknowledgements are cumulative, so waiting loses nothing; fewer of them means less work for the server and
-    /// fewer upstream packets. In exchange the server keeps each message a little longer, and a server-side
-    /// <see cref="IPushChannel.SendAsync"/> that awaits the acknowledgement completes up to this much later. Sends,
-    /// pings and pongs never wait: an acknowledgement that can travel with them goes at once.
+    /// fewer upstream packets. In exchange the server keeps each message a little longer. Sends, pings and pongs never
+    /// wait: an acknowledgement that can travel with them goes at once. Nor does a message that asks for its
+    /// acknowledgement at once: the server asks for it when its <see cref="IPushChannel.SendAsync"/> awaits the
+    /// acknowledgement, and for every message while its buffer of unacknowledged messages is half full.
     /// </remarks>
     public TimeSpan? AckDelay { get; set; }
 

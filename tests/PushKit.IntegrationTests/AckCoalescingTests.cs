@@ -1,6 +1,7 @@
 using Microsoft.Extensions.Time.Testing;
 using PushKit.Client;
 using PushKit.IntegrationTests.Infrastructure;
+using PushKit.Server;
 using PushKit.Server.Sessions;
 
 namespace PushKit.IntegrationTests;
@@ -8,7 +9,8 @@ namespace PushKit.IntegrationTests;
 /// <summary>
 /// The client holds back an acknowledgement that has nothing else to travel with for up to
 /// <see cref="PushClientOptions.AckDelay"/>, so that one covers what arrives meanwhile; a send of its own takes the
-/// acknowledgement along at once. The client's clock is fake here: only an advance lets a held ack go.
+/// acknowledgement along at once, and a message whose sender waits for its ack ("ackNow") is acknowledged at once. The
+/// client's clock is fake here: only an advance lets a held ack go.
 /// </summary>
 public class AckCoalescingTests
 {
@@ -32,54 +34,120 @@ public class AckCoalescingTests
     [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
     public async Task Acks_wait_for_the_delay_and_one_covers_every_message_received_meanwhile(string transport)
     {
-        await using var server = await PushTestServer.StartAsync();
+        await using var server = await PushTestServer.StartAsync(options: NoHeartbeats);
         var (client, session, time) = await ConnectAsync(server, transport, TimeSpan.FromSeconds(1));
 
-        // The server's SendAsync completes when the client acknowledges. The first message starts the hold; the
-        // others arrive while it lasts, and their acks must ride on the held one.
-        var first = session.SendStringAsync("a").AsTask();
+        // Sent without waiting for the ack (as broadcasts are). The first message starts the hold; the others arrive
+        // while it lasts, and their acks must ride on the held one.
+        Assert.True(await server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString("a")));
         Assert.Equal("a", Assert.Single(await client.ReadAsync(1)).GetString());
-        var more = new[] { "b", "c" }.Select(text => session.SendStringAsync(text).AsTask()).ToArray();
+        foreach (var text in new[] { "b", "c" })
+        {
+            Assert.True(await server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString(text)));
+        }
+
         Assert.Equal(["b", "c"], (await client.ReadAsync(2)).Select(m => m.GetString()));
-        var sends = more.Prepend(first).ToArray();
 
         // Received, handed to the application, and not yet acknowledged: the ack waits for the delay.
-        await Task.WhenAny(Task.WhenAll(sends), Task.Delay(s_wouldHaveArrived));
-        Assert.All(sends, send => Assert.False(send.IsCompleted));
+        await Task.Delay(s_wouldHaveArrived);
         Assert.Equal(3, session.Engine.UnacknowledgedCount);
 
         time.Advance(TimeSpan.FromSeconds(1));
-        await Task.WhenAll(sends).WaitAsync(TestTimeouts.Default);
+        await WaitUntilAsync(() => session.Engine.UnacknowledgedCount == 0);
+    }
+
+    [Theory]
+    [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
+    public async Task A_send_that_awaits_its_ack_is_acknowledged_at_once_whatever_the_delay(string transport)
+    {
+        await using var server = await PushTestServer.StartAsync(options: NoHeartbeats);
+        var (client, session, _) = await ConnectAsync(server, transport, TimeSpan.FromSeconds(1));
+
+        // The server's SendAsync waits for the ack, so its message says "ackNow": the client does not hold the ack
+        // back, and the clock never has to move.
+        var send = session.SendStringAsync("awaited").AsTask();
+        Assert.Equal("awaited", Assert.Single(await client.ReadAsync(1)).GetString());
+        await send.WaitAsync(TestTimeouts.Default);
+
+        // A held ack (of a message nobody waits for) ends at once when such a message arrives.
+        Assert.True(await server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString("fire and forget")));
+        await client.ReadAsync(1);
+        await Task.Delay(s_wouldHaveArrived);
+        Assert.Equal(1, session.Engine.UnacknowledgedCount);
+        var second = session.SendStringAsync("awaited too").AsTask();
+        await client.ReadAsync(1);
+        await second.WaitAsync(TestTimeouts.Default);
         Assert.Equal(0, session.Engine.UnacknowledgedCount);
+    }
+
+    [Theory]
+    [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
+    public async Task A_sender_whose_buffer_is_half_full_gets_its_acks_at_once(string transport)
+    {
+        // With a buffer of 4 unacknowledged messages, a held ack would stall a sender that waits for room: from
+        // half full on, the server's messages ask for their acks at once.
+        await using var server = await PushTestServer.StartAsync(options: o =>
+        {
+            NoHeartbeats(o);
+            o.MaxBufferedMessagesPerSession = 4;
+        });
+        var (client, session, _) = await ConnectAsync(server, transport, TimeSpan.FromSeconds(1));
+
+        Assert.True(await server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString("1")));
+        await client.ReadAsync(1);
+        await Task.Delay(s_wouldHaveArrived);
+        Assert.Equal(1, session.Engine.UnacknowledgedCount);
+
+        // Two unacknowledged make it half full: the one sent then asks for the ack, which covers both.
+        Assert.True(await server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString("2")));
+        await client.ReadAsync(1);
+        await WaitUntilAsync(() => session.Engine.UnacknowledgedCount == 0);
     }
 
     [Theory]
     [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
     public async Task A_send_from_the_client_carries_a_held_ack_at_once(string transport)
     {
-        await using var server = await PushTestServer.StartAsync();
+        await using var server = await PushTestServer.StartAsync(options: NoHeartbeats);
         var (client, session, _) = await ConnectAsync(server, transport, TimeSpan.FromSeconds(1));
 
-        var push = session.SendStringAsync("to the client").AsTask();
+        Assert.True(await server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString("to the client")));
         await client.ReadAsync(1);
-        await Task.WhenAny(push, Task.Delay(s_wouldHaveArrived));
-        Assert.False(push.IsCompleted);
+        await Task.Delay(s_wouldHaveArrived);
+        Assert.Equal(1, session.Engine.UnacknowledgedCount);
 
         // No clock advance: the ack goes with the client's own message.
         await client.SendStringAsync("to the server").AsTask().WaitAsync(TestTimeouts.Default);
-        await push.WaitAsync(TestTimeouts.Default);
+        await WaitUntilAsync(() => session.Engine.UnacknowledgedCount == 0);
     }
 
     [Theory]
     [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
     public async Task With_AckDelay_zero_every_received_batch_is_acknowledged_at_once(string transport)
     {
-        await using var server = await PushTestServer.StartAsync();
+        await using var server = await PushTestServer.StartAsync(options: NoHeartbeats);
         var (client, session, _) = await ConnectAsync(server, transport, TimeSpan.Zero);
 
         // The clock never moves: the acknowledgement cannot be waiting for it.
         var send = session.SendStringAsync("now").AsTask();
         await client.ReadAsync(1);
         await send.WaitAsync(TestTimeouts.Default);
+    }
+
+    /// <summary>No ping within a test's time: a pong would carry a held ack along and hide what is tested.</summary>
+    private static void NoHeartbeats(PushKitServerOptions options)
+    {
+        options.HeartbeatInterval = TimeSpan.FromMinutes(10);
+        options.HeartbeatTimeout = TimeSpan.FromMinutes(20);
+    }
+
+    /// <summary>Waits, bounded, for a condition that an acknowledgement arriving makes true.</summary>
+    private static async Task WaitUntilAsync(Func<bool> condition)
+    {
+        using var timeout = new CancellationTokenSource(TestTimeouts.Default);
+        while (!condition())
+        {
+            await Task.Delay(10, timeout.Token);
+        }
     }
 }

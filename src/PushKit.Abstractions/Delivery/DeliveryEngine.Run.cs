@@ -155,6 +155,9 @@ internal sealed partial class DeliveryEngine
         /// </summary>
         public long InlineDelivered { get; set; }
 
+        /// <summary>Whether a message the read loop handed over directly asked for its ack at once (read loop only).</summary>
+        public bool InlineAckNow { get; set; }
+
         /// <summary>The highest skip frame sent on this connection.</summary>
         public long SkipSent { get; set; }
 
@@ -208,13 +211,16 @@ internal sealed partial class DeliveryEngine
             Interlocked.MemoryBarrier();
         }
 
-        /// <summary>Wakes the write loop for an ack that fell due, unless it is holding one back that will cover it.</summary>
-        public void RingForAck()
+        /// <summary>
+        /// Wakes the write loop for an ack that fell due, unless it is holding one back that will cover it and the ack
+        /// is not <paramref name="urgent"/> (the sender waits for it: the hold must end).
+        /// </summary>
+        public void RingForAck(bool urgent = false)
         {
             // The ack state was written before this barrier; the flag is read after it. Either the write loop's hold
             // had not ended yet (it will send what was written), or this sees the flag clear and rings.
             Interlocked.MemoryBarrier();
-            if (!Volatile.Read(ref _holdingAck))
+            if (urgent || !Volatile.Read(ref _holdingAck))
             {
                 Ring();
             }

@@ -46,6 +46,11 @@ internal sealed partial class DeliveryEngine
     private long _lastDelivered;
     private int _ackDue;
 
+    // The highest delivered message that asked for its ack at once ("ackNow"), and the last ack written on the current
+    // connection: while the first is above the second, an ack is not held back (protocol A2).
+    private long _ackNowThrough;
+    private long _ackSent;
+
     private Run? _current;
     private Exception? _terminal;
     private long _bufferedBytes;
@@ -380,6 +385,9 @@ internal sealed partial class DeliveryEngine
 
             _current = run;
             _sendCursor = _lastAcked + 1;
+
+            // Acks written on an earlier connection may never have arrived.
+            Volatile.Write(ref _ackSent, 0);
             run.LastQueued = Volatile.Read(ref _lastDelivered);
         }
 
@@ -585,7 +593,7 @@ internal sealed partial class DeliveryEngine
                 CommitInlineDeliveries(run);
                 if (Volatile.Read(ref _ackDue) != 0)
                 {
-                    run.RingForAck();
+                    run.RingForAck(urgent: AckIsUrgent());
                 }
             }
         }
@@ -608,6 +616,11 @@ internal sealed partial class DeliveryEngine
             // (Queued but not yet delivered: its ack follows its delivery.)
             if (frame.Sequence <= Math.Max(Volatile.Read(ref _lastDelivered), run.InlineDelivered))
             {
+                if (frame.AckNow)
+                {
+                    RaiseAckNowThrough(frame.Sequence);
+                }
+
                 Volatile.Write(ref _ackDue, 1);
             }
 
@@ -644,6 +657,7 @@ internal sealed partial class DeliveryEngine
         {
             // Recorded as delivered at the end of the batch (CommitInlineDeliveries), not under the lock per message.
             run.InlineDelivered = frame.Sequence;
+            run.InlineAckNow |= frame.AckNow;
             return;
         }
 
@@ -666,12 +680,27 @@ internal sealed partial class DeliveryEngine
         }
     }
 
-    /// <summary>Records that everything up to <paramref name="sequence"/> was handed to the application: an ack is owed.</summary>
-    private void RecordDelivered(long sequence)
+    /// <summary>
+    /// Records that everything up to <paramref name="sequence"/> was handed to the application: an ack is owed, at once
+    /// when <paramref name="ackNow"/> (the sender waits for it).
+    /// </summary>
+    private void RecordDelivered(long sequence, bool ackNow)
     {
         Volatile.Write(ref _lastDelivered, sequence);
+        if (ackNow)
+        {
+            RaiseAckNowThrough(sequence);
+        }
+
         Volatile.Write(ref _ackDue, 1);
     }
+
+    // Written by the read loop and the delivery loop, which never deliver at the same time (see QueueForDeliveryAsync).
+    private void RaiseAckNowThrough(long sequence) =>
+        Volatile.Write(ref _ackNowThrough, Math.Max(Volatile.Read(ref _ackNowThrough), sequence));
+
+    /// <summary>Whether a message that asked for its ack at once is not yet covered by an ack written on this connection.</summary>
+    private bool AckIsUrgent() => Volatile.Read(ref _ackNowThrough) > Volatile.Read(ref _ackSent);
 
     /// <summary>Records the messages the read loop's fast path handed over since the last commit (read loop only).</summary>
     private void CommitInlineDeliveries(Run run)
@@ -683,7 +712,8 @@ internal sealed partial class DeliveryEngine
         }
 
         run.InlineDelivered = 0;
-        RecordDelivered(delivered);
+        RecordDelivered(delivered, run.InlineAckNow);
+        run.InlineAckNow = false;
     }
 
     /// <summary>The peer dropped messages up to the frame's sequence number: what this side lacks of them is a gap.</summary>
@@ -725,13 +755,13 @@ internal sealed partial class DeliveryEngine
                             await _deliver(frame.Message!, token).ConfigureAwait(false);
                         }
 
-                        RecordDelivered(frame.Sequence);
+                        RecordDelivered(frame.Sequence, frame.AckNow);
 
                         // Batch acks: ring once the queue is drained rather than once per message (and for every
-                        // message while a close waits for the queue to drain).
-                        if (reader.Count == 0 || run.LocalClose is not null)
+                        // message while a close waits for the queue to drain, or that the sender waits for).
+                        if (reader.Count == 0 || run.LocalClose is not null || frame.AckNow)
                         {
-                            run.RingForAck();
+                            run.RingForAck(urgent: frame.AckNow);
                         }
                     }
                 }
@@ -950,6 +980,7 @@ internal sealed partial class DeliveryEngine
     /// <summary>Whether the next batch would carry an ack and nothing else (a racy read: a wrong answer only delays or not).</summary>
     private bool OnlyAnAckIsDue(Run run) =>
         Volatile.Read(ref _ackDue) != 0
+        && !AckIsUrgent()
         && run.LocalClose is null
         && !run.HasControl
         && Volatile.Read(ref _sendCursor) > Volatile.Read(ref _lastAssigned)
@@ -996,16 +1027,22 @@ internal sealed partial class DeliveryEngine
         // Taking the flag first and reading the sequence after acknowledges at least what set the flag.
         if (Interlocked.Exchange(ref _ackDue, 0) != 0)
         {
-            FrameCodec.WriteAck(output, Volatile.Read(ref _lastDelivered));
+            var delivered = Volatile.Read(ref _lastDelivered);
+            FrameCodec.WriteAck(output, delivered);
             output.Write("\n"u8);
+            Volatile.Write(ref _ackSent, delivered);
         }
 
         // Rented with the first message picked: most calls (the last of each flush, ack-only batches) pick none.
-        PushMessage[]? picked = null;
+        Entry[]? picked = null;
         var count = 0;
         long first;
+        bool filling;
         lock (_gate)
         {
+            // With the buffer of unacknowledged messages half full, every message asks for its ack at once, so that a
+            // receiver coalescing acks (AckDelay) never holds this side at its limit.
+            filling = Limits is { } limits && (_count * 2L >= limits.MaxMessages || _bufferedBytes * 2 >= limits.MaxBytes);
             if (_skipThrough > run.SkipSent)
             {
                 FrameCodec.WriteSkip(output, _skipThrough);
@@ -1020,8 +1057,8 @@ internal sealed partial class DeliveryEngine
             while (_sendCursor <= _lastAssigned)
             {
                 var offset = _sendCursor - (_lastAcked + 1);
-                var message = _ring[(int)((_head + offset) % _ring.Length)].Message!;
-                var length = FrameCodec.MaxMessageFrameLength(message) + 1;
+                var entry = _ring[(int)((_head + offset) % _ring.Length)];
+                var length = FrameCodec.MaxMessageFrameLength(entry.Message!) + 1;
                 if (size > 0 && size + length > limit)
                 {
                     break;
@@ -1029,17 +1066,17 @@ internal sealed partial class DeliveryEngine
 
                 if (picked is null)
                 {
-                    picked = ArrayPool<PushMessage>.Shared.Rent(64);
+                    picked = ArrayPool<Entry>.Shared.Rent(64);
                 }
                 else if (count == picked.Length)
                 {
-                    var larger = ArrayPool<PushMessage>.Shared.Rent(picked.Length * 2);
+                    var larger = ArrayPool<Entry>.Shared.Rent(picked.Length * 2);
                     picked.AsSpan(0, count).CopyTo(larger);
-                    ArrayPool<PushMessage>.Shared.Return(picked, clearArray: true);
+                    ArrayPool<Entry>.Shared.Return(picked, clearArray: true);
                     picked = larger;
                 }
 
-                picked[count++] = message;
+                picked[count++] = entry;
                 size += length;
                 _sendCursor++;
             }
@@ -1057,11 +1094,12 @@ internal sealed partial class DeliveryEngine
 
         for (var i = 0; i < count; i++)
         {
-            FrameCodec.WriteMessage(output, first + i, picked[i]);
+            // A message someone awaits the acknowledgement of (SendAsync) asks for it at once.
+            FrameCodec.WriteMessage(output, first + i, picked[i].Message!, ackNow: filling || picked[i].Completion is not null);
             output.Write("\n"u8);
         }
 
-        ArrayPool<PushMessage>.Shared.Return(picked, clearArray: true);
+        ArrayPool<Entry>.Shared.Return(picked, clearArray: true);
     }
 
     private static string? Truncate(string? text, int length) =>

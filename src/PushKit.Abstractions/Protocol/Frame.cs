@@ -21,6 +21,9 @@ internal readonly struct Frame
 
     public PushMessage? Message { get; init; }
 
+    /// <summary>msg: the sender waits for this message's acknowledgement; the ack should not be held back.</summary>
+    public bool AckNow { get; init; }
+
     /// <summary>close: the close code.</summary>
     public PushCloseCode CloseCode { get; init; }
 

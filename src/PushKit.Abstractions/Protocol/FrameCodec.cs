@@ -26,6 +26,7 @@ internal static class FrameCodec
     private static readonly JsonReaderOptions s_readerOptions = new() { MaxDepth = 8 };
 
     private static ReadOnlySpan<byte> MessagePrefix => "{\"type\":\"msg\",\"seq\":"u8;
+    private static ReadOnlySpan<byte> AckNowField => "\"ackNow\":true,"u8;
     private static ReadOnlySpan<byte> AckPrefix => "{\"type\":\"ack\",\"seq\":"u8;
     private static ReadOnlySpan<byte> SkipPrefix => "{\"type\":\"skip\",\"seq\":"u8;
     private static ReadOnlySpan<byte> PingFrame => "{\"type\":\"ping\"}"u8;
@@ -43,17 +44,27 @@ internal static class FrameCodec
     }
 
     /// <summary>The encoded size of a message frame for <paramref name="message"/> at the largest sequence number.</summary>
-    public static int MaxMessageFrameLength(PushMessage message) => MessagePrefix.Length + 20 + 1 + message.EncodedBody.Length;
+    public static int MaxMessageFrameLength(PushMessage message) => MessagePrefix.Length + 20 + 1 + AckNowField.Length + message.EncodedBody.Length;
 
-    public static void WriteMessage(IBufferWriter<byte> output, long sequence, PushMessage message)
+    /// <summary>
+    /// Writes a message frame; <paramref name="ackNow"/> adds <c>"ackNow":true</c>: the sender waits for this message's
+    /// acknowledgement, so the receiver should not hold its ack back (protocol A2).
+    /// </summary>
+    public static void WriteMessage(IBufferWriter<byte> output, long sequence, PushMessage message, bool ackNow = false)
     {
         var body = message.EncodedBody;
-        var span = output.GetSpan(MessagePrefix.Length + 21 + body.Length);
+        var span = output.GetSpan(MessagePrefix.Length + 21 + AckNowField.Length + body.Length);
         MessagePrefix.CopyTo(span);
         var written = MessagePrefix.Length;
         Utf8Formatter.TryFormat(sequence, span[written..], out var n);
         written += n;
         span[written++] = (byte)',';
+        if (ackNow)
+        {
+            AckNowField.CopyTo(span[written..]);
+            written += AckNowField.Length;
+        }
+
         body.CopyTo(span[written..]);
         output.Advance(written + body.Length);
     }
@@ -266,6 +277,7 @@ internal static class FrameCodec
         byte[]? data = null;
         var dataLength = 0;
         var hasData = false;
+        var ackNow = false;
 
         while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
         {
@@ -299,6 +311,16 @@ internal static class FrameCodec
             else if (name.SequenceEqual("id"u8))
             {
                 id = ReadString(ref reader, "id");
+            }
+            else if (name.SequenceEqual("ackNow"u8))
+            {
+                if (reader.TokenType is not (JsonTokenType.True or JsonTokenType.False))
+                {
+                    error = "'ackNow' must be true or false.";
+                    return FrameParseStatus.Malformed;
+                }
+
+                ackNow = reader.TokenType == JsonTokenType.True;
             }
             else if (name.SequenceEqual("topic"u8))
             {
@@ -438,6 +460,7 @@ internal static class FrameCodec
                 {
                     Type = FrameType.Message,
                     Sequence = msgSeq,
+                    AckNow = ackNow,
                     Message = new PushMessage(data.AsMemory(0, dataLength), contentType) { Id = id, Topic = topic, Headers = headers },
                 };
                 return FrameParseStatus.Ok;
@@ -521,6 +544,12 @@ internal static class FrameCodec
             return false;
         }
 
+        var ackNow = rest.StartsWith(AckNowField);
+        if (ackNow)
+        {
+            rest = rest[AckNowField.Length..];
+        }
+
         string? id = null, topic = null;
         if (rest.StartsWith(IdField))
         {
@@ -577,6 +606,7 @@ internal static class FrameCodec
         {
             Type = FrameType.Message,
             Sequence = sequence,
+            AckNow = ackNow,
             Message = new PushMessage(payload, contentType) { Id = id, Topic = topic },
         };
         return true;

@@ -23,10 +23,10 @@ public class CanonicalParseTests
         "application/vnd.x+json", "text/plain; charset=\"utf-8\"",
     ];
 
-    private static byte[] Encode(long sequence, PushMessage message)
+    private static byte[] Encode(long sequence, PushMessage message, bool ackNow = false)
     {
         var buffer = new ArrayBufferWriter<byte>();
-        FrameCodec.WriteMessage(buffer, sequence, message);
+        FrameCodec.WriteMessage(buffer, sequence, message, ackNow);
         return buffer.WrittenSpan.ToArray();
     }
 
@@ -54,7 +54,7 @@ public class CanonicalParseTests
                 2 => long.MaxValue,
                 _ => random.Next(1, 100_000),
             };
-            yield return Encode(sequence, message);
+            yield return Encode(sequence, message, ackNow: random.Next(3) == 0);
         }
 
         foreach (var acked in new long[] { 0, 1, 42, 999_999_999_999_999_999, long.MaxValue })
@@ -109,6 +109,10 @@ public class CanonicalParseTests
         }
 
         yield return Encoding.UTF8.GetBytes(text.Replace("{\"type\":\"msg\",", "{\"type\":\"msg\",\"id\":\"first\",", StringComparison.Ordinal));
+        foreach (var ackNow in new[] { "false", "1", "\"true\"", "null", "true,\"ackNow\":false" })
+        {
+            yield return Encoding.UTF8.GetBytes(text.Replace("\"ackNow\":true", "\"ackNow\":" + ackNow, StringComparison.Ordinal));
+        }
     }
 
     /// <returns>Whether the shortcut took the input.</returns>
@@ -121,6 +125,7 @@ public class CanonicalParseTests
         Assert.Equal(expectedError, error);
         Assert.Equal(expected.Type, frame.Type);
         Assert.Equal(expected.Sequence, frame.Sequence);
+        Assert.Equal(expected.AckNow, frame.AckNow);
         Assert.Equal(expected.Message is null, frame.Message is null);
         if (expected.Message is { } message)
         {

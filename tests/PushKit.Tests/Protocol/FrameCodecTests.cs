@@ -24,6 +24,25 @@ public class FrameCodecTests
         ParseOk(Encode(w => FrameCodec.WriteMessage(w, sequence, message)));
 
     [Fact]
+    public void AckNow_is_written_only_when_asked_and_read_by_both_paths()
+    {
+        var message = PushMessage.FromString("awaited");
+        var plain = Encode(w => FrameCodec.WriteMessage(w, 3, message));
+        var urgent = Encode(w => FrameCodec.WriteMessage(w, 3, message, ackNow: true));
+        Assert.DoesNotContain("ackNow", plain, StringComparison.Ordinal);
+        Assert.StartsWith("{\"type\":\"msg\",\"seq\":3,\"ackNow\":true,", urgent, StringComparison.Ordinal);
+        Assert.False(ParseOk(plain).AckNow);
+        Assert.True(ParseOk(urgent).AckNow);
+        Assert.True(FrameCodec.TryParseCanonical(Encoding.UTF8.GetBytes(urgent), out var fast) && fast.AckNow);
+
+        // Another peer may place it anywhere, or say false.
+        Assert.True(ParseOk("{\"data\":\"x\",\"ackNow\":true,\"seq\":1,\"type\":\"msg\"}").AckNow);
+        Assert.False(ParseOk("{\"type\":\"msg\",\"seq\":1,\"ackNow\":false,\"data\":\"x\"}").AckNow);
+        Assert.Equal(FrameParseStatus.Malformed, FrameCodec.TryParse("{\"type\":\"msg\",\"seq\":1,\"ackNow\":\"yes\",\"data\":\"x\"}"u8, out _, out var error));
+        Assert.Equal("'ackNow' must be true or false.", error);
+    }
+
+    [Fact]
     public void Text_message_round_trips_with_every_field()
     {
         var message = new PushMessage("héllo \"wörld\"\n\t\\ 😀"u8.ToArray(), "text/plain; charset=utf-8")
