@@ -106,6 +106,7 @@ internal static class BenchServer
             gen1 = GC.CollectionCount(1),
             gen2 = GC.CollectionCount(2),
             pauseMs = GC.GetTotalPauseDuration().TotalMilliseconds,
+            allocatedBytes = GC.GetTotalAllocatedBytes(precise: false),
         }));
 
         app.MapGet("/control/memory", () =>

@@ -261,7 +261,7 @@ async Task<Dictionary<string, (double P50, double P99)>> LatencyAsync(IReadOnlyL
                 if (Environment.GetEnvironmentVariable("PUSHKIT_BENCH_VERBOSE") is not null)
                 {
                     // Why a round was slow: the garbage collections in either process while it ran.
-                    Console.WriteLine($"  {system} round {run}: p99 {round[(int)(round.Count * 0.99)]:N2} max {round[^1]:N2}; >1ms {round.Count(l => l > 1)}; client gc0 {clientGcAfter.Gen0} gc1 {clientGcAfter.Gen1} pause {clientGcAfter.Pauses.TotalMilliseconds:N1}; server gc0 {serverGcAfter!.Gen0 - serverGc!.Gen0} gc1 {serverGcAfter.Gen1 - serverGc.Gen1} pause {serverGcAfter.PauseMs - serverGc.PauseMs:N1}");
+                    Console.WriteLine($"  {system} round {run}: p99 {round[(int)(round.Count * 0.99)]:N2} max {round[^1]:N2}; >1ms {round.Count(l => l > 1)}; client gc0 {clientGcAfter.Gen0} gc1 {clientGcAfter.Gen1} pause {clientGcAfter.Pauses.TotalMilliseconds:N1}, allocated {clientGcAfter.Allocated / 1024.0 / 1024:N1} MB; server gc0 {serverGcAfter!.Gen0 - serverGc!.Gen0} gc1 {serverGcAfter.Gen1 - serverGc.Gen1} pause {serverGcAfter.PauseMs - serverGc.PauseMs:N1}, allocated {(serverGcAfter.AllocatedBytes - serverGc.AllocatedBytes) / 1024.0 / 1024:N1} MB");
                 }
                 samples[system].AddRange(round);
             }
@@ -460,7 +460,7 @@ static async Task WaitForServerAsync(HttpClient http)
 internal sealed record MemoryReport(long ManagedBytes, long WorkingSet);
 
 /// <summary>The client process's garbage collection counters at one moment, or their change over some rounds.</summary>
-internal sealed record ServerGc(int Gen0, int Gen1, int Gen2, double PauseMs);
+internal sealed record ServerGc(int Gen0, int Gen1, int Gen2, double PauseMs, long AllocatedBytes);
 
 internal readonly record struct GcSnapshot(long Allocated, int Gen0, int Gen1, int Gen2, TimeSpan Pauses)
 {

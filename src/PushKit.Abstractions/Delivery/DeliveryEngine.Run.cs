@@ -64,6 +64,8 @@ internal sealed partial class DeliveryEngine
         private int _drainStarted;
         private Channel<Frame>? _deliveries;
         private CancellationTokenSource? _deliveryStop;
+        private ITimer? _ackTimer;
+        private bool _ackTimerFired;
 
         public Run(DeliveryEngine engine, IPushTransportConnection connection, CancellationToken cancellationToken)
         {
@@ -295,10 +297,34 @@ internal sealed partial class DeliveryEngine
             }
         }
 
+        /// <summary>
+        /// Rings the doorbell once <paramref name="delay"/> has passed: the end of an ack hold. One timer per connection,
+        /// made on the first hold and re-armed for each, so a hold allocates nothing.
+        /// </summary>
+        public void StartAckTimer(TimeProvider time, TimeSpan delay)
+        {
+            _ackTimer ??= time.CreateTimer(static state => ((Run)state!).AckTimerTick(), this, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+            Volatile.Write(ref _ackTimerFired, false);
+            _ackTimer.Change(delay, Timeout.InfiniteTimeSpan);
+        }
+
+        /// <summary>Whether the hold's timer has fired (the timer decides, not a clock reading that could disagree with it).</summary>
+        public bool AckTimerFired => Volatile.Read(ref _ackTimerFired);
+
+        private void AckTimerTick()
+        {
+            Volatile.Write(ref _ackTimerFired, true);
+            Ring();
+        }
+
+        /// <summary>Disarms the hold's timer (a tick already under way only rings the doorbell once more, which is harmless).</summary>
+        public void StopAckTimer() => _ackTimer?.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+
         public void Dispose()
         {
             _cts.Dispose();
             _deliveryStop?.Dispose();
+            _ackTimer?.Dispose();
         }
     }
 }

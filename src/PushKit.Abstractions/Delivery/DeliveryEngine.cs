@@ -849,25 +849,14 @@ internal sealed partial class DeliveryEngine
         var output = new PooledBufferWriter();
         var token = run.Token;
         var ackDelay = run.Connection is IAckCoalescing { AckDelay: var delay } && delay > TimeSpan.Zero ? delay : TimeSpan.Zero;
-        Task? pendingRing = null;
         try
         {
             while (true)
             {
-                if (pendingRing is not null)
-                {
-                    // A ring that arrived while an ack was held back, or one still to come.
-                    await pendingRing.ConfigureAwait(false);
-                    pendingRing = null;
-                }
-                else
-                {
-                    await run.Doorbell.WaitAsync().ConfigureAwait(false);
-                }
-
+                await run.Doorbell.WaitAsync().ConfigureAwait(false);
                 if (ackDelay > TimeSpan.Zero && OnlyAnAckIsDue(run))
                 {
-                    pendingRing = await HoldAckAsync(run, ackDelay).ConfigureAwait(false);
+                    await HoldAckAsync(run, ackDelay).ConfigureAwait(false);
                 }
 
                 // Flush everything that is due, in batches.
@@ -928,51 +917,25 @@ internal sealed partial class DeliveryEngine
 
     /// <summary>
     /// Holds back an ack that has nothing else to travel with for up to <paramref name="delay"/>, so that one ack
-    /// covers what arrives meanwhile; ends early when something else becomes due (a message, a control frame, a close),
-    /// which then carries the ack. Returns the doorbell wait still pending when the delay ran out, for the write loop to
-    /// await next (the doorbell has one waiter at a time), or null.
+    /// covers what arrives meanwhile; ends early when something else becomes due (a message, a control frame, a close,
+    /// an ack the peer waits for), which then carries the ack. The connection's ack timer rings the doorbell when the
+    /// delay is up, so the hold only ever waits on the doorbell.
     /// </summary>
-    private async Task<Task?> HoldAckAsync(Run run, TimeSpan delay)
+    private async ValueTask HoldAckAsync(Run run, TimeSpan delay)
     {
-        var time = Heartbeat?.TimeProvider ?? TimeProvider.System;
-        var started = time.GetTimestamp();
-
-        // Acks that fall due meanwhile do not ring: only the delay or something else to send ends the hold.
+        // Acks that fall due meanwhile do not ring: only the timer or something else to send ends the hold.
         run.SetHoldingAck(true);
+        run.StartAckTimer(Heartbeat?.TimeProvider ?? TimeProvider.System, delay);
         try
         {
-            while (OnlyAnAckIsDue(run))
+            while (OnlyAnAckIsDue(run) && !run.AckTimerFired)
             {
-                var remaining = delay - time.GetElapsedTime(started);
-                if (remaining <= TimeSpan.Zero)
-                {
-                    return null;
-                }
-
-                var ring = run.Doorbell.WaitAsync();
-                if (ring.IsCompleted)
-                {
-                    // Rung already (more to acknowledge, or more than an ack): look again.
-                    await ring.ConfigureAwait(false);
-                    continue;
-                }
-
-                var ringTask = ring.AsTask();
-                using var timer = CancellationTokenSource.CreateLinkedTokenSource(run.Token);
-                var elapsed = Task.Delay(remaining, time, timer.Token);
-                if (await Task.WhenAny(ringTask, elapsed).ConfigureAwait(false) == elapsed)
-                {
-                    return ringTask;
-                }
-
-                await timer.CancelAsync().ConfigureAwait(false);
-                await ringTask.ConfigureAwait(false);
+                await run.Doorbell.WaitAsync().ConfigureAwait(false);
             }
-
-            return null;
         }
         finally
         {
+            run.StopAckTimer();
             run.SetHoldingAck(false);
         }
     }

@@ -1,3 +1,4 @@
+using System.Buffers;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
@@ -203,21 +204,46 @@ internal static partial class HttpTransportEndpoints
 internal static class BodyReader
 {
     /// <summary>Returns the body, or null when it exceeds <paramref name="limit"/> bytes.</summary>
+    /// <remarks>
+    /// A body with a Content-Length (every .NET client's) is read straight into one array of its size: most bodies are
+    /// an ack of a few dozen bytes, and a scratch buffer plus a growing copy per request made the server allocate 16
+    /// times what SignalR's does at a steady SSE rate, and collect garbage in the middle of deliveries.
+    /// </remarks>
     public static async Task<byte[]?> ReadAsync(HttpRequest request, int limit, CancellationToken cancellationToken)
     {
-        using var buffer = new MemoryStream();
-        var chunk = new byte[8192];
-        int read;
-        while ((read = await request.Body.ReadAsync(chunk, cancellationToken).ConfigureAwait(false)) > 0)
+        if (request.ContentLength is { } length)
         {
-            if (buffer.Length + read > limit)
+            if (length > limit)
             {
                 return null;
             }
 
-            buffer.Write(chunk, 0, read);
+            var body = new byte[length];
+            await request.Body.ReadExactlyAsync(body, cancellationToken).ConfigureAwait(false);
+            return body;
         }
 
-        return buffer.ToArray();
+        // Chunked: read in pooled pieces.
+        var chunk = ArrayPool<byte>.Shared.Rent(8192);
+        try
+        {
+            using var buffer = new MemoryStream();
+            int read;
+            while ((read = await request.Body.ReadAsync(chunk, cancellationToken).ConfigureAwait(false)) > 0)
+            {
+                if (buffer.Length + read > limit)
+                {
+                    return null;
+                }
+
+                buffer.Write(chunk, 0, read);
+            }
+
+            return buffer.ToArray();
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(chunk);
+        }
     }
 }
