@@ -164,6 +164,22 @@ public sealed class HttpBadInputTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_chunked_body_without_a_length_is_read_whole_and_delivered()
+    {
+        // Bodies with a Content-Length are read into one array of that size; a chunked one is gathered piece by piece.
+        var (sessionId, secret) = await OpenLongPollingAsync();
+        var text = new string('c', 20_000);
+        var content = new StreamContent(new MemoryStream(Encoding.UTF8.GetBytes($"{{\"type\":\"msg\",\"seq\":1,\"contentType\":\"text/plain\",\"data\":\"{text}\"}}")));
+        content.Headers.ContentType = new MediaTypeHeaderValue("application/x-ndjson");
+        using var request = new HttpRequestMessage(HttpMethod.Post, Endpoint("send", sessionId, secret)) { Content = content };
+        request.Headers.TransferEncodingChunked = true;
+        using var response = await _server.Http.SendAsync(request).WaitAsync(TestTimeouts.Default);
+        Assert.Equal(HttpStatusCode.NoContent, response.StatusCode);
+        await _collector.TakeAsync(1);
+        Assert.Equal(text, Assert.Single(_collector.All, m => m.Session.SessionId == sessionId).Message.GetString());
+    }
+
+    [Fact]
     public async Task Send_before_any_sse_or_poll_connection_is_409_no_open_connection()
     {
         var (sessionId, secret, _) = await _server.NegotiateRawAsync();
