@@ -695,9 +695,21 @@ internal sealed partial class DeliveryEngine
         Volatile.Write(ref _ackDue, 1);
     }
 
-    // Written by the read loop and the delivery loop, which never deliver at the same time (see QueueForDeliveryAsync).
-    private void RaiseAckNowThrough(long sequence) =>
-        Volatile.Write(ref _ackNowThrough, Math.Max(Volatile.Read(ref _ackNowThrough), sequence));
+    // Raised by the delivery loop and by the read loop (its fast path, and duplicates), which may run at once.
+    private void RaiseAckNowThrough(long sequence)
+    {
+        var current = Volatile.Read(ref _ackNowThrough);
+        while (current < sequence)
+        {
+            var seen = Interlocked.CompareExchange(ref _ackNowThrough, sequence, current);
+            if (seen == current)
+            {
+                return;
+            }
+
+            current = seen;
+        }
+    }
 
     /// <summary>Whether a message that asked for its ack at once is not yet covered by an ack written on this connection.</summary>
     private bool AckIsUrgent() => Volatile.Read(ref _ackNowThrough) > Volatile.Read(ref _ackSent);

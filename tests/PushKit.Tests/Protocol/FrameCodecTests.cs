@@ -198,6 +198,7 @@ public class FrameCodecTests
     [Theory]
     [InlineData("{\"type\":\"future\",\"seq\":-1,\"code\":[1],\"headers\":7}")]
     [InlineData("{\"seq\":\"x\",\"type\":\"future\"}")]
+    [InlineData("{\"type\":\"future\",\"ackNow\":\"soon\"}")]
     [InlineData("{\"type\":\"future\",\"id\":5,\"topic\":[],\"contentType\":{},\"reason\":1,\"message\":true}")]
     [InlineData("{\"type\":\"future\",\"data\":\"\\ud800\"}")]
     public void An_unknown_type_is_ignored_whatever_its_fields(string json)
