@@ -224,7 +224,7 @@ async Task<Dictionary<string, (double P50, double P99)>> LatencyAsync(IReadOnlyL
         // Warm-up: a burst, then two seconds at the paced rate, unmeasured.
         foreach (var system in systemsHere)
         {
-            await Task.WhenAll(connected[system].Select(c => c.ExpectAsync(2_000)).Append(BroadcastAsync(system, 2_000)));
+            await RoundAsync(connected[system], system, 2_000);
             await PacedRoundAsync(connected[system], system, perSecond * 2, perSecond);
         }
 

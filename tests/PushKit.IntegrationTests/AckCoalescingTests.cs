@@ -39,12 +39,10 @@ public class AckCoalescingTests
 
         // Sent without waiting for the ack (as broadcasts are). The first message starts the hold; the others arrive
         // while it lasts, and their acks must ride on the held one.
-        Assert.True(await server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString("a")));
+        await SendUnawaitedAsync(server, client, "a");
         Assert.Equal("a", Assert.Single(await client.ReadAsync(1)).GetString());
-        foreach (var text in new[] { "b", "c" })
-        {
-            Assert.True(await server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString(text)));
-        }
+        await SendUnawaitedAsync(server, client, "b");
+        await SendUnawaitedAsync(server, client, "c");
 
         Assert.Equal(["b", "c"], (await client.ReadAsync(2)).Select(m => m.GetString()));
 
@@ -70,10 +68,7 @@ public class AckCoalescingTests
         await send.WaitAsync(TestTimeouts.Default);
 
         // A held ack (of a message nobody waits for) ends at once when such a message arrives.
-        Assert.True(await server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString("fire and forget")));
-        await client.ReadAsync(1);
-        await Task.Delay(s_wouldHaveArrived);
-        Assert.Equal(1, session.Engine.UnacknowledgedCount);
+        await SendHeldAsync(server, client, session, "fire and forget", unacknowledged: 1);
         var second = session.SendStringAsync("awaited too").AsTask();
         await client.ReadAsync(1);
         await second.WaitAsync(TestTimeouts.Default);
@@ -93,13 +88,10 @@ public class AckCoalescingTests
         });
         var (client, session, _) = await ConnectAsync(server, transport, TimeSpan.FromSeconds(1));
 
-        Assert.True(await server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString("1")));
-        await client.ReadAsync(1);
-        await Task.Delay(s_wouldHaveArrived);
-        Assert.Equal(1, session.Engine.UnacknowledgedCount);
+        await SendHeldAsync(server, client, session, "1", unacknowledged: 1);
 
         // Two unacknowledged make it half full: the one sent then asks for the ack, which covers both.
-        Assert.True(await server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString("2")));
+        await SendUnawaitedAsync(server, client, "2");
         await client.ReadAsync(1);
         await WaitUntilAsync(() => session.Engine.UnacknowledgedCount == 0);
     }
@@ -111,10 +103,7 @@ public class AckCoalescingTests
         await using var server = await PushTestServer.StartAsync(options: NoHeartbeats);
         var (client, session, _) = await ConnectAsync(server, transport, TimeSpan.FromSeconds(1));
 
-        Assert.True(await server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString("to the client")));
-        await client.ReadAsync(1);
-        await Task.Delay(s_wouldHaveArrived);
-        Assert.Equal(1, session.Engine.UnacknowledgedCount);
+        await SendHeldAsync(server, client, session, "to the client", unacknowledged: 1);
 
         // No clock advance: the ack goes with the client's own message.
         await client.SendStringAsync("to the server").AsTask().WaitAsync(TestTimeouts.Default);
@@ -132,6 +121,22 @@ public class AckCoalescingTests
         var send = session.SendStringAsync("now").AsTask();
         await client.ReadAsync(1);
         await send.WaitAsync(TestTimeouts.Default);
+    }
+
+    /// <summary>Sends a message that nobody awaits the acknowledgement of (as broadcasts are): it carries no "ackNow".</summary>
+    private static async Task SendUnawaitedAsync(PushTestServer server, IPushChannel client, string text) =>
+        Assert.True(await server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString(text)).AsTask().WaitAsync(TestTimeouts.Default));
+
+    /// <summary>
+    /// Sends such a message, sees the client receive it, and checks that its ack is held back: after a time in which an
+    /// ack sent at once would have arrived, the session still has <paramref name="unacknowledged"/> unacknowledged.
+    /// </summary>
+    private static async Task SendHeldAsync(PushTestServer server, IPushChannel client, PushSession session, string text, int unacknowledged)
+    {
+        await SendUnawaitedAsync(server, client, text);
+        Assert.Equal(text, Assert.Single(await client.ReadAsync(1)).GetString());
+        await Task.Delay(s_wouldHaveArrived);
+        Assert.Equal(unacknowledged, session.Engine.UnacknowledgedCount);
     }
 
     /// <summary>No ping within a test's time: a pong would carry a held ack along and hide what is tested.</summary>

@@ -13,6 +13,9 @@ internal static class HttpTransportHelpers
     /// </summary>
     public static readonly TimeSpan DefaultAckDelay = TimeSpan.FromMilliseconds(20);
 
+    /// <summary>The ack delay of an SSE or long-polling connection: the client's <c>AckDelay</c>, else the default.</summary>
+    public static TimeSpan AckDelayOf(PushTransportContext context) => context.Options.AckDelay ?? DefaultAckDelay;
+
     public static async ValueTask<HttpRequestMessage> CreateRequestAsync(HttpMethod method, Uri url, PushTransportContext context, CancellationToken cancellationToken)
     {
         var options = context.Options;

@@ -45,7 +45,7 @@ internal sealed class LongPollingPushTransport : IPushTransport
         public string TransportName => PushProtocol.Transports.LongPolling;
 
         // Each upstream batch is a POST: acks wait a moment to cover more.
-        public TimeSpan AckDelay => context.Options.AckDelay ?? HttpTransportHelpers.DefaultAckDelay;
+        public TimeSpan AckDelay => HttpTransportHelpers.AckDelayOf(context);
 
         /// <param name="cancellationToken">Cancels the poll.</param>
         /// <param name="open">The first poll of a connection: the server starts a new connection (and replays what is unacknowledged).</param>

@@ -96,7 +96,7 @@ internal sealed class SsePushTransport : IPushTransport
         public string TransportName => PushProtocol.Transports.ServerSentEvents;
 
         // Each upstream batch is a POST: acks wait a moment to cover more.
-        public TimeSpan AckDelay => context.Options.AckDelay ?? HttpTransportHelpers.DefaultAckDelay;
+        public TimeSpan AckDelay => HttpTransportHelpers.AckDelayOf(context);
 
         public ValueTask SendAsync(ReadOnlyMemory<byte> frames, CancellationToken cancellationToken = default) =>
             HttpTransportHelpers.PostBatchAsync(context, _sendUrl, frames, cancellationToken);
