@@ -191,24 +191,11 @@ internal static class FrameCodec
     /// Yields each non-empty line of <paramref name="batch"/>. Lines are separated by
     /// <c>\n</c>; a trailing <c>\r</c> is ignored.
     /// </summary>
-    public static IEnumerable<ReadOnlyMemory<byte>> SplitBatch(ReadOnlyMemory<byte> batch)
-    {
-        while (!batch.IsEmpty)
-        {
-            var index = batch.Span.IndexOf(Separator);
-            var line = index < 0 ? batch : batch[..index];
-            batch = index < 0 ? default : batch[(index + 1)..];
-            if (!line.IsEmpty && line.Span[^1] == (byte)'\r')
-            {
-                line = line[..^1];
-            }
-
-            if (!line.IsEmpty)
-            {
-                yield return line;
-            }
-        }
-    }
+    /// <remarks>
+    /// A struct with a struct enumerator: <c>foreach</c> over it allocates nothing. The SSE server splits every batch
+    /// it writes, once per recipient, so an iterator object here was garbage per message and recipient.
+    /// </remarks>
+    public static FrameLines SplitBatch(ReadOnlyMemory<byte> batch) => new(batch);
 
     /// <summary>Decodes one frame.</summary>
     /// <param name="json">The frame's UTF-8 JSON.</param>
@@ -790,4 +777,53 @@ internal static class FrameCodec
 
     public static string Describe(ReadOnlySpan<byte> frame) =>
         Encoding.UTF8.GetString(frame.Length > 120 ? frame[..120] : frame);
+}
+
+/// <summary>The non-empty lines of a batch of frames (see <see cref="FrameCodec.SplitBatch"/>).</summary>
+internal readonly struct FrameLines(ReadOnlyMemory<byte> batch) : IEnumerable<ReadOnlyMemory<byte>>
+{
+    public Enumerator GetEnumerator() => new(batch);
+
+    IEnumerator<ReadOnlyMemory<byte>> IEnumerable<ReadOnlyMemory<byte>>.GetEnumerator() => GetEnumerator();
+
+    System.Collections.IEnumerator System.Collections.IEnumerable.GetEnumerator() => GetEnumerator();
+
+    /// <summary>Walks the lines without allocating.</summary>
+    public struct Enumerator(ReadOnlyMemory<byte> batch) : IEnumerator<ReadOnlyMemory<byte>>
+    {
+        private ReadOnlyMemory<byte> _rest = batch;
+
+        public ReadOnlyMemory<byte> Current { get; private set; }
+
+        readonly object System.Collections.IEnumerator.Current => Current;
+
+        public bool MoveNext()
+        {
+            while (!_rest.IsEmpty)
+            {
+                var index = _rest.Span.IndexOf(FrameCodec.Separator);
+                var line = index < 0 ? _rest : _rest[..index];
+                _rest = index < 0 ? default : _rest[(index + 1)..];
+                if (!line.IsEmpty && line.Span[^1] == (byte)'\r')
+                {
+                    line = line[..^1];
+                }
+
+                if (!line.IsEmpty)
+                {
+                    Current = line;
+                    return true;
+                }
+            }
+
+            Current = default;
+            return false;
+        }
+
+        public readonly void Reset() => throw new NotSupportedException();
+
+        public readonly void Dispose()
+        {
+        }
+    }
 }

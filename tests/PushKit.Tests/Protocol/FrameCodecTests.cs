@@ -256,5 +256,29 @@ public class FrameCodecTests
         Assert.Equal(["{\"type\":\"ping\"}", "{\"type\":\"pong\"}", "{\"type\":\"ack\",\"seq\":1}"], lines);
     }
 
+    [Fact]
+    public void Splitting_a_batch_allocates_nothing()
+    {
+        // The SSE server splits every batch it writes, once per recipient: the broadcast hot path.
+        var batch = Encoding.UTF8.GetBytes("{\"type\":\"msg\",\"seq\":1,\"data\":\"a\"}\n{\"type\":\"msg\",\"seq\":2,\"data\":\"b\"}\r\n");
+        static int Count(ReadOnlyMemory<byte> batch)
+        {
+            var count = 0;
+            foreach (var line in FrameCodec.SplitBatch(batch))
+            {
+                count += line.Length > 0 ? 1 : 0;
+            }
+
+            return count;
+        }
+
+        Assert.Equal(2, Count(batch));
+        var before = GC.GetAllocatedBytesForCurrentThread();
+        var lines = Count(batch);
+        var allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.Equal(2, lines);
+        Assert.Equal(0, allocated);
+    }
+
     private sealed record Sample(string Name, int Count);
 }
