@@ -2,6 +2,7 @@ using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Routing;
 using PushKit.Server.Endpoints;
+using PushKit.Server.Sessions;
 
 // Extension methods on IEndpointRouteBuilder live in its namespace so that they are found without a using.
 #pragma warning disable IDE0130
@@ -23,22 +24,24 @@ public static class PushKitEndpointRouteBuilderExtensions
     {
         ArgumentNullException.ThrowIfNull(endpoints);
         ArgumentNullException.ThrowIfNull(pattern);
-        if (endpoints.ServiceProvider.GetService(typeof(PushKit.Server.Sessions.PushSessionManager)) is null)
+        // Resolved once here, not per request: reaching HttpContext.RequestServices creates a request scope, and every
+        // ack of the HTTP transports is a request.
+        if (endpoints.ServiceProvider.GetService(typeof(PushSessionManager)) is not PushSessionManager sessions)
         {
             throw new InvalidOperationException("MapPushKit needs the PushKit services: call builder.Services.AddPushKit() first.");
         }
 
         var group = endpoints.MapGroup(pattern);
-        group.MapPost("/negotiate", NegotiateEndpoint.HandleAsync).WithDisplayName("PushKit negotiate");
+        group.MapPost("/negotiate", (RequestDelegate)(context => NegotiateEndpoint.HandleAsync(context, sessions))).WithDisplayName("PushKit negotiate");
 
         // WebSocket upgrades need the WebSocket middleware; a sub-pipeline adds it so the app does not have to.
         var webSockets = endpoints.CreateApplicationBuilder();
         webSockets.UseWebSockets();
-        webSockets.Run(WebSocketEndpoint.HandleAsync);
+        webSockets.Run(context => WebSocketEndpoint.HandleAsync(context, sessions));
         group.Map("/ws", webSockets.Build()).WithDisplayName("PushKit WebSocket");
-        group.MapGet("/sse", HttpTransportEndpoints.SseAsync).WithDisplayName("PushKit Server-Sent Events");
-        group.MapGet("/poll", HttpTransportEndpoints.PollAsync).WithDisplayName("PushKit long-polling");
-        group.MapPost("/send", HttpTransportEndpoints.SendAsync).WithDisplayName("PushKit send");
+        group.MapGet("/sse", (RequestDelegate)(context => HttpTransportEndpoints.SseAsync(context, sessions))).WithDisplayName("PushKit Server-Sent Events");
+        group.MapGet("/poll", (RequestDelegate)(context => HttpTransportEndpoints.PollAsync(context, sessions))).WithDisplayName("PushKit long-polling");
+        group.MapPost("/send", (RequestDelegate)(context => HttpTransportEndpoints.SendAsync(context, sessions))).WithDisplayName("PushKit send");
         return group;
     }
 }

@@ -97,6 +97,30 @@ public sealed class HttpBadInputTests : IAsyncLifetime
     }
 
     [Theory]
+    [InlineData("poll")]
+    [InlineData("send")]
+    public async Task A_secret_far_longer_than_any_real_one_is_403_invalid_session_secret(string path)
+    {
+        var (sessionId, secret, _) = await _server.NegotiateRawAsync();
+        var url = Endpoint(path, sessionId, string.Concat(Enumerable.Repeat(secret, 100)));
+        using var response = path == "send" ? await PostAsync(url, "{\"type\":\"ping\"}") : await _server.Http.GetAsync(url).WaitAsync(TestTimeouts.Default);
+        Assert.Equal(HttpStatusCode.Forbidden, response.StatusCode);
+        Assert.Equal("invalid_session_secret", await ErrorCodeAsync(response));
+    }
+
+    [Fact]
+    public async Task Percent_encoded_query_values_are_decoded()
+    {
+        // The query is read in place, not through Request.Query: escaped values must still be decoded.
+        var (sessionId, secret, _) = await _server.NegotiateRawAsync();
+        static string EscapeEvery(string value) => string.Concat(value.Select(c => $"%{(int)c:X2}"));
+        var url = new Uri($"{_server.BaseUrl}/poll?session={EscapeEvery(sessionId)}&secret={EscapeEvery(secret)}", new UriCreationOptions { DangerousDisablePathAndQueryCanonicalization = true });
+        Assert.Contains("%", url.Query, StringComparison.Ordinal);
+        using var response = await _server.Http.GetAsync(url).WaitAsync(TestTimeouts.Default);
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+    }
+
+    [Theory]
     [InlineData("sse", "POST")]
     [InlineData("poll", "POST")]
     [InlineData("send", "GET")]

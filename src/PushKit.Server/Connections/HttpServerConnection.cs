@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 using PushKit.Connections;
 
@@ -35,7 +36,20 @@ internal abstract class HttpServerConnection : IPushTransportConnection
 
     public abstract ValueTask SendAsync(ReadOnlyMemory<byte> frames, CancellationToken cancellationToken = default);
 
-    public async ValueTask<PushReceiveResult> ReceiveAsync(IBufferWriter<byte> destination, CancellationToken cancellationToken = default)
+    public ValueTask<PushReceiveResult> ReceiveAsync(IBufferWriter<byte> destination, CancellationToken cancellationToken = default)
+    {
+        if (_inbound.Reader.TryRead(out var ready))
+        {
+            destination.Write(ready);
+            return new(PushReceiveResult.Data);
+        }
+
+        return WaitAndReceiveAsync(destination, cancellationToken);
+    }
+
+    // Pooled: the session's read loop waits here between POSTs, and an ack is a POST.
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<PushReceiveResult> WaitAndReceiveAsync(IBufferWriter<byte> destination, CancellationToken cancellationToken)
     {
         try
         {

@@ -1,6 +1,5 @@
 using System.Buffers;
 using Microsoft.AspNetCore.Http;
-using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using PushKit.Protocol;
 using PushKit.Server.Connections;
@@ -14,9 +13,8 @@ namespace PushKit.Server.Endpoints;
 /// </summary>
 internal static partial class HttpTransportEndpoints
 {
-    public static async Task SseAsync(HttpContext context)
+    public static async Task SseAsync(HttpContext context, PushSessionManager sessions)
     {
-        var sessions = context.RequestServices.GetRequiredService<PushSessionManager>();
         if (!await RequireTransportAsync(context, sessions, PushProtocol.Transports.ServerSentEvents).ConfigureAwait(false))
         {
             return;
@@ -47,9 +45,8 @@ internal static partial class HttpTransportEndpoints
         }
     }
 
-    public static async Task PollAsync(HttpContext context)
+    public static async Task PollAsync(HttpContext context, PushSessionManager sessions)
     {
-        var sessions = context.RequestServices.GetRequiredService<PushSessionManager>();
         if (!await RequireTransportAsync(context, sessions, PushProtocol.Transports.LongPolling).ConfigureAwait(false))
         {
             return;
@@ -95,9 +92,8 @@ internal static partial class HttpTransportEndpoints
         await connection.PollAsync(context).ConfigureAwait(false);
     }
 
-    public static async Task SendAsync(HttpContext context)
+    public static async Task SendAsync(HttpContext context, PushSessionManager sessions)
     {
-        var sessions = context.RequestServices.GetRequiredService<PushSessionManager>();
         if (!sessions.Options.Transports.Contains(PushProtocol.Transports.ServerSentEvents)
             && !await RequireTransportAsync(context, sessions, PushProtocol.Transports.LongPolling).ConfigureAwait(false))
         {

@@ -1,7 +1,6 @@
 using System.Text.Json;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Http.Features;
-using Microsoft.Extensions.DependencyInjection;
 using PushKit.Protocol;
 using PushKit.Server.Sessions;
 
@@ -13,9 +12,8 @@ internal static class NegotiateEndpoint
     /// <summary>The largest negotiate body accepted.</summary>
     internal const int MaxBodyBytes = 4096;
 
-    public static async Task HandleAsync(HttpContext context)
+    public static async Task HandleAsync(HttpContext context, PushSessionManager sessions)
     {
-        var sessions = context.RequestServices.GetRequiredService<PushSessionManager>();
         var options = sessions.Options;
         if (context.Request.ContentLength > MaxBodyBytes)
         {

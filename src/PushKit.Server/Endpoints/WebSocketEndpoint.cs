@@ -1,7 +1,5 @@
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.WebUtilities;
-using Microsoft.Extensions.Primitives;
-using Microsoft.Extensions.DependencyInjection;
 using PushKit.Connections;
 using PushKit.Protocol;
 using PushKit.Server.Sessions;
@@ -11,9 +9,8 @@ namespace PushKit.Server.Endpoints;
 /// <summary><c>GET {base}/ws?session=…&amp;secret=…</c>: carries a negotiated session over a WebSocket.</summary>
 internal static class WebSocketEndpoint
 {
-    public static async Task HandleAsync(HttpContext context)
+    public static async Task HandleAsync(HttpContext context, PushSessionManager sessions)
     {
-        var sessions = context.RequestServices.GetRequiredService<PushSessionManager>();
         if (!sessions.Options.Transports.Contains(PushProtocol.Transports.WebSocket))
         {
             await HttpErrors.WriteAsync(context, StatusCodes.Status404NotFound, PushErrorCodes.TransportNotEnabled,
@@ -43,23 +40,29 @@ internal static class WebSocketEndpoint
 /// <summary>Checks the session id, resume secret and user of a connection request; answers the error itself.</summary>
 internal static class SessionAuthenticator
 {
-    private static string Get(Dictionary<string, StringValues>? query, string name) =>
-        query is not null && query.TryGetValue(name, out var value) ? value.ToString() : string.Empty;
-
     /// <param name="context">The request.</param>
     /// <param name="sessions">The sessions.</param>
     /// <param name="allowEnded">Also return a session that has ended but is still delivering its close.</param>
-    public static async Task<PushSession?> AuthenticateAsync(HttpContext context, PushSessionManager sessions, bool allowEnded = false)
+    public static async ValueTask<PushSession?> AuthenticateAsync(HttpContext context, PushSessionManager sessions, bool allowEnded = false)
     {
-        // The query is parsed on the spot rather than through Request.Query, which would keep a parsed copy for the
-        // whole life of a long-lived connection.
-        var query = QueryHelpers.ParseNullableQuery(context.Request.QueryString.Value);
-        var sessionId = Get(query, PushProtocol.Query.SessionId);
-        var secret = context.Request.Headers[PushProtocol.SecretHeader].ToString();
-        if (secret.Length == 0)
+        // The query is read in place rather than through Request.Query, which would build a dictionary for every
+        // POST (an ack mostly) and keep it for the whole life of a long-lived connection.
+        ReadOnlyMemory<char> sessionIdValue = default, secretValue = default;
+        foreach (var pair in new QueryStringEnumerable(context.Request.QueryString.Value))
         {
-            secret = Get(query, PushProtocol.Query.Secret);
+            if (sessionIdValue.IsEmpty && pair.EncodedName.Span.SequenceEqual(PushProtocol.Query.SessionId))
+            {
+                sessionIdValue = pair.DecodeValue();
+            }
+            else if (secretValue.IsEmpty && pair.EncodedName.Span.SequenceEqual(PushProtocol.Query.Secret))
+            {
+                secretValue = pair.DecodeValue();
+            }
         }
+
+        var sessionId = sessionIdValue.ToString();
+        var secretHeader = context.Request.Headers[PushProtocol.SecretHeader];
+        var secret = secretHeader.Count > 0 && !string.IsNullOrEmpty(secretHeader[0]) ? secretHeader[0].AsMemory() : secretValue;
 
         if (sessionId.Length == 0 || secret.Length == 0)
         {
@@ -78,7 +81,7 @@ internal static class SessionAuthenticator
 
         // Without authentication, HttpContext.User would create an empty principal for the connection to keep.
         var user = PushSessionManager.UserOf(context) ?? PushSessionManager.Anonymous;
-        if (!session.VerifySecret(secret) || !string.Equals(session.UserId, sessions.Options.UserIdProvider(user), StringComparison.Ordinal))
+        if (!session.VerifySecret(secret.Span) || !string.Equals(session.UserId, sessions.Options.UserIdProvider(user), StringComparison.Ordinal))
         {
             await HttpErrors.WriteAsync(context, StatusCodes.Status403Forbidden, PushErrorCodes.InvalidSessionSecret,
                 "The resume secret does not match the session, or the caller is not the session's user.").ConfigureAwait(false);

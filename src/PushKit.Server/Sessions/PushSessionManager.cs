@@ -222,6 +222,12 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
 
     internal static byte[] HashSecret(string secret) => SHA256.HashData(Encoding.UTF8.GetBytes(secret));
 
+    /// <summary>
+    /// The longest secret a request may present. PushKit's own are 43 characters; anything far longer is not one, and
+    /// is refused without hashing it.
+    /// </summary>
+    internal const int MaxSecretChars = 256;
+
     private static string NewToken(int bytes)
     {
         Span<byte> random = stackalloc byte[bytes];
