@@ -42,10 +42,12 @@ public sealed class PushTransportContext
     public required HttpClient HttpClient { get; init; }
 
     /// <summary>
-    /// The same connection pool as <see cref="HttpClient"/>, for <see cref="System.Net.WebSockets.ClientWebSocket"/>:
-    /// a WebSocket handshake through it reuses the connection the negotiate request left idle.
+    /// The same connection pool as <see cref="HttpClient"/>, without what <see cref="System.Net.Http.HttpClient"/> adds to
+    /// each request (a linked cancellation source, buffering the response): for
+    /// <see cref="System.Net.WebSockets.ClientWebSocket"/>, whose handshake through it reuses the connection the
+    /// negotiate request left idle, and for the HTTP transports' POSTs and polls.
     /// </summary>
-    internal HttpMessageInvoker? WebSocketInvoker { get; init; }
+    internal HttpMessageInvoker? Invoker { get; init; }
 
     /// <summary>
     /// The URL of a PushKit endpoint under the base URL, with the session id in the query string. The secret is not

@@ -207,7 +207,7 @@ internal sealed partial class PushChannel : IPushChannel
             Options = _options,
             LoggerFactory = _loggerFactory,
             HttpClient = _http,
-            WebSocketInvoker = _invoker,
+            Invoker = _invoker,
         };
 
         var failures = new List<string>();

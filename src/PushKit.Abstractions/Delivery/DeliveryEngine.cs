@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
 using PushKit.Connections;
@@ -933,6 +934,7 @@ internal sealed partial class DeliveryEngine
     /// an ack the peer waits for), which then carries the ack. The connection's ack timer rings the doorbell when the
     /// delay is up, so the hold only ever waits on the doorbell.
     /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask HoldAckAsync(Run run, TimeSpan delay)
     {
         // Acks that fall due meanwhile do not ring: only the timer or something else to send ends the hold.

@@ -1,4 +1,5 @@
 using System.Net.Http.Headers;
+using System.Runtime.CompilerServices;
 using System.Text.Json;
 using PushKit.Protocol;
 
@@ -15,6 +16,18 @@ internal static class HttpTransportHelpers
 
     /// <summary>The ack delay of an SSE or long-polling connection: the client's <c>AckDelay</c>, else the default.</summary>
     public static TimeSpan AckDelayOf(PushTransportContext context) => context.Options.AckDelay ?? DefaultAckDelay;
+
+    private const string NdjsonContentType = "application/x-ndjson";
+
+    /// <summary>
+    /// Sends a request through the channel's connection pool and returns once the response headers are in (the body is
+    /// not buffered). Acks are POSTs, dozens a second on a busy stream: going past <see cref="HttpClient"/> saves each
+    /// one a linked cancellation source and its registrations.
+    /// </summary>
+    public static Task<HttpResponseMessage> SendAsync(PushTransportContext context, HttpRequestMessage request, CancellationToken cancellationToken) =>
+        context.Invoker is { } invoker
+            ? invoker.SendAsync(request, cancellationToken)
+            : context.HttpClient.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cancellationToken);
 
     public static async ValueTask<HttpRequestMessage> CreateRequestAsync(HttpMethod method, Uri url, PushTransportContext context, CancellationToken cancellationToken)
     {
@@ -57,13 +70,13 @@ internal static class HttpTransportHelpers
     }
 
     /// <summary>POSTs one batch of frames to <c>{base}/send</c>.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     public static async ValueTask PostBatchAsync(PushTransportContext context, Uri sendUrl, ReadOnlyMemory<byte> frames, CancellationToken cancellationToken)
     {
-        var http = context.HttpClient;
         using var request = await CreateRequestAsync(HttpMethod.Post, sendUrl, context, cancellationToken).ConfigureAwait(false);
         request.Content = new ReadOnlyMemoryContent(frames);
-        request.Content.Headers.ContentType = new MediaTypeHeaderValue("application/x-ndjson");
-        using var response = await http.SendAsync(request, cancellationToken).ConfigureAwait(false);
+        request.Content.Headers.TryAddWithoutValidation("Content-Type", NdjsonContentType);
+        using var response = await SendAsync(context, request, cancellationToken).ConfigureAwait(false);
         if (!response.IsSuccessStatusCode)
         {
             // The connection is unusable (ended, superseded, session gone): the write loop ends and so does the connection.

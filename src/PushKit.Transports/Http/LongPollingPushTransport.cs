@@ -53,7 +53,7 @@ internal sealed class LongPollingPushTransport : IPushTransport
         {
             var url = open ? new Uri(_pollUrl + "&open=1") : _pollUrl;
             using var request = await HttpTransportHelpers.CreateRequestAsync(HttpMethod.Get, url, context, cancellationToken).ConfigureAwait(false);
-            return await context.HttpClient.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cancellationToken).ConfigureAwait(false);
+            return await HttpTransportHelpers.SendAsync(context, request, cancellationToken).ConfigureAwait(false);
         }
 
         public ValueTask SendAsync(ReadOnlyMemory<byte> frames, CancellationToken cancellationToken = default) =>

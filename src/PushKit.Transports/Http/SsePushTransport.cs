@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Net.ServerSentEvents;
+using System.Runtime.CompilerServices;
 using System.Text;
 using PushKit.Connections;
 using PushKit.Protocol;
@@ -101,6 +102,8 @@ internal sealed class SsePushTransport : IPushTransport
         public ValueTask SendAsync(ReadOnlyMemory<byte> frames, CancellationToken cancellationToken = default) =>
             HttpTransportHelpers.PostBatchAsync(context, _sendUrl, frames, cancellationToken);
 
+        // Pooled: at a steady rate each event arrives alone, and this waits for every one of them.
+        [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
         public async ValueTask<PushReceiveResult> ReceiveAsync(IBufferWriter<byte> destination, CancellationToken cancellationToken = default)
         {
             if (cancellationToken != _registered)

@@ -43,7 +43,7 @@ internal sealed class WebSocketPushTransport : IPushTransport
             try
             {
                 var url = context.GetEndpointUrl("ws", webSocket: true);
-                if (options.ConfigureWebSocket is null && context.WebSocketInvoker is { } invoker)
+                if (options.ConfigureWebSocket is null && context.Invoker is { } invoker)
                 {
                     // One TCP connection per client: the upgrade reuses the pooled negotiate connection.
                     await socket.ConnectAsync(url, invoker, detection.Token).ConfigureAwait(false);
