@@ -1,9 +1,12 @@
 using System.Buffers;
 using System.Threading.Channels;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Time.Testing;
 using PushKit.Client;
 using PushKit.Delivery;
+using PushKit.Server;
+using PushKit.Server.Sessions;
 
 namespace PushKit.Tests.Delivery;
 
@@ -334,5 +337,52 @@ public class BroadcastAllocationTests
 
         var allocated = GC.GetAllocatedBytesForCurrentThread() - before;
         Assert.Equal(0, allocated);
+    }
+
+    [Fact]
+    public async Task A_broadcast_through_the_sender_allocates_the_same_for_ten_sessions_as_for_a_thousand()
+    {
+        var services = new ServiceCollection();
+        services.AddLogging();
+        services.AddPushKit(o =>
+        {
+                        o.BufferFullPolicy = PushBufferFullPolicy.Wait;
+        });
+        await using var provider = services.BuildServiceProvider();
+        var manager = provider.GetRequiredService<PushSessionManager>();
+        var sender = provider.GetRequiredService<IPushSender>();
+        var message = PushMessage.FromString(new string('x', 256));
+
+        long BroadcastCost()
+        {
+            // Warm up: the rings grow and the code paths are compiled; the session snapshot is taken.
+            for (var i = 0; i < 40; i++)
+            {
+                Assert.True(sender.BroadcastAsync(message).IsCompletedSuccessfully);
+            }
+
+            var before = GC.GetAllocatedBytesForCurrentThread();
+            for (var i = 0; i < 8; i++)
+            {
+                _ = sender.BroadcastAsync(message);
+            }
+
+            return (GC.GetAllocatedBytesForCurrentThread() - before) / 8;
+        }
+
+        for (var i = 0; i < 10; i++)
+        {
+            manager.Create(null, out _);
+        }
+
+        var ten = BroadcastCost();
+        for (var i = 10; i < 1_000; i++)
+        {
+            manager.Create(null, out _);
+        }
+
+        var thousand = BroadcastCost();
+        Assert.True(thousand <= ten, $"a broadcast to 1,000 sessions allocated {thousand} B, to 10 sessions {ten} B");
+        Assert.True(ten <= 64, $"a broadcast allocated {ten} B");
     }
 }
