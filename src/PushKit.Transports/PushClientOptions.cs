@@ -80,7 +80,7 @@ public sealed class PushClientOptions
     /// <summary>
     /// How long the client may hold back an acknowledgement that has nothing else to travel with, so that one
     /// acknowledgement covers everything that arrives meanwhile (as TCP's delayed ACK does). Null (the default) for the
-    /// transport's own: 5 ms on WebSocket; 20 ms on Server-Sent Events and long-polling, where every acknowledgement
+    /// transport's own: 5 ms on WebSocket; 100 ms on Server-Sent Events and long-polling, where every acknowledgement
     /// is an HTTP request. <see cref="TimeSpan.Zero"/> acknowledges every received batch at once. At most 1 second.
     /// </summary>
     /// <remarks>

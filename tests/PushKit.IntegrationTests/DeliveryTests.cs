@@ -32,7 +32,7 @@ public class DeliveryTests
     public async Task Ten_thousand_server_messages_reach_the_client_in_order_exactly_once(string transport)
     {
         // Room for the marker below while the last acks are still on their way (the default bound is 10,000, and the
-        // HTTP transports acknowledge up to 20 ms late): a full buffer would end the session as a slow consumer.
+        // HTTP transports acknowledge up to 100 ms late): a full buffer would end the session as a slow consumer.
         await using var server = await PushTestServer.StartAsync(options: o => o.MaxBufferedMessagesPerSession = 20_000);
         var client = await server.ConnectClientAsync(transport);
         for (var i = 1; i <= 10_000; i++)
