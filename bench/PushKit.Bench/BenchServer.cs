@@ -109,6 +109,13 @@ internal static class BenchServer
             allocatedBytes = GC.GetTotalAllocatedBytes(precise: false),
         }));
 
+        // A full, compacting collection: the latency rounds start from a clean heap (see BenchGc).
+        app.MapPost("/control/collect", () =>
+        {
+            BenchGc.FullCollection();
+            return Results.Ok();
+        });
+
         app.MapGet("/control/memory", () =>
         {
             GC.Collect();
