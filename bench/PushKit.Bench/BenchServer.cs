@@ -190,7 +190,9 @@ internal sealed class RawSockets
 
     public void Broadcast(byte[] message)
     {
-        foreach (var outbox in _outboxes.Values)
+        // Enumerating the dictionary takes no lock; its Values property takes every lock and copies the dictionary,
+        // which at one client and 50,000 broadcasts cost raw WebSockets most of their speed.
+        foreach (var (_, outbox) in _outboxes)
         {
             outbox.Writer.TryWrite(message);
         }
