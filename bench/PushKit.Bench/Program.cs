@@ -47,6 +47,8 @@ var latencyRounds = int.Parse(Option("--latency-rounds", [quick ? "5" : "20"])[0
 // Five seconds: with two, PushKit's first scenario ran at half its steady speed (its code was still being tiered up);
 // every system gets the same.
 var warmUpTime = TimeSpan.FromSeconds(double.Parse(Option("--warmup", ["5"])[0], CultureInfo.InvariantCulture));
+// Every latency round and each system's distribution, with both processes' garbage collections and allocations.
+var verbose = Environment.GetEnvironmentVariable("PUSHKIT_BENCH_VERBOSE") is not null;
 var port = FreePort();
 var root = new Uri($"http://127.0.0.1:{port}/");
 using var server = StartServer(port);
@@ -269,7 +271,7 @@ async Task<Dictionary<string, (double P50, double P99)>> LatencyAsync(IReadOnlyL
 
                 round.Sort();
                 roundP99s[system].Add(round[(int)(round.Count * 0.99)]);
-                if (Environment.GetEnvironmentVariable("PUSHKIT_BENCH_VERBOSE") is not null)
+                if (verbose)
                 {
                     // Why a round was slow: the garbage collections in either process while it ran.
                     Console.WriteLine($"  {system} round {run}: p99 {round[(int)(round.Count * 0.99)]:N2} max {round[^1]:N2}; >1ms {round.Count(l => l > 1)}; client gc0 {clientGcAfter.Gen0} gc1 {clientGcAfter.Gen1} pause {clientGcAfter.Pauses.TotalMilliseconds:N1}, allocated {clientGcAfter.Allocated / 1024.0 / 1024:N1} MB; server gc0 {serverGcAfter!.Gen0 - serverGc!.Gen0} gc1 {serverGcAfter.Gen1 - serverGc.Gen1} pause {serverGcAfter.PauseMs - serverGc.PauseMs:N1}, allocated {(serverGcAfter.AllocatedBytes - serverGc.AllocatedBytes) / 1024.0 / 1024:N1} MB");
@@ -287,7 +289,7 @@ async Task<Dictionary<string, (double P50, double P99)>> LatencyAsync(IReadOnlyL
             var p99 = all[(int)(all.Count * 0.99)];
             var rounds = string.Join(", ", roundP99s[system].Select(r => r.ToString("N2", CultureInfo.InvariantCulture)));
             Console.WriteLine($"{system,-8} {transport,-12} latency p50 {p50:N2} ms, p99 {p99:N2} ms ({all.Count:N0} samples; p99 of each round {rounds})");
-            if (Environment.GetEnvironmentVariable("PUSHKIT_BENCH_VERBOSE") is not null)
+            if (verbose)
             {
                 var shape = string.Join(", ", new[] { 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999 }.Select(q => $"p{q * 100:0.#} {all[(int)(all.Count * q)]:N3}"));
                 Console.WriteLine($"  {system} distribution: {shape}");
@@ -495,7 +497,6 @@ internal static class BenchGc
 }
 
 /// <summary>The client process's garbage collection counters at one moment, or their change over some rounds.</summary>
-
 internal readonly record struct GcSnapshot(long Allocated, int Gen0, int Gen1, int Gen2, TimeSpan Pauses)
 {
     public static GcSnapshot Now() =>

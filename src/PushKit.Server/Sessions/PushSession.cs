@@ -1,7 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Security.Claims;
 using System.Security.Cryptography;
-using System.Text;
 using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
 using PushKit.Connections;
@@ -162,19 +161,10 @@ internal sealed partial class PushSession : IPushSession
     public override string ToString() => "session " + SessionId;
 
     /// <summary>Whether <paramref name="secret"/> is the session's resume secret (compared by hash, in constant time).</summary>
-    /// <remarks>Allocates nothing: every POST of the HTTP transports, an ack mostly, is checked.</remarks>
     public bool VerifySecret(ReadOnlySpan<char> secret)
     {
-        if (secret.Length > PushSessionManager.MaxSecretChars)
-        {
-            return false;
-        }
-
-        Span<byte> utf8 = stackalloc byte[PushSessionManager.MaxSecretChars * 3];
         Span<byte> hash = stackalloc byte[SHA256.HashSizeInBytes];
-        var length = Encoding.UTF8.GetBytes(secret, utf8);
-        SHA256.HashData(utf8[..length], hash);
-        return CryptographicOperations.FixedTimeEquals(_secretHash, hash);
+        return PushSessionManager.TryHashSecret(secret, hash) && CryptographicOperations.FixedTimeEquals(_secretHash, hash);
     }
 
     public Task ConnectAsync(CancellationToken cancellationToken = default) =>

@@ -220,13 +220,34 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
         }
     }
 
-    internal static byte[] HashSecret(string secret) => SHA256.HashData(Encoding.UTF8.GetBytes(secret));
-
     /// <summary>
     /// The longest secret a request may present. PushKit's own are 43 characters; anything far longer is not one, and
     /// is refused without hashing it.
     /// </summary>
     internal const int MaxSecretChars = 256;
+
+    /// <summary>
+    /// Writes the SHA-256 of <paramref name="secret"/>'s UTF-8 into <paramref name="hash"/>, allocating nothing: every
+    /// request of the HTTP transports (an ack mostly) is checked this way.
+    /// </summary>
+    /// <returns>False, with nothing hashed, when the secret is longer than <see cref="MaxSecretChars"/>.</returns>
+    internal static bool TryHashSecret(ReadOnlySpan<char> secret, Span<byte> hash)
+    {
+        if (secret.Length > MaxSecretChars)
+        {
+            return false;
+        }
+
+        Span<byte> utf8 = stackalloc byte[MaxSecretChars * 3];
+        SHA256.HashData(utf8[..Encoding.UTF8.GetBytes(secret, utf8)], hash);
+        return true;
+    }
+
+    private static byte[] HashSecret(string secret)
+    {
+        var hash = new byte[SHA256.HashSizeInBytes];
+        return TryHashSecret(secret, hash) ? hash : throw new ArgumentException("The secret is too long.", nameof(secret));
+    }
 
     private static string NewToken(int bytes)
     {
