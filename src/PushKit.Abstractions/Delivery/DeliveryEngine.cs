@@ -1015,6 +1015,7 @@ internal sealed partial class DeliveryEngine
         var count = 0;
         long first;
         bool filling;
+        int size;
         lock (_gate)
         {
             // With the buffer of unacknowledged messages half full, every message asks for its ack at once, so that a
@@ -1030,7 +1031,7 @@ internal sealed partial class DeliveryEngine
             // Under the lock only the messages are picked (references, in order); they are encoded after it is
             // released, so that senders queueing more for this session are not held up by the copying.
             first = _sendCursor;
-            var size = output.WrittenCount;
+            size = output.WrittenCount;
             while (_sendCursor <= _lastAssigned)
             {
                 var offset = _sendCursor - (_lastAcked + 1);
@@ -1069,6 +1070,8 @@ internal sealed partial class DeliveryEngine
             return;
         }
 
+        // The batch's size is known (an upper bound): one buffer of that size, rather than doubling up to it.
+        output.EnsureCapacity(size);
         for (var i = 0; i < count; i++)
         {
             // A message someone awaits the acknowledgement of (SendAsync) asks for it at once.

@@ -32,6 +32,18 @@ internal sealed class PooledBufferWriter : IBufferWriter<byte>
         }
     }
 
+    /// <summary>
+    /// Makes room for <paramref name="totalBytes"/> bytes in all (what is written included) in one step, so that a
+    /// batch whose size is known is not grown by doubling, renting and copying along the way.
+    /// </summary>
+    public void EnsureCapacity(int totalBytes)
+    {
+        if (totalBytes > _written)
+        {
+            Ensure(totalBytes - _written);
+        }
+    }
+
     public void Advance(int count)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(count);
