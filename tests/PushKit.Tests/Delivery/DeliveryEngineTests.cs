@@ -204,9 +204,11 @@ public class DeliveryEngineTests
     public async Task Going_away_first_drains_what_has_arrived_so_its_acks_go_out_before_the_close()
     {
         var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var delivering = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var delivered = 0;
         var engine = new DeliveryEngine("server", 1 << 20, async (_, ct) =>
         {
+            delivering.TrySetResult();
             await release.Task.WaitAsync(ct);
             Interlocked.Increment(ref delivered);
         }, NullLogger.Instance);
@@ -215,6 +217,8 @@ public class DeliveryEngineTests
         a.Inject("{\"type\":\"msg\",\"seq\":1,\"data\":\"a\"}\n{\"type\":\"msg\",\"seq\":2,\"data\":\"b\"}\n{\"type\":\"msg\",\"seq\":3,\"data\":\"c\"}");
         await Eventually.TrueAsync(() => engine.IsConnected);
 
+        // Closed while the first message is being delivered (before that, on a cold start, nothing has arrived yet).
+        await delivering.Task.WaitAsync(s_timeout);
         engine.CloseConnection(PushCloseCode.GoingAway, "shutting down", retryAfterMs: 1000);
         await Task.Delay(100);
         Assert.DoesNotContain("close", a.SentText(), StringComparison.Ordinal);
