@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Net.WebSockets;
 using System.Runtime.CompilerServices;
+using PushKit.Delivery;
 using PushKit.Protocol;
 
 namespace PushKit.Connections;
@@ -9,7 +10,7 @@ namespace PushKit.Connections;
 /// A <see cref="IPushTransportConnection"/> over a <see cref="WebSocket"/>: each batch is one WebSocket text message.
 /// Used by both the client (<c>ClientWebSocket</c>) and the server (an accepted WebSocket).
 /// </summary>
-internal sealed class WebSocketTransportConnection : IPushTransportConnection, IAckCoalescing
+internal sealed class WebSocketTransportConnection : IPushTransportConnection, IAckCoalescing, IReleasesIdleBuffer
 {
     private const int ReadChunk = 4096;
     private static readonly TimeSpan s_closeLinger = TimeSpan.FromMilliseconds(250);
@@ -35,8 +36,15 @@ internal sealed class WebSocketTransportConnection : IPushTransportConnection, I
     {
         try
         {
-            // Wait for the next message with a zero-byte read, so that an idle connection holds no buffer.
-            var first = await _socket.ReceiveAsync(Memory<byte>.Empty, cancellationToken).ConfigureAwait(false);
+            // Wait for the next message with a zero-byte read, so that an idle connection holds no buffer: the
+            // buffer kept from the last batch goes back to the pool unless the next message is already here.
+            var next = _socket.ReceiveAsync(Memory<byte>.Empty, cancellationToken);
+            if (!next.IsCompleted && destination is PooledBufferWriter idle)
+            {
+                idle.Release();
+            }
+
+            var first = await next.ConfigureAwait(false);
             if (first.MessageType == WebSocketMessageType.Close)
             {
                 return Closed();

@@ -528,15 +528,25 @@ internal sealed partial class DeliveryEngine
 
     private async Task<ConnectionEnd> ReadLoopAsync(Run run)
     {
-        // The buffer is rented when a batch arrives and returned once it is processed: an idle connection holds none
-        // (the WebSocket connection waits for data with a zero-byte read before it asks for memory).
+        // The buffer is rented when a batch arrives and returned once the connection goes idle, so an idle connection
+        // holds none: a WebSocket connection returns it itself when its zero-byte read finds nothing to read, and
+        // keeps it while data keeps coming (IReleasesIdleBuffer); other connections return it after every batch.
         var buffer = new PooledBufferWriter();
+        var keepWhileBusy = run.Connection is IReleasesIdleBuffer;
         var token = run.Token;
         try
         {
             while (true)
             {
-                buffer.Release();
+                if (keepWhileBusy)
+                {
+                    buffer.Reset();
+                }
+                else
+                {
+                    buffer.Release();
+                }
+
                 var result = await run.Connection.ReceiveAsync(buffer, token).ConfigureAwait(false);
                 run.MarkReceived(Heartbeat?.TimeProvider);
                 if (result.IsClosed)
@@ -866,7 +876,15 @@ internal sealed partial class DeliveryEngine
         {
             while (true)
             {
-                await run.Doorbell.WaitAsync().ConfigureAwait(false);
+                // The buffer is kept while there is more to send at once, and returned when the loop goes idle: a busy
+                // connection does not rent it again for every wake, and an idle one holds none.
+                var ring = run.Doorbell.WaitAsync();
+                if (!ring.IsCompleted)
+                {
+                    output.Release();
+                }
+
+                await ring.ConfigureAwait(false);
                 if (ackDelay > TimeSpan.Zero && OnlyAnAckIsDue(run))
                 {
                     await HoldAckAsync(run, ackDelay).ConfigureAwait(false);
@@ -885,8 +903,6 @@ internal sealed partial class DeliveryEngine
                     await run.Connection.SendAsync(output.WrittenMemory, token).ConfigureAwait(false);
                     run.MarkSent(Heartbeat?.TimeProvider);
                 }
-
-                output.Release();
 
                 if (run.LocalClose is { } close)
                 {

@@ -18,6 +18,12 @@ internal sealed class PooledBufferWriter : IBufferWriter<byte>
     /// <summary>The number of bytes written.</summary>
     public int WrittenCount => _written;
 
+    /// <summary>Whether an array is rented (what an idle connection must not hold).</summary>
+    public bool HoldsBuffer => _buffer is not null;
+
+    /// <summary>How many arrays were rented from the pool so far (growing rents one more).</summary>
+    public int Rentals { get; private set; }
+
     /// <summary>Forgets what was written and keeps the array for more.</summary>
     public void Reset() => _written = 0;
 
@@ -73,6 +79,7 @@ internal sealed class PooledBufferWriter : IBufferWriter<byte>
         if (_buffer is null)
         {
             _buffer = ArrayPool<byte>.Shared.Rent(Math.Max(needed, MinimumSize));
+            Rentals++;
             return;
         }
 
@@ -82,6 +89,7 @@ internal sealed class PooledBufferWriter : IBufferWriter<byte>
         }
 
         var larger = ArrayPool<byte>.Shared.Rent(Math.Max(needed, checked(_buffer.Length * 2)));
+        Rentals++;
         _buffer.AsSpan(0, _written).CopyTo(larger);
         ArrayPool<byte>.Shared.Return(_buffer);
         _buffer = larger;
