@@ -49,6 +49,9 @@ public sealed class PushTransportContext
     /// </summary>
     internal HttpMessageInvoker? Invoker { get; init; }
 
+    /// <summary>Whether the server reads acks carried by long-polling requests (negotiated: <c>longPolling.acksInPoll</c>).</summary>
+    internal bool AcksInPoll { get; init; }
+
     /// <summary>
     /// The URL of a PushKit endpoint under the base URL, with the session id in the query string. The secret is not
     /// in it: send it in the <see cref="PushProtocol.SecretHeader"/> header.

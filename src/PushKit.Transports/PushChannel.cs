@@ -208,6 +208,7 @@ internal sealed partial class PushChannel : IPushChannel
             LoggerFactory = _loggerFactory,
             HttpClient = _http,
             Invoker = _invoker,
+            AcksInPoll = session.LongPolling?.AcksInPoll == true,
         };
 
         var failures = new List<string>();

@@ -1,3 +1,5 @@
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.Time.Testing;
 using PushKit.Client;
 using PushKit.IntegrationTests.Infrastructure;
@@ -8,9 +10,9 @@ namespace PushKit.IntegrationTests;
 
 /// <summary>
 /// The client holds back an acknowledgement that has nothing else to travel with for up to
-/// <see cref="PushClientOptions.AckDelay"/>, so that one covers what arrives meanwhile; a send of its own takes the
-/// acknowledgement along at once, and a message whose sender waits for its ack ("ackNow") is acknowledged at once. The
-/// client's clock is fake here: only an advance lets a held ack go.
+/// <see cref="PushClientOptions.AckDelay"/>, so that one covers what arrives meanwhile (on long-polling the next poll
+/// carries it instead); a send of its own takes the acknowledgement along at once, and a message whose sender waits
+/// for its ack ("ackNow") is acknowledged at once. The client's clock is fake here: only an advance lets a held ack go.
 /// </summary>
 public class AckCoalescingTests
 {
@@ -31,7 +33,7 @@ public class AckCoalescingTests
     }
 
     [Theory]
-    [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
+    [MemberData(nameof(Transports.HoldingAcks), MemberType = typeof(Transports))]
     public async Task Acks_wait_for_the_delay_and_one_covers_every_message_received_meanwhile(string transport)
     {
         await using var server = await PushTestServer.StartAsync(options: NoHeartbeats);
@@ -55,7 +57,7 @@ public class AckCoalescingTests
     }
 
     [Theory]
-    [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
+    [MemberData(nameof(Transports.HoldingAcks), MemberType = typeof(Transports))]
     public async Task A_send_that_awaits_its_ack_is_acknowledged_at_once_whatever_the_delay(string transport)
     {
         await using var server = await PushTestServer.StartAsync(options: NoHeartbeats);
@@ -76,7 +78,7 @@ public class AckCoalescingTests
     }
 
     [Theory]
-    [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
+    [MemberData(nameof(Transports.HoldingAcks), MemberType = typeof(Transports))]
     public async Task A_sender_whose_buffer_is_half_full_gets_its_acks_at_once(string transport)
     {
         // With a buffer of 4 unacknowledged messages, a held ack would stall a sender that waits for room: from
@@ -97,7 +99,7 @@ public class AckCoalescingTests
     }
 
     [Theory]
-    [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
+    [MemberData(nameof(Transports.HoldingAcks), MemberType = typeof(Transports))]
     public async Task A_send_from_the_client_carries_a_held_ack_at_once(string transport)
     {
         await using var server = await PushTestServer.StartAsync(options: NoHeartbeats);
@@ -121,6 +123,32 @@ public class AckCoalescingTests
         var send = session.SendStringAsync("now").AsTask();
         await client.ReadAsync(1);
         await send.WaitAsync(TestTimeouts.Default);
+    }
+
+    [Fact]
+    public async Task On_long_polling_a_poll_carries_the_ack_once_per_delay_and_no_POST_is_made()
+    {
+        var posts = 0;
+        await using var server = await PushTestServer.StartAsync(options: NoHeartbeats, configureApp: app => app.Use(async (context, next) =>
+        {
+            if (HttpMethods.IsPost(context.Request.Method) && context.Request.Path.Value!.EndsWith("/send", StringComparison.Ordinal))
+            {
+                Interlocked.Increment(ref posts);
+            }
+
+            await next(context);
+        }));
+        var (client, session, _) = await ConnectAsync(server, "longpolling", TimeSpan.FromSeconds(1));
+
+        // The clock never moves, nobody awaits these messages and the client sends nothing: a held ack would never go,
+        // so the poll that followed the message carried it.
+        await SendUnawaitedAsync(server, client, "a");
+        Assert.Equal("a", Assert.Single(await client.ReadAsync(1)).GetString());
+        await WaitUntilAsync(() => session.Engine.UnacknowledgedCount == 0);
+
+        // Within the delay of that ack, the next polls carry none: the ack is held, as on the other transports.
+        await SendHeldAsync(server, client, session, "b", unacknowledged: 1);
+        Assert.Equal(0, Volatile.Read(ref posts));
     }
 
     /// <summary>Sends a message that nobody awaits the acknowledgement of (as broadcasts are): it carries no "ackNow".</summary>

@@ -233,6 +233,31 @@ public sealed class HttpBadInputTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_poll_acknowledging_more_than_was_sent_or_not_a_number_loses_nothing()
+    {
+        var (sessionId, secret) = await OpenLongPollingAsync();
+        await _server.Sender.SendToSessionAsync(sessionId, PushMessage.FromString("one"));
+        using (var first = await _server.Http.GetAsync(Endpoint("poll", sessionId, secret)).WaitAsync(TestTimeouts.Default))
+        {
+            Assert.Contains("one", await first.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        }
+
+        // An ack beyond what was sent covers only what was sent: the message queued since still comes.
+        await _server.Sender.SendToSessionAsync(sessionId, PushMessage.FromString("two"));
+        using (var second = await _server.Http.GetAsync(new Uri(Endpoint("poll", sessionId, secret) + "&ack=999999")).WaitAsync(TestTimeouts.Default))
+        {
+            Assert.Equal(HttpStatusCode.OK, second.StatusCode);
+            Assert.Contains("two", await second.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        }
+
+        // An ack that is not a number is ignored.
+        await _server.Sender.SendToSessionAsync(sessionId, PushMessage.FromString("three"));
+        using var third = await _server.Http.GetAsync(new Uri(Endpoint("poll", sessionId, secret) + "&ack=-1x")).WaitAsync(TestTimeouts.Default);
+        Assert.Equal(HttpStatusCode.OK, third.StatusCode);
+        Assert.Contains("three", await third.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task An_idle_poll_is_answered_empty_at_the_poll_timeout()
     {
         var (sessionId, secret) = await OpenLongPollingAsync();

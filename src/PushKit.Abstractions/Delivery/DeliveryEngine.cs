@@ -371,6 +371,11 @@ internal sealed partial class DeliveryEngine
     public async Task<ConnectionEnd> RunAsync(IPushTransportConnection connection, CancellationToken cancellationToken = default)
     {
         var run = new Run(this, connection, cancellationToken);
+        if (connection is IAcksInRequests carrier)
+        {
+            carrier.TakeDueAck = TakeDueAck;
+        }
+
         lock (_gate)
         {
             if (_current is not null)
@@ -720,6 +725,22 @@ internal sealed partial class DeliveryEngine
 
             current = seen;
         }
+    }
+
+    /// <summary>
+    /// Takes the ack that is due for a connection that carries it in a request of its own (<see cref="IAcksInRequests"/>):
+    /// the last delivered sequence number, or 0 when none is due. Taken as the write loop takes it, so it goes once.
+    /// </summary>
+    private long TakeDueAck()
+    {
+        if (Interlocked.Exchange(ref _ackDue, 0) == 0)
+        {
+            return 0;
+        }
+
+        var delivered = Volatile.Read(ref _lastDelivered);
+        Volatile.Write(ref _ackSent, delivered);
+        return delivered;
     }
 
     /// <summary>Whether a message that asked for its ack at once is not yet covered by an ack written on this connection.</summary>

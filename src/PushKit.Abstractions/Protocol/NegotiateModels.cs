@@ -35,6 +35,12 @@ internal sealed class NegotiateResponse
 internal sealed class NegotiateLongPolling
 {
     public long PollTimeoutMs { get; set; }
+
+    /// <summary>
+    /// Whether a poll may carry an ack (<c>GET {base}/poll?…&amp;ack=N</c>): true from servers that read it; a client
+    /// talking to a server without it acknowledges with POSTs only.
+    /// </summary>
+    public bool AcksInPoll { get; set; }
 }
 
 internal sealed class NegotiateLimits

@@ -72,6 +72,13 @@ internal static partial class HttpTransportEndpoints
             return;
         }
 
+        // A poll may carry the client's ack (how far it has received): applied before the poll takes its next batch.
+        if (long.TryParse(context.Request.Query["ack"], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var ack)
+            && ack > 0)
+        {
+            session.Engine.AcknowledgeUpTo(ack);
+        }
+
         var options = sessions.Options;
         var connection = session.AttachLongPolling(
             () => new LongPollingServerConnection(session.Engine.PeerMaxMessageBytes, options.LongPollingTimeout, sessions.TimeProvider),

@@ -78,7 +78,7 @@ internal static class NegotiateEndpoint
                 TimeoutMs = (long)options.HeartbeatTimeout.TotalMilliseconds,
             },
             ResumeWindowMs = (long)options.ResumeWindow.TotalMilliseconds,
-            LongPolling = new NegotiateLongPolling { PollTimeoutMs = (long)options.LongPollingTimeout.TotalMilliseconds },
+            LongPolling = new NegotiateLongPolling { PollTimeoutMs = (long)options.LongPollingTimeout.TotalMilliseconds, AcksInPoll = true },
         };
 
         // The response carries a secret: never cache it.

@@ -7,7 +7,8 @@ namespace PushKit.Client.Http;
 
 /// <summary>
 /// The long-polling client transport: held <c>GET {base}/poll</c> requests downstream (the first is answered at
-/// once and opens the connection), <c>POST {base}/send</c> upstream.
+/// once and opens the connection), <c>POST {base}/send</c> upstream. Each poll carries the ack that is due
+/// (<c>&amp;ack=N</c>) when the server reads it, so a client that only receives sends no POST.
 /// </summary>
 internal sealed class LongPollingPushTransport : IPushTransport
 {
@@ -35,7 +36,7 @@ internal sealed class LongPollingPushTransport : IPushTransport
         return connection;
     }
 
-    private sealed class LongPollingClientConnection(PushTransportContext context) : IPushTransportConnection, IAckCoalescing
+    private sealed class LongPollingClientConnection(PushTransportContext context) : IPushTransportConnection, IAckCoalescing, IAcksInRequests
     {
         private readonly Uri _pollUrl = context.GetEndpointUrl("poll", webSocket: false);
         private readonly Uri _sendUrl = context.GetEndpointUrl("send", webSocket: false);
@@ -44,6 +45,11 @@ internal sealed class LongPollingPushTransport : IPushTransport
 
         public string TransportName => PushProtocol.Transports.LongPolling;
 
+        public Func<long>? TakeDueAck { get; set; }
+
+        // When a poll last carried an ack (TimeProvider timestamp; 0: never).
+        private long _lastAckCarried;
+
         // Each upstream batch is a POST: acks wait a moment to cover more.
         public TimeSpan AckDelay => HttpTransportHelpers.AckDelayOf(context);
 
@@ -51,7 +57,25 @@ internal sealed class LongPollingPushTransport : IPushTransport
         /// <param name="open">The first poll of a connection: the server starts a new connection (and replays what is unacknowledged).</param>
         public async Task<HttpResponseMessage> PollAsync(CancellationToken cancellationToken, bool open = false)
         {
-            var url = open ? new Uri(_pollUrl + "&open=1") : _pollUrl;
+            // The poll after a batch says how far the application has taken messages: that ack needs no POST. Like a
+            // held ack, at most one per AckDelay: an ack on every poll cost the server more than the POSTs it replaced,
+            // and put the ack in front of every poll. (An ack that waits longer goes by POST when its hold ends.)
+            long ack = 0;
+            if (!open && context.AcksInPoll && TakeDueAck is { } take)
+            {
+                var time = context.Options.TimeProvider;
+                if (_lastAckCarried == 0 || time.GetElapsedTime(_lastAckCarried) >= AckDelay)
+                {
+                    ack = take();
+                    if (ack > 0)
+                    {
+                        _lastAckCarried = time.GetTimestamp();
+                    }
+                }
+            }
+            var url = open ? new Uri(_pollUrl + "&open=1")
+                : ack > 0 ? new Uri(_pollUrl + "&ack=" + ack.ToString(System.Globalization.CultureInfo.InvariantCulture))
+                : _pollUrl;
             using var request = await HttpTransportHelpers.CreateRequestAsync(HttpMethod.Get, url, context, cancellationToken).ConfigureAwait(false);
             return await HttpTransportHelpers.SendAsync(context, request, cancellationToken).ConfigureAwait(false);
         }

@@ -222,6 +222,9 @@ public static class Transports
     /// <summary>Every transport, for tests that prove a guarantee on each.</summary>
     public static TheoryData<string> All => new() { "websocket", "sse", "longpolling" };
 
+    /// <summary>The transports whose acks travel on their own and may be held back (long-polling's ride on polls).</summary>
+    public static TheoryData<string> HoldingAcks => new() { "websocket", "sse" };
+
     public static IPushTransport ByName(string name) => name switch
     {
         "websocket" => PushTransports.WebSocket,
