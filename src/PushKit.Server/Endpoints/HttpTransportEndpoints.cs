@@ -1,5 +1,6 @@
 using System.Buffers;
 using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.WebUtilities;
 using Microsoft.Extensions.Logging;
 using PushKit.Protocol;
 using PushKit.Server.Connections;
@@ -73,8 +74,8 @@ internal static partial class HttpTransportEndpoints
         }
 
         // A poll may carry the client's ack (how far it has received): applied before the poll takes its next batch.
-        if (long.TryParse(context.Request.Query["ack"], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var ack)
-            && ack > 0)
+        var (open, ack) = ReadPollQuery(context.Request.QueryString.Value);
+        if (ack > 0)
         {
             session.Engine.AcknowledgeUpTo(ack);
         }
@@ -82,7 +83,7 @@ internal static partial class HttpTransportEndpoints
         var options = sessions.Options;
         var connection = session.AttachLongPolling(
             () => new LongPollingServerConnection(session.Engine.PeerMaxMessageBytes, options.LongPollingTimeout, sessions.TimeProvider),
-            forceNew: context.Request.Query["open"] == "1",
+            forceNew: open,
             out var created);
         if (created)
         {
@@ -97,6 +98,30 @@ internal static partial class HttpTransportEndpoints
         }
 
         await connection.PollAsync(context).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// The poll's own query parameters, read in place: <c>open=1</c> and <c>ack=N</c> (0 when absent or not a positive
+    /// integer). <c>Request.Query</c> would build a dictionary, with the session id and secret in it, for every poll.
+    /// </summary>
+    private static (bool Open, long Ack) ReadPollQuery(string? query)
+    {
+        var open = false;
+        long ack = 0;
+        foreach (var pair in new QueryStringEnumerable(query))
+        {
+            if (pair.EncodedName.Span.SequenceEqual("open"))
+            {
+                open = pair.EncodedValue.Span.SequenceEqual("1");
+            }
+            else if (pair.EncodedName.Span.SequenceEqual("ack")
+                && !long.TryParse(pair.DecodeValue().Span, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out ack))
+            {
+                ack = 0;
+            }
+        }
+
+        return (open, ack);
     }
 
     public static async Task SendAsync(HttpContext context, PushSessionManager sessions)
