@@ -114,10 +114,10 @@ internal static partial class HttpTransportEndpoints
             {
                 open = pair.EncodedValue.Span.SequenceEqual("1");
             }
-            else if (pair.EncodedName.Span.SequenceEqual("ack")
-                && !long.TryParse(pair.DecodeValue().Span, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out ack))
+            else if (pair.EncodedName.Span.SequenceEqual("ack"))
             {
-                ack = 0;
+                // A value that is not a positive integer leaves 0: no ack.
+                _ = long.TryParse(pair.DecodeValue().Span, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out ack);
             }
         }
 

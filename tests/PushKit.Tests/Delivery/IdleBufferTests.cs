@@ -54,7 +54,7 @@ public sealed class IdleBufferTests : IAsyncLifetime
         Assert.False(receive.IsCompleted);
         Assert.False(buffer.HoldsBuffer);
 
-        await _server!.SendAsync(TextFrame("{\"type\":\"ping\"}"));
+        await _server!.SendAsync(TextFrame("{\"type\":\"ping\"}")).WaitAsync(s_timeout);
         Assert.False((await receive.WaitAsync(s_timeout)).IsClosed);
         Assert.Equal(2, buffer.Rentals);
         Assert.Equal("{\"type\":\"ping\"}", System.Text.Encoding.UTF8.GetString(buffer.WrittenMemory.Span));
@@ -67,7 +67,7 @@ public sealed class IdleBufferTests : IAsyncLifetime
         var buffer = new PooledBufferWriter();
 
         // Two messages in one TCP write: when the first has been read, the second is waiting.
-        await _server!.SendAsync(TextFrame("{\"type\":\"ping\"}").Concat(TextFrame("{\"type\":\"pong\"}")).ToArray());
+        await _server!.SendAsync(TextFrame("{\"type\":\"ping\"}").Concat(TextFrame("{\"type\":\"pong\"}")).ToArray()).WaitAsync(s_timeout);
         Assert.False((await connection.ReceiveAsync(buffer).AsTask().WaitAsync(s_timeout)).IsClosed);
         Assert.Equal("{\"type\":\"ping\"}", System.Text.Encoding.UTF8.GetString(buffer.WrittenMemory.Span));
         Assert.Equal(1, buffer.Rentals);
