@@ -17,8 +17,9 @@ internal sealed class LongPollingServerConnection : HttpServerConnection
     private readonly TimeSpan _pollTimeout;
     private readonly TimeProvider _timeProvider;
     private readonly ITimer _watchdog;
-    private TaskCompletionSource _dataAvailable = NewSignal();
-    private TaskCompletionSource _drained = NewSignal();
+    private readonly ITimer _pollTimer;
+    // Created only when someone waits for a poll to collect (a full buffer, a close): most polls have no one to tell.
+    private TaskCompletionSource? _drained;
     private Poll? _currentPoll;
     private TaskCompletionSource _pollHeld = NewSignal();
     private long _lastPollEnded;
@@ -31,6 +32,7 @@ internal sealed class LongPollingServerConnection : HttpServerConnection
         _lastPollEnded = timeProvider.GetTimestamp();
         var check = TimeSpan.FromSeconds(1);
         _watchdog = timeProvider.CreateTimer(static state => ((LongPollingServerConnection)state!).CheckAlive(), this, check, check);
+        _pollTimer = timeProvider.CreateTimer(static state => ((LongPollingServerConnection)state!).ExpirePoll(), this, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
     }
 
     public override string TransportName => PushProtocol.Transports.LongPolling;
@@ -43,6 +45,7 @@ internal sealed class LongPollingServerConnection : HttpServerConnection
         while (true)
         {
             Task drained;
+            Poll? held;
             lock (_gate)
             {
                 if (IsDead)
@@ -55,11 +58,22 @@ internal sealed class LongPollingServerConnection : HttpServerConnection
                 {
                     _pending.Write(frames.Span);
                     _pending.Write("\n"u8);
-                    _dataAvailable.TrySetResult();
-                    return;
+                    held = _currentPoll;
+                    drained = Task.CompletedTask;
                 }
+                else
+                {
+                    held = null;
+                    drained = (_drained ??= NewSignal()).Task;
+                }
+            }
 
-                drained = _drained.Task;
+            if (drained.IsCompleted)
+            {
+                // The held poll answers on this thread, outside the lock: its response goes out without waiting for a
+                // thread-pool thread (the delivery loop has nothing else to do for this session meanwhile).
+                held?.Ready(inline: true);
+                return;
             }
 
             await drained.WaitAsync(cancellationToken).ConfigureAwait(false);
@@ -69,45 +83,32 @@ internal sealed class LongPollingServerConnection : HttpServerConnection
     /// <summary>Holds <paramref name="context"/> until frames are ready or the poll timeout, then answers them.</summary>
     public async Task PollAsync(HttpContext context)
     {
-        var poll = new Poll(context);
+        var poll = new Poll(_timeProvider.GetTimestamp());
         Poll? superseded;
+        bool ready;
         lock (_gate)
         {
             superseded = _currentPoll;
             _currentPoll = poll;
+            ready = _pending.WrittenCount > 0 || IsDead;
         }
 
         superseded?.Supersede();
         _pollHeld.TrySetResult();
         try
         {
-            using var timeout = new CancellationTokenSource(_pollTimeout, _timeProvider);
-            using var linked = CancellationTokenSource.CreateLinkedTokenSource(timeout.Token, context.RequestAborted);
-            var expired = Task.Delay(Timeout.Infinite, linked.Token);
-            while (true)
+            if (!ready)
             {
-                Task dataAvailable;
-                lock (_gate)
-                {
-                    if (_pending.WrittenCount > 0 || IsDead)
-                    {
-                        break;
-                    }
-
-                    dataAvailable = _dataAvailable.Task;
-                }
-
-                var finished = await Task.WhenAny(dataAvailable, poll.Superseded.Task, expired).ConfigureAwait(false);
-                if (finished != dataAvailable)
-                {
-                    break;
-                }
+                // One wake-up for all that ends the wait: frames (SendAsync), a newer poll, the connection's end, the
+                // client going away, or the poll timeout on the connection's one timer. A poll is held about once per
+                // delivered batch: a timeout source, a linked source, a delay task and a WhenAny for each cost the server
+                // more garbage than the rest of the poll.
+                _pollTimer.Change(_pollTimeout, Timeout.InfiniteTimeSpan);
+                using var aborted = context.RequestAborted.UnsafeRegister(static state => ((Poll)state!).Ready(), poll);
+                await poll.Woken.ConfigureAwait(false);
             }
 
-            // Ends the delay task rather than leaving it registered on the token.
-            await linked.CancelAsync().ConfigureAwait(false);
-
-            if (poll.Superseded.Task.IsCompleted)
+            if (poll.IsSuperseded)
             {
                 await Endpoints.HttpErrors.WriteAsync(context, StatusCodes.Status409Conflict, PushErrorCodes.PollSuperseded,
                     "A newer poll for this session took over; stop polling on this request's loop.").ConfigureAwait(false);
@@ -129,10 +130,8 @@ internal sealed class LongPollingServerConnection : HttpServerConnection
                 }
 
                 _pending.ResetWrittenCount();
-                _dataAvailable = NewSignal();
-                var drained = _drained;
-                _drained = NewSignal();
-                drained.TrySetResult();
+                _drained?.TrySetResult();
+                _drained = null;
             }
 
             if (length > 0)
@@ -176,12 +175,12 @@ internal sealed class LongPollingServerConnection : HttpServerConnection
             Task drained;
             lock (_gate)
             {
-                if (_pending.WrittenCount == 0)
+                if (_pending.WrittenCount == 0 || IsDead)
                 {
                     return;
                 }
 
-                drained = _drained.Task;
+                drained = (_drained ??= NewSignal()).Task;
             }
 
             try
@@ -201,11 +200,15 @@ internal sealed class LongPollingServerConnection : HttpServerConnection
     protected override void OnAborted()
     {
         _watchdog.Dispose();
+        _pollTimer.Dispose();
+        Poll? held;
         lock (_gate)
         {
-            _dataAvailable.TrySetResult();
-            _drained.TrySetResult();
+            held = _currentPoll;
+            _drained?.TrySetResult();
         }
+
+        held?.Ready();
     }
 
     private void CheckAlive()
@@ -222,14 +225,70 @@ internal sealed class LongPollingServerConnection : HttpServerConnection
         }
     }
 
+    /// <summary>Ends the held poll once it has been held for the poll timeout (the timer is shared by the connection's polls).</summary>
+    private void ExpirePoll()
+    {
+        Poll? held;
+        lock (_gate)
+        {
+            held = _currentPoll;
+        }
+
+        if (held is null)
+        {
+            return;
+        }
+
+        var left = _pollTimeout - _timeProvider.GetElapsedTime(held.Started);
+        if (left <= TimeSpan.Zero)
+        {
+            held.Ready();
+        }
+        else
+        {
+            // A timer may fire a little early by the clock's reckoning (or this is an older poll's firing): wait out the rest.
+            _pollTimer.Change(left + TimeSpan.FromMilliseconds(1), Timeout.InfiniteTimeSpan);
+        }
+    }
+
     private static TaskCompletionSource NewSignal() => new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-    private sealed class Poll(HttpContext context)
+    /// <summary>A held poll and its one wake-up.</summary>
+    private sealed class Poll(long started)
     {
-        public HttpContext Context { get; } = context;
+        // Continuations run where Ready(inline: true) is called; every other waker hands them to the thread pool.
+        private readonly TaskCompletionSource _woken = new();
+        private volatile bool _superseded;
 
-        public TaskCompletionSource Superseded { get; } = NewSignal();
+        /// <summary>When the poll arrived (TimeProvider timestamp).</summary>
+        public long Started { get; } = started;
 
-        public void Supersede() => Superseded.TrySetResult();
+        public Task Woken => _woken.Task;
+
+        public bool IsSuperseded => _superseded;
+
+        public void Supersede()
+        {
+            _superseded = true;
+            Ready();
+        }
+
+        /// <summary>Ends the wait. Inline, the poll's response is written on the caller's thread; call it outside any lock.</summary>
+        public void Ready(bool inline = false)
+        {
+            if (_woken.Task.IsCompleted)
+            {
+                return;
+            }
+
+            if (inline)
+            {
+                _woken.TrySetResult();
+            }
+            else
+            {
+                ThreadPool.UnsafeQueueUserWorkItem(static woken => woken.TrySetResult(), _woken, preferLocal: false);
+            }
+        }
     }
 }

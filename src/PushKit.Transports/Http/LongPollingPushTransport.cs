@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Net;
+using System.Runtime.CompilerServices;
 using PushKit.Connections;
 using PushKit.Protocol;
 
@@ -55,7 +56,8 @@ internal sealed class LongPollingPushTransport : IPushTransport
 
         /// <param name="cancellationToken">Cancels the poll.</param>
         /// <param name="open">The first poll of a connection: the server starts a new connection (and replays what is unacknowledged).</param>
-        public async Task<HttpResponseMessage> PollAsync(CancellationToken cancellationToken, bool open = false)
+        [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+        public async ValueTask<HttpResponseMessage> PollAsync(CancellationToken cancellationToken, bool open = false)
         {
             // The poll after a batch says how far the application has taken messages: that ack needs no POST. Like a
             // held ack, at most one per AckDelay: an ack on every poll cost the server more than the POSTs it replaced,
@@ -83,12 +85,35 @@ internal sealed class LongPollingPushTransport : IPushTransport
         public ValueTask SendAsync(ReadOnlyMemory<byte> frames, CancellationToken cancellationToken = default) =>
             HttpTransportHelpers.PostBatchAsync(context, _sendUrl, frames, cancellationToken);
 
+        // The session's read loop polls again and again with the same token: linked once, not once per poll.
+        private CancellationTokenSource? _linked;
+        private CancellationToken _linkedFor;
+
+        private CancellationToken LinkedToken(CancellationToken cancellationToken)
+        {
+            if (!cancellationToken.CanBeCanceled)
+            {
+                return _lifetime.Token;
+            }
+
+            if (_linked is null || _linkedFor != cancellationToken)
+            {
+                _linked?.Dispose();
+                _linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _lifetime.Token);
+                _linkedFor = cancellationToken;
+            }
+
+            return _linked.Token;
+        }
+
+        // Pooled, like the poll: one receive per delivered batch.
+        [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
         public async ValueTask<PushReceiveResult> ReceiveAsync(IBufferWriter<byte> destination, CancellationToken cancellationToken = default)
         {
-            using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _lifetime.Token);
+            var token = LinkedToken(cancellationToken);
             while (true)
             {
-                using var response = await PollAsync(linked.Token).ConfigureAwait(false);
+                using var response = await PollAsync(token).ConfigureAwait(false);
                 if (response.StatusCode == HttpStatusCode.Conflict)
                 {
                     // Another poller took over this session (poll_superseded).
@@ -97,16 +122,16 @@ internal sealed class LongPollingPushTransport : IPushTransport
 
                 if (!response.IsSuccessStatusCode)
                 {
-                    throw new IOException((await HttpTransportHelpers.ToExceptionAsync(response, "Long-polling", linked.Token).ConfigureAwait(false)).Message);
+                    throw new IOException((await HttpTransportHelpers.ToExceptionAsync(response, "Long-polling", token).ConfigureAwait(false)).Message);
                 }
 
                 // The body is read straight into the reader's buffer.
-                var stream = await response.Content.ReadAsStreamAsync(linked.Token).ConfigureAwait(false);
+                var stream = await response.Content.ReadAsStreamAsync(token).ConfigureAwait(false);
                 var limit = context.Options.MaxMessageBytes + 1;
                 var total = 0;
                 while (true)
                 {
-                    var read = await stream.ReadAsync(destination.GetMemory(ReadChunk), linked.Token).ConfigureAwait(false);
+                    var read = await stream.ReadAsync(destination.GetMemory(ReadChunk), token).ConfigureAwait(false);
                     if (read == 0)
                     {
                         break;
@@ -151,6 +176,7 @@ internal sealed class LongPollingPushTransport : IPushTransport
         public ValueTask DisposeAsync()
         {
             Abort();
+            _linked?.Dispose();
             _lifetime.Dispose();
             return default;
         }
