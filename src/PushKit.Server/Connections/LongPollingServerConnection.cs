@@ -45,7 +45,6 @@ internal sealed class LongPollingServerConnection : HttpServerConnection
         while (true)
         {
             Task drained;
-            Poll? held;
             lock (_gate)
             {
                 if (IsDead)
@@ -58,22 +57,11 @@ internal sealed class LongPollingServerConnection : HttpServerConnection
                 {
                     _pending.Write(frames.Span);
                     _pending.Write("\n"u8);
-                    held = _currentPoll;
-                    drained = Task.CompletedTask;
+                    _currentPoll?.Ready();
+                    return;
                 }
-                else
-                {
-                    held = null;
-                    drained = (_drained ??= NewSignal()).Task;
-                }
-            }
 
-            if (drained.IsCompleted)
-            {
-                // The held poll answers on this thread, outside the lock: its response goes out without waiting for a
-                // thread-pool thread (the delivery loop has nothing else to do for this session meanwhile).
-                held?.Ready(inline: true);
-                return;
+                drained = (_drained ??= NewSignal()).Task;
             }
 
             await drained.WaitAsync(cancellationToken).ConfigureAwait(false);
@@ -201,14 +189,11 @@ internal sealed class LongPollingServerConnection : HttpServerConnection
     {
         _watchdog.Dispose();
         _pollTimer.Dispose();
-        Poll? held;
         lock (_gate)
         {
-            held = _currentPoll;
+            _currentPoll?.Ready();
             _drained?.TrySetResult();
         }
-
-        held?.Ready();
     }
 
     private void CheckAlive()
@@ -256,8 +241,7 @@ internal sealed class LongPollingServerConnection : HttpServerConnection
     /// <summary>A held poll and its one wake-up.</summary>
     private sealed class Poll(long started)
     {
-        // Continuations run where Ready(inline: true) is called; every other waker hands them to the thread pool.
-        private readonly TaskCompletionSource _woken = new();
+        private readonly TaskCompletionSource _woken = NewSignal();
         private volatile bool _superseded;
 
         /// <summary>When the poll arrived (TimeProvider timestamp).</summary>
@@ -273,22 +257,7 @@ internal sealed class LongPollingServerConnection : HttpServerConnection
             Ready();
         }
 
-        /// <summary>Ends the wait. Inline, the poll's response is written on the caller's thread; call it outside any lock.</summary>
-        public void Ready(bool inline = false)
-        {
-            if (_woken.Task.IsCompleted)
-            {
-                return;
-            }
-
-            if (inline)
-            {
-                _woken.TrySetResult();
-            }
-            else
-            {
-                ThreadPool.UnsafeQueueUserWorkItem(static woken => woken.TrySetResult(), _woken, preferLocal: false);
-            }
-        }
+        /// <summary>Ends the wait; the poll goes on on the thread pool.</summary>
+        public void Ready() => _woken.TrySetResult();
     }
 }
