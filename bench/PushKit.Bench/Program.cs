@@ -302,6 +302,15 @@ async Task<Dictionary<string, (double P50, double P99)>> LatencyAsync(IReadOnlyL
             figures[system] = (p50, p99);
         }
 
+        if (roundP99s.TryGetValue("pushkit", out var ours) && roundP99s.TryGetValue("signalr", out var theirs))
+        {
+            // A paired view of the same rounds: each of PushKit's rounds against SignalR's round of the same turn. The
+            // pooled p99 rests on the few rounds with a stall of the shared machine; this says how often PushKit's
+            // tail was the lower one when both ran in the same stretch of time.
+            var lower = ours.Zip(theirs).Count(pair => pair.First <= pair.Second);
+            Console.WriteLine($"pushkit vs signalr {transport}: round p99 at or below SignalR's in {lower} of {ours.Count} turns");
+        }
+
         return figures;
     }
     finally
