@@ -242,7 +242,8 @@ public class SessionLifetimeTests
     [Fact]
     public async Task The_client_waits_for_the_server_retry_hint_before_reconnecting()
     {
-        var time = new Microsoft.Extensions.Time.Testing.FakeTimeProvider(DateTimeOffset.UtcNow);
+        var fake = new Microsoft.Extensions.Time.Testing.FakeTimeProvider(DateTimeOffset.UtcNow);
+        var time = new WatchedTime(fake, TimeSpan.FromSeconds(60));
         await using var server = await PushTestServer.StartAsync();
         var client = await server.ConnectClientAsync(o => o.TimeProvider = time);
         var sessionId = client.SessionId!;
@@ -263,16 +264,21 @@ public class SessionLifetimeTests
         };
 
         // The server asks the client to come back in a minute (as it does when shutting down or overloaded).
+        var waiting = time.Watch();
         session.Engine.CloseConnection(PushCloseCode.GoingAway, "come back later", retryAfterMs: 60_000);
         await reconnecting.Task.WaitAsync(TestTimeouts.Default);
 
+        // The client's wait for the hint has started (its timer exists): the clock may move. Advancing it before
+        // then would start the minute after the advance, and the reconnect would never come (this test failed so).
+        await waiting.WaitAsync(TestTimeouts.Default);
+
         // Nothing happens before the hint has passed (no event to await for 'nothing': a short real pause).
-        time.Advance(TimeSpan.FromSeconds(59));
+        fake.Advance(TimeSpan.FromSeconds(59));
         await Task.Delay(300);
         Assert.False(connected.Task.IsCompleted);
         Assert.Equal(PushChannelState.Reconnecting, client.State);
 
-        time.Advance(TimeSpan.FromSeconds(2));
+        fake.Advance(TimeSpan.FromSeconds(2));
         var change = await connected.Task.WaitAsync(TestTimeouts.Default);
         Assert.False(change.IsSessionReset);
         Assert.Equal(sessionId, client.SessionId);
@@ -358,5 +364,37 @@ public class SessionLifetimeTests
         Assert.All(delays, d => Assert.InRange(d, 0.0, 30.1));
         Assert.True(delays.Take(3).Average() < delays.Skip(6).Average(), $"delays should grow: {string.Join(", ", delays)}");
         Assert.True(delays.Distinct().Count() > 6, $"jitter should vary the delays: {string.Join(", ", delays)}");
+    }
+
+    /// <summary>A fake clock that says when a timer of a given due time is created (after <see cref="Watch"/>).</summary>
+    private sealed class WatchedTime(Microsoft.Extensions.Time.Testing.FakeTimeProvider inner, TimeSpan due) : TimeProvider
+    {
+        private TaskCompletionSource? _created;
+
+        public Task Watch()
+        {
+            var created = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            Volatile.Write(ref _created, created);
+            return created.Task;
+        }
+
+        public override long TimestampFrequency => inner.TimestampFrequency;
+
+        public override long GetTimestamp() => inner.GetTimestamp();
+
+        public override DateTimeOffset GetUtcNow() => inner.GetUtcNow();
+
+        public override TimeZoneInfo LocalTimeZone => inner.LocalTimeZone;
+
+        public override ITimer CreateTimer(TimerCallback callback, object? state, TimeSpan dueTime, TimeSpan period)
+        {
+            var timer = inner.CreateTimer(callback, state, dueTime, period);
+            if (dueTime == due)
+            {
+                Volatile.Read(ref _created)?.TrySetResult();
+            }
+
+            return timer;
+        }
     }
 }
