@@ -13,6 +13,7 @@ public class LongPollingHoldTests
 {
     private static readonly TimeSpan s_pollTimeout = TimeSpan.FromSeconds(25);
     private static readonly TimeSpan s_bound = TimeSpan.FromSeconds(10);
+    private static readonly byte[] s_frame = "{\"t\":\"msg\",\"seq\":1}"u8.ToArray();
 
     private static DefaultHttpContext NewPoll(CancellationToken aborted = default)
     {
@@ -23,17 +24,24 @@ public class LongPollingHoldTests
 
     private static string Body(HttpContext context) => Encoding.UTF8.GetString(((MemoryStream)context.Response.Body).ToArray());
 
+    /// <summary>A connection (on a fake clock unless <paramref name="time"/> is given) with a poll held on it.</summary>
+    private static async Task<(LongPollingServerConnection Connection, DefaultHttpContext Context, Task Poll)> HoldPollAsync(
+        TimeProvider? time = null, CancellationToken aborted = default)
+    {
+        var connection = new LongPollingServerConnection(64 * 1024, s_pollTimeout, time ?? new FakeTimeProvider());
+        var context = NewPoll(aborted);
+        var poll = connection.PollAsync(context);
+        await connection.PollHeld.WaitAsync(s_bound);
+        return (connection, context, poll);
+    }
+
     [Fact]
     public async Task A_held_poll_is_answered_with_the_frames_sent_after_it_arrived()
     {
-        var time = new FakeTimeProvider();
-        var connection = new LongPollingServerConnection(64 * 1024, s_pollTimeout, time);
-        var context = NewPoll();
-        var poll = connection.PollAsync(context);
-        await connection.PollHeld.WaitAsync(s_bound);
+        var (connection, context, poll) = await HoldPollAsync();
         Assert.False(poll.IsCompleted);
 
-        await connection.SendAsync("{\"t\":\"msg\",\"seq\":1}"u8.ToArray()).AsTask().WaitAsync(s_bound);
+        await connection.SendAsync(s_frame).AsTask().WaitAsync(s_bound);
         await poll.WaitAsync(s_bound);
 
         Assert.Equal(StatusCodes.Status200OK, context.Response.StatusCode);
@@ -47,10 +55,7 @@ public class LongPollingHoldTests
         // Timers may fire a little before the clock says their time is up; the poll must still end, at its timeout.
         var time = new FakeTimeProvider();
         var early = TimeSpan.FromMilliseconds(5);
-        var connection = new LongPollingServerConnection(64 * 1024, s_pollTimeout, new EarlyTimers(time, early));
-        var context = NewPoll();
-        var poll = connection.PollAsync(context);
-        await connection.PollHeld.WaitAsync(s_bound);
+        var (_, context, poll) = await HoldPollAsync(new EarlyTimers(time, early));
 
         time.Advance(s_pollTimeout - early);
         Assert.False(poll.IsCompleted);
@@ -64,11 +69,7 @@ public class LongPollingHoldTests
     [Fact]
     public async Task A_newer_poll_supersedes_the_held_one_and_takes_the_frames()
     {
-        var time = new FakeTimeProvider();
-        var connection = new LongPollingServerConnection(64 * 1024, s_pollTimeout, time);
-        var first = NewPoll();
-        var firstPoll = connection.PollAsync(first);
-        await connection.PollHeld.WaitAsync(s_bound);
+        var (connection, first, firstPoll) = await HoldPollAsync();
 
         var second = NewPoll();
         var secondPoll = connection.PollAsync(second);
@@ -77,7 +78,7 @@ public class LongPollingHoldTests
         Assert.Contains("poll_superseded", Body(first), StringComparison.Ordinal);
         Assert.False(secondPoll.IsCompleted);
 
-        await connection.SendAsync("{\"t\":\"msg\",\"seq\":1}"u8.ToArray()).AsTask().WaitAsync(s_bound);
+        await connection.SendAsync(s_frame).AsTask().WaitAsync(s_bound);
         await secondPoll.WaitAsync(s_bound);
         Assert.Equal("{\"t\":\"msg\",\"seq\":1}\n", Body(second));
     }
@@ -85,16 +86,13 @@ public class LongPollingHoldTests
     [Fact]
     public async Task A_poll_whose_client_went_away_ends_and_frames_sent_later_wait_for_the_next()
     {
-        var time = new FakeTimeProvider();
-        var connection = new LongPollingServerConnection(64 * 1024, s_pollTimeout, time);
         using var aborted = new CancellationTokenSource();
-        var poll = connection.PollAsync(NewPoll(aborted.Token));
-        await connection.PollHeld.WaitAsync(s_bound);
+        var (connection, _, poll) = await HoldPollAsync(aborted: aborted.Token);
 
         await aborted.CancelAsync();
         await poll.WaitAsync(s_bound);
 
-        await connection.SendAsync("{\"t\":\"msg\",\"seq\":1}"u8.ToArray()).AsTask().WaitAsync(s_bound);
+        await connection.SendAsync(s_frame).AsTask().WaitAsync(s_bound);
         Assert.True(connection.HasPending);
         var next = NewPoll();
         await connection.PollAsync(next).WaitAsync(s_bound);
@@ -104,15 +102,24 @@ public class LongPollingHoldTests
     [Fact]
     public async Task A_held_poll_ends_when_the_connection_is_aborted()
     {
-        var time = new FakeTimeProvider();
-        var connection = new LongPollingServerConnection(64 * 1024, s_pollTimeout, time);
-        var context = NewPoll();
-        var poll = connection.PollAsync(context);
-        await connection.PollHeld.WaitAsync(s_bound);
+        var (connection, context, poll) = await HoldPollAsync();
 
         connection.Abort();
         await poll.WaitAsync(s_bound);
         Assert.Equal(0, context.Response.ContentLength);
+    }
+
+    [Fact]
+    public async Task Closing_a_dead_connection_with_frames_no_poll_will_collect_returns_at_once()
+    {
+        // Once the connection has ended no poll will come: the close must not wait out its timeout (nor spin on the
+        // signal the end completed).
+        var connection = new LongPollingServerConnection(64 * 1024, s_pollTimeout, new FakeTimeProvider());
+        await connection.SendAsync(s_frame).AsTask().WaitAsync(s_bound);
+        connection.Abort();
+
+        await connection.CloseAsync(PushCloseCode.Normal, null).AsTask().WaitAsync(s_bound);
+        Assert.True(connection.HasPending);
     }
 
     /// <summary>A clock whose timers fire <c>early</c> before their due time, as real timers may by the clock's reckoning.</summary>
