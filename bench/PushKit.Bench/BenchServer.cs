@@ -107,6 +107,7 @@ internal static class BenchServer
             gen2 = GC.CollectionCount(2),
             pauseMs = GC.GetTotalPauseDuration().TotalMilliseconds,
             allocatedBytes = GC.GetTotalAllocatedBytes(precise: false),
+            cpuMs = Environment.CpuUsage.TotalTime.TotalMilliseconds,
         }));
 
         // A full, compacting collection: the latency rounds start from a clean heap (see BenchGc).
