@@ -80,8 +80,8 @@ public sealed class PushClientOptions
     /// <summary>
     /// How long the client may hold back an acknowledgement that has nothing else to travel with, so that one
     /// acknowledgement covers everything that arrives meanwhile (as TCP's delayed ACK does). Null (the default) for the
-    /// transport's own: 5 ms on WebSocket; 100 ms on Server-Sent Events and long-polling, where every acknowledgement
-    /// is an HTTP request (on long-polling the acknowledgement rides on the next poll instead, at most one per delay).
+    /// transport's own, 100 ms on every transport (on Server-Sent Events every acknowledgement is an HTTP request; on
+    /// long-polling the acknowledgement rides on the next poll instead, at most one per delay).
     /// <see cref="TimeSpan.Zero"/> acknowledges every received batch at once. At most 1 second.
     /// </summary>
     /// <remarks>

@@ -21,7 +21,7 @@ public class AckCoalescingTests
 
     /// <summary>A client on a clock that only the test moves, with <paramref name="ackDelay"/>, and its server-side session.</summary>
     private static async Task<(IPushChannel Client, PushSession Session, FakeTimeProvider Time)> ConnectAsync(
-        PushTestServer server, string transport, TimeSpan ackDelay)
+        PushTestServer server, string transport, TimeSpan? ackDelay)
     {
         var time = new FakeTimeProvider(DateTimeOffset.UtcNow);
         var client = await server.ConnectClientAsync(transport, o =>
@@ -109,6 +109,25 @@ public class AckCoalescingTests
 
         // No clock advance: the ack goes with the client's own message.
         await client.SendStringAsync("to the server").AsTask().WaitAsync(TestTimeouts.Default);
+        await WaitUntilAsync(() => session.Engine.UnacknowledgedCount == 0);
+    }
+
+    [Theory]
+    [MemberData(nameof(Transports.HoldingAcks), MemberType = typeof(Transports))]
+    public async Task By_default_a_held_ack_waits_100_ms_on_WebSocket_and_SSE_alike(string transport)
+    {
+        // A default of a few milliseconds on WebSocket made a steady stream cost both processes a wake-up for every
+        // third message (see WebSocketPushTransport.DefaultAckDelay); every transport now holds for 100 ms.
+        await using var server = await PushTestServer.StartAsync(options: NoHeartbeats);
+        var (client, session, time) = await ConnectAsync(server, transport, ackDelay: null);
+
+        await SendUnawaitedAsync(server, client, "a");
+        Assert.Equal("a", Assert.Single(await client.ReadAsync(1)).GetString());
+        time.Advance(TimeSpan.FromMilliseconds(99));
+        await Task.Delay(s_wouldHaveArrived);
+        Assert.Equal(1, session.Engine.UnacknowledgedCount);
+
+        time.Advance(TimeSpan.FromMilliseconds(1));
         await WaitUntilAsync(() => session.Engine.UnacknowledgedCount == 0);
     }
 
