@@ -132,6 +132,24 @@ public class AckCoalescingTests
     }
 
     [Theory]
+    [MemberData(nameof(Transports.HoldingAcks), MemberType = typeof(Transports))]
+    public async Task A_held_ack_goes_at_once_when_it_covers_1024_messages(string transport)
+    {
+        // A fast stream is acknowledged by count as well as by time: the sender's buffer does not keep a whole AckDelay
+        // of it. The clock never moves, so only the count can have let these acks go.
+        await using var server = await PushTestServer.StartAsync(options: NoHeartbeats);
+        var (client, session, _) = await ConnectAsync(server, transport, TimeSpan.FromSeconds(1));
+
+        for (var i = 0; i < 1024; i++)
+        {
+            await SendUnawaitedAsync(server, client, $"m{i}");
+        }
+
+        Assert.Equal(1024, (await client.ReadAsync(1024)).Count);
+        await WaitUntilAsync(() => session.Engine.UnacknowledgedCount == 0);
+    }
+
+    [Theory]
     [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
     public async Task With_AckDelay_zero_every_received_batch_is_acknowledged_at_once(string transport)
     {
