@@ -87,8 +87,8 @@ public sealed class PushClientOptions
     /// <remarks>
     /// Acknowledgements are cumulative, so waiting loses nothing; fewer of them means less work for the server and
     /// fewer upstream packets. In exchange the server keeps each message a little longer: at most the delay, or 1,024
-    /// messages, whichever comes first (a held acknowledgement that would cover 1,024 goes at once). Sends, pings and pongs never
-    /// wait: an acknowledgement that can travel with them goes at once. Nor does a message that asks for its
+    /// messages, whichever comes first (a held acknowledgement that would cover 1,024 goes at once). Sends, pings and
+    /// pongs never wait: an acknowledgement that can travel with them goes at once. Nor does a message that asks for its
     /// acknowledgement at once: the server asks for it when its <see cref="IPushChannel.SendAsync"/> awaits the
     /// acknowledgement, and for every message while its buffer of unacknowledged messages is half full.
     /// </remarks>

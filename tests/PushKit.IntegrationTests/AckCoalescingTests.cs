@@ -121,8 +121,8 @@ public class AckCoalescingTests
         await using var server = await PushTestServer.StartAsync(options: NoHeartbeats);
         var (client, session, time) = await ConnectAsync(server, transport, ackDelay: null);
 
-        await SendUnawaitedAsync(server, client, "a");
-        Assert.Equal("a", Assert.Single(await client.ReadAsync(1)).GetString());
+        // Held (the hold, and its timer on the fake clock, has started by then), and still held 1 ms short of 100 ms.
+        await SendHeldAsync(server, client, session, "a", unacknowledged: 1);
         time.Advance(TimeSpan.FromMilliseconds(99));
         await Task.Delay(s_wouldHaveArrived);
         Assert.Equal(1, session.Engine.UnacknowledgedCount);
