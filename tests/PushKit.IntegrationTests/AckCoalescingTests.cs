@@ -49,8 +49,7 @@ public class AckCoalescingTests
         Assert.Equal(["b", "c"], (await client.ReadAsync(2)).Select(m => m.GetString()));
 
         // Received, handed to the application, and not yet acknowledged: the ack waits for the delay.
-        await Task.Delay(s_wouldHaveArrived);
-        Assert.Equal(3, session.Engine.UnacknowledgedCount);
+        await AssertHeldAsync(session, unacknowledged: 3);
 
         time.Advance(TimeSpan.FromSeconds(1));
         await WaitUntilAsync(() => session.Engine.UnacknowledgedCount == 0);
@@ -124,8 +123,7 @@ public class AckCoalescingTests
         // Held (the hold, and its timer on the fake clock, has started by then), and still held 1 ms short of 100 ms.
         await SendHeldAsync(server, client, session, "a", unacknowledged: 1);
         time.Advance(TimeSpan.FromMilliseconds(99));
-        await Task.Delay(s_wouldHaveArrived);
-        Assert.Equal(1, session.Engine.UnacknowledgedCount);
+        await AssertHeldAsync(session, unacknowledged: 1);
 
         time.Advance(TimeSpan.FromMilliseconds(1));
         await WaitUntilAsync(() => session.Engine.UnacknowledgedCount == 0);
@@ -136,16 +134,20 @@ public class AckCoalescingTests
     public async Task A_held_ack_goes_at_once_when_it_covers_1024_messages(string transport)
     {
         // A fast stream is acknowledged by count as well as by time: the sender's buffer does not keep a whole AckDelay
-        // of it. The clock never moves, so only the count can have let these acks go.
+        // of it. The clock never moves, so only the count can let these acks go: 1,023 stay held, the 1,024th ends it.
         await using var server = await PushTestServer.StartAsync(options: NoHeartbeats);
         var (client, session, _) = await ConnectAsync(server, transport, TimeSpan.FromSeconds(1));
 
-        for (var i = 0; i < 1024; i++)
+        for (var i = 0; i < 1023; i++)
         {
             await SendUnawaitedAsync(server, client, $"m{i}");
         }
 
-        Assert.Equal(1024, (await client.ReadAsync(1024)).Count);
+        Assert.Equal(1023, (await client.ReadAsync(1023)).Count);
+        await AssertHeldAsync(session, unacknowledged: 1023);
+
+        await SendUnawaitedAsync(server, client, "m1023");
+        await client.ReadAsync(1);
         await WaitUntilAsync(() => session.Engine.UnacknowledgedCount == 0);
     }
 
@@ -193,13 +195,21 @@ public class AckCoalescingTests
         Assert.True(await server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString(text)).AsTask().WaitAsync(TestTimeouts.Default));
 
     /// <summary>
-    /// Sends such a message, sees the client receive it, and checks that its ack is held back: after a time in which an
-    /// ack sent at once would have arrived, the session still has <paramref name="unacknowledged"/> unacknowledged.
+    /// Sends such a message, sees the client receive it, and checks that its ack is held back (<see cref="AssertHeldAsync"/>).
     /// </summary>
     private static async Task SendHeldAsync(PushTestServer server, IPushChannel client, PushSession session, string text, int unacknowledged)
     {
         await SendUnawaitedAsync(server, client, text);
         Assert.Equal(text, Assert.Single(await client.ReadAsync(1)).GetString());
+        await AssertHeldAsync(session, unacknowledged);
+    }
+
+    /// <summary>
+    /// Checks that the session's acks are held: after a time in which an ack sent at once would have arrived, it still
+    /// has <paramref name="unacknowledged"/> unacknowledged messages.
+    /// </summary>
+    private static async Task AssertHeldAsync(PushSession session, int unacknowledged)
+    {
         await Task.Delay(s_wouldHaveArrived);
         Assert.Equal(unacknowledged, session.Engine.UnacknowledgedCount);
     }

@@ -735,11 +735,13 @@ internal sealed partial class DeliveryEngine
     }
 
     /// <summary>
-    /// Takes the ack that is due for a connection that carries it in a request of its own (<see cref="IAcksInRequests"/>):
-    /// the last delivered sequence number, or 0 when none is due. Taken as the write loop takes it, so it goes once.
+    /// Takes the ack that is due, for the write loop's next batch or for a connection that carries it in a request of
+    /// its own (<see cref="IAcksInRequests"/>): the last delivered sequence number, or 0 when none is due. Whoever takes
+    /// it sends it, so it goes once.
     /// </summary>
     private long TakeDueAck()
     {
+        // Taking the flag first and reading the sequence after acknowledges at least what set the flag.
         if (Interlocked.Exchange(ref _ackDue, 0) == 0)
         {
             return 0;
@@ -1055,13 +1057,10 @@ internal sealed partial class DeliveryEngine
             output.Write("\n"u8);
         }
 
-        // Taking the flag first and reading the sequence after acknowledges at least what set the flag.
-        if (Interlocked.Exchange(ref _ackDue, 0) != 0)
+        if (TakeDueAck() is var delivered and > 0)
         {
-            var delivered = Volatile.Read(ref _lastDelivered);
             FrameCodec.WriteAck(output, delivered);
             output.Write("\n"u8);
-            Volatile.Write(ref _ackSent, delivered);
         }
 
         // Rented with the first message picked: most calls (the last of each flush, ack-only batches) pick none.
