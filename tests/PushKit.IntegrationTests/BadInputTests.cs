@@ -38,7 +38,7 @@ public sealed class BadInputTests : IAsyncLifetime
         // The bystander still works end to end after whatever the test did.
         await _bystander.SendStringAsync("bystander").AsTask().WaitAsync(TestTimeouts.Default);
         Assert.Contains(_collector.All, m => m.Message.GetString() == "bystander" && m.Session.SessionId == _bystander.SessionId);
-        await _server.Sender.SendToSessionAsync(_bystander.SessionId!, PushMessage.FromString("still here"));
+        Assert.True(await _server.Sender.SendToSessionAsync(_bystander.SessionId!, PushMessage.FromString("still here")).AsTask().WaitAsync(TestTimeouts.Default));
         Assert.Equal("still here", (await _bystander.ReadAsync(1)).Single().GetString());
         await _server.DisposeAsync();
 
@@ -106,7 +106,7 @@ public sealed class BadInputTests : IAsyncLifetime
         var client = await _server.ConnectClientAsync(o => o.MaxMessageBytes = 4096);
         var error = await Assert.ThrowsAsync<PushMessageTooLargeException>(() => _server.Sender.SendToSessionAsync(client.SessionId!, new PushMessage(new byte[8192])).AsTask());
         Assert.Equal(4096, error.LimitBytes);
-        await _server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString("small"));
+        Assert.True(await _server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString("small")).AsTask().WaitAsync(TestTimeouts.Default));
         Assert.Equal("small", (await client.ReadAsync(1)).Single().GetString());
     }
 

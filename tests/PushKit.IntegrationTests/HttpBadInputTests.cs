@@ -33,7 +33,7 @@ public sealed class HttpBadInputTests : IAsyncLifetime
         foreach (var bystander in _bystanders)
         {
             await bystander.SendStringAsync("bystander").AsTask().WaitAsync(TestTimeouts.Default);
-            await _server.Sender.SendToSessionAsync(bystander.SessionId!, PushMessage.FromString("still here"));
+            Assert.True(await _server.Sender.SendToSessionAsync(bystander.SessionId!, PushMessage.FromString("still here")).AsTask().WaitAsync(TestTimeouts.Default));
             Assert.Equal("still here", (await bystander.ReadAsync(1)).Single().GetString());
         }
 
@@ -226,7 +226,7 @@ public sealed class HttpBadInputTests : IAsyncLifetime
         Assert.Equal("poll_superseded", await ErrorCodeAsync(olderResponse));
 
         // The newer poll is the one that gets the data.
-        await _server.Sender.SendToSessionAsync(sessionId, PushMessage.FromString("to the newer poll"));
+        Assert.True(await _server.Sender.SendToSessionAsync(sessionId, PushMessage.FromString("to the newer poll")).AsTask().WaitAsync(TestTimeouts.Default));
         using var newerResponse = await newer.WaitAsync(TestTimeouts.Default);
         Assert.Equal(HttpStatusCode.OK, newerResponse.StatusCode);
         Assert.Contains("to the newer poll", await newerResponse.Content.ReadAsStringAsync(), StringComparison.Ordinal);
@@ -236,14 +236,14 @@ public sealed class HttpBadInputTests : IAsyncLifetime
     public async Task A_poll_acknowledging_more_than_was_sent_or_not_a_number_loses_nothing()
     {
         var (sessionId, secret) = await OpenLongPollingAsync();
-        await _server.Sender.SendToSessionAsync(sessionId, PushMessage.FromString("one"));
+        Assert.True(await _server.Sender.SendToSessionAsync(sessionId, PushMessage.FromString("one")).AsTask().WaitAsync(TestTimeouts.Default));
         using (var first = await _server.Http.GetAsync(Endpoint("poll", sessionId, secret)).WaitAsync(TestTimeouts.Default))
         {
             Assert.Contains("one", await first.Content.ReadAsStringAsync(), StringComparison.Ordinal);
         }
 
         // An ack beyond what was sent covers only what was sent: the message queued since still comes.
-        await _server.Sender.SendToSessionAsync(sessionId, PushMessage.FromString("two"));
+        Assert.True(await _server.Sender.SendToSessionAsync(sessionId, PushMessage.FromString("two")).AsTask().WaitAsync(TestTimeouts.Default));
         using (var second = await _server.Http.GetAsync(new Uri(Endpoint("poll", sessionId, secret) + "&ack=999999")).WaitAsync(TestTimeouts.Default))
         {
             Assert.Equal(HttpStatusCode.OK, second.StatusCode);
@@ -251,7 +251,7 @@ public sealed class HttpBadInputTests : IAsyncLifetime
         }
 
         // An ack that is not a number is ignored.
-        await _server.Sender.SendToSessionAsync(sessionId, PushMessage.FromString("three"));
+        Assert.True(await _server.Sender.SendToSessionAsync(sessionId, PushMessage.FromString("three")).AsTask().WaitAsync(TestTimeouts.Default));
         using var third = await _server.Http.GetAsync(new Uri(Endpoint("poll", sessionId, secret) + "&ack=-1x")).WaitAsync(TestTimeouts.Default);
         Assert.Equal(HttpStatusCode.OK, third.StatusCode);
         Assert.Contains("three", await third.Content.ReadAsStringAsync(), StringComparison.Ordinal);
