@@ -201,6 +201,41 @@ public class DeliveryTests
 
     [Theory]
     [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
+    public async Task A_session_closed_while_its_connection_is_being_set_up_still_tells_the_client_it_was_closed(string transport)
+    {
+        // The race CI once hit on long-polling: the server closed the session after its first poll was answered but
+        // before the connection was attached. The client then found the session gone and quietly started a new one.
+        var collector = new Collector { HoldStart = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously) };
+        await using var server = await PushTestServer.StartAsync(push => push.AddCollector(collector));
+        var client = server.CreateClient(o =>
+        {
+            o.Transports.Clear();
+            o.Transports.Add(Transports.ByName(transport));
+        });
+        var closed = new TaskCompletionSource<PushChannelStateChangedEventArgs>(TaskCreationOptions.RunContinuationsAsynchronously);
+        client.StateChanged += (_, e) =>
+        {
+            if (e.CurrentState == PushChannelState.Closed)
+            {
+                closed.TrySetResult(e);
+            }
+        };
+
+        var connecting = client.ConnectAsync();
+        var session = await collector.Started.Task.WaitAsync(TestTimeouts.Default);
+        await session.CloseAsync().WaitAsync(TestTimeouts.Default);
+        collector.HoldStart.SetResult();
+
+        var change = await closed.Task.WaitAsync(TestTimeouts.Default);
+        Assert.Equal(PushCloseCode.Normal, change.CloseCode);
+        Assert.Equal(session.SessionId, client.SessionId);
+        await connecting.WaitAsync(TestTimeouts.Default);
+        await Assert.ThrowsAsync<PushChannelClosedException>(() => client.SendStringAsync("too late").AsTask());
+        Assert.Equal(PushCloseCode.Normal, await collector.Ended.Task.WaitAsync(TestTimeouts.Default));
+    }
+
+    [Theory]
+    [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
     public async Task Messages_from_clients_can_be_read_from_the_session_when_no_handler_is_registered(string transport)
     {
         await using var server = await PushTestServer.StartAsync();

@@ -61,6 +61,9 @@ internal sealed partial class DeliveryEngine
 
     private Run? _current;
     private Exception? _terminal;
+
+    // Why Shutdown closed the engine: told to a connection that arrives afterwards (null after Detach, or while open).
+    private FinalClose? _finalClose;
     private long _bufferedBytes;
     private long _skipThrough;
     private TaskCompletionSource? _space;
@@ -280,6 +283,7 @@ internal sealed partial class DeliveryEngine
             }
 
             _terminal = error;
+            _finalClose = new FinalClose(code, reason, retryAfterMs);
             for (var i = 0; i < _count; i++)
             {
                 ref var entry = ref _ring[(_head + i) % _ring.Length];
@@ -383,6 +387,7 @@ internal sealed partial class DeliveryEngine
             carrier.TakeDueAck = TakeDueAck;
         }
 
+        FinalClose? closed = null;
         lock (_gate)
         {
             if (_current is not null)
@@ -392,16 +397,27 @@ internal sealed partial class DeliveryEngine
 
             if (_terminal is not null)
             {
-                run.Dispose();
-                return new ConnectionEnd(ConnectionEndKind.ClosedLocally, PushCloseCode.Normal, "The session is closed.");
+                closed = _finalClose ?? new FinalClose(PushCloseCode.Normal, "The session is closed.", null);
             }
+            else
+            {
+                _current = run;
 
-            _current = run;
-            _sendCursor = _lastAcked + 1;
+                _sendCursor = _lastAcked + 1;
 
-            // Acks written on an earlier connection may never have arrived.
-            Volatile.Write(ref _ackSent, 0);
-            run.LastQueued = Volatile.Read(ref _lastDelivered);
+                // Acks written on an earlier connection may never have arrived.
+                Volatile.Write(ref _ackSent, 0);
+                run.LastQueued = Volatile.Read(ref _lastDelivered);
+            }
+        }
+
+        if (closed is not null)
+        {
+            // The engine was shut down while this connection was being set up: the peer hears why, as a connection
+            // that was live at the time did, rather than finding the session gone when it comes back.
+            run.Dispose();
+            await SendFinalCloseAsync(connection, closed).ConfigureAwait(false);
+            return new ConnectionEnd(ConnectionEndKind.ClosedLocally, closed.Code, closed.Reason, closed.RetryAfterMs);
         }
 
         // Something may be waiting already: replay, an ack owed, or messages queued while disconnected.
@@ -983,6 +999,26 @@ internal sealed partial class DeliveryEngine
             output.Release();
         }
     }
+
+    /// <summary>Sends the close frame of a shut-down engine on a connection that arrived too late, and closes it.</summary>
+    private async Task SendFinalCloseAsync(IPushTransportConnection connection, FinalClose close)
+    {
+        var output = new ArrayBufferWriter<byte>(128);
+        FrameCodec.WriteClose(output, close.Code, close.Reason, close.RetryAfterMs);
+        try
+        {
+            await connection.SendAsync(output.WrittenMemory).ConfigureAwait(false);
+            await connection.CloseAsync(close.Code, close.Reason).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is IOException or System.Net.WebSockets.WebSocketException or OperationCanceledException or ObjectDisposedException)
+        {
+            // The peer is gone already.
+            Log.WriteLoopEnded(_logger, _name, ex.Message);
+        }
+    }
+
+    /// <summary>The close a shut-down engine owes any connection that arrives afterwards.</summary>
+    private sealed record FinalClose(PushCloseCode Code, string? Reason, int? RetryAfterMs);
 
     /// <summary>
     /// Holds back an ack that has nothing else to travel with for up to <paramref name="delay"/>, so that one ack

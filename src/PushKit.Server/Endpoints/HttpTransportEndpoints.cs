@@ -61,8 +61,9 @@ internal static partial class HttpTransportEndpoints
 
         if (session.State == PushChannelState.Closed)
         {
-            // An ended session's last long-polling connection may still hold its close frame: hand it over once.
-            if (session.HttpConnection is LongPollingServerConnection { HasPending: true } ending)
+            // An ended session's last long-polling connection holds its close frame, or is about to (the session
+            // ends at once, its connection's write loop writes the frame a moment later): hand it over once.
+            if (session.HttpConnection is LongPollingServerConnection ending && (ending.HasPending || !ending.IsDead))
             {
                 await ending.PollAsync(context).ConfigureAwait(false);
                 return;

@@ -21,6 +21,7 @@ internal sealed partial class PushSession : IPushSession
     private readonly ILogger _logger;
     private readonly object _stateGate = new();
     private Task<ConnectionEnd>? _run;
+    private int _attaching;
     private ClaimsPrincipal? _user;
     private PushChannelState _state = PushChannelState.Disconnected;
     private long _disconnectedAt;
@@ -257,6 +258,36 @@ internal sealed partial class PushSession : IPushSession
     /// </summary>
     public async Task<ConnectionEnd> RunConnectionAsync(IPushTransportConnection connection, CancellationToken cancellationToken)
     {
+        // While a connection is being attached, an End that finds no run yet must not remove the session: the
+        // connection is about to tell its client why the session ended, and a long-poll collects that from here.
+        lock (_stateGate)
+        {
+            _attaching++;
+        }
+
+        try
+        {
+            return await AttachAndRunAsync(connection, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            bool remove;
+            lock (_stateGate)
+            {
+                _attaching--;
+                remove = _state == PushChannelState.Closed && _run is null && _attaching == 0;
+            }
+
+            if (remove)
+            {
+                // An ended session stays findable while its last connection delivers the close (a long-poll collects it).
+                _manager.Remove(this);
+            }
+        }
+    }
+
+    private async Task<ConnectionEnd> AttachAndRunAsync(IPushTransportConnection connection, CancellationToken cancellationToken)
+    {
         Task<ConnectionEnd> run;
 
         // The application hears of the session before its first message can arrive.
@@ -270,43 +301,46 @@ internal sealed partial class PushSession : IPushSession
         {
             if (State == PushChannelState.Closed)
             {
-                // The session ended between the handshake and now: say so on the connection before dropping it.
-                await SendCloseAsync(connection, PushCloseCode.SessionNotFound, "The session is closed.").ConfigureAwait(false);
-                return new ConnectionEnd(ConnectionEndKind.ClosedLocally, PushCloseCode.SessionNotFound, "The session is closed.");
+                // The session ended while this connection was being set up. Its engine is shut down (or is about to
+                // be, and then closes this connection itself): it sends the close the session ended with, so the
+                // client hears 1000 after an application close, not that its session has vanished.
+                run = Engine.RunAsync(connection, cancellationToken);
             }
-
-            Task<ConnectionEnd>? previous;
-            lock (_stateGate)
+            else
             {
-                previous = _run;
-            }
-
-            if (previous is not null)
-            {
-                Log.Superseded(_logger, SessionId);
-                Engine.CloseConnection(PushCloseCode.Superseded, "Another connection took over this session.");
-                try
+                Task<ConnectionEnd>? previous;
+                lock (_stateGate)
                 {
-                    await previous.WaitAsync(s_supersedeWait, cancellationToken).ConfigureAwait(false);
+                    previous = _run;
                 }
-                catch (TimeoutException)
+
+                if (previous is not null)
                 {
-                    // The old connection is not closing in time (a dead peer, a long-poll nobody collects): cut it,
-                    // and wait for its run to end (a slow handler may still be finishing its message).
-                    Volatile.Read(ref _connection)?.Abort();
-                    await previous.WaitAsync(cancellationToken).ConfigureAwait(false);
+                    Log.Superseded(_logger, SessionId);
+                    Engine.CloseConnection(PushCloseCode.Superseded, "Another connection took over this session.");
+                    try
+                    {
+                        await previous.WaitAsync(s_supersedeWait, cancellationToken).ConfigureAwait(false);
+                    }
+                    catch (TimeoutException)
+                    {
+                        // The old connection is not closing in time (a dead peer, a long-poll nobody collects): cut it,
+                        // and wait for its run to end (a slow handler may still be finishing its message).
+                        Volatile.Read(ref _connection)?.Abort();
+                        await previous.WaitAsync(cancellationToken).ConfigureAwait(false);
+                    }
                 }
-            }
 
-            Volatile.Write(ref _connection, connection);
-            run = Engine.RunAsync(connection, cancellationToken);
-            lock (_stateGate)
-            {
-                _run = run;
-            }
+                Volatile.Write(ref _connection, connection);
+                run = Engine.RunAsync(connection, cancellationToken);
+                lock (_stateGate)
+                {
+                    _run = run;
+                }
 
-            Volatile.Write(ref _transport, connection.TransportName);
-            SetState(PushChannelState.Connected, null, null);
+                Volatile.Write(ref _transport, connection.TransportName);
+                SetState(PushChannelState.Connected, null, null);
+            }
         }
         finally
         {
@@ -343,29 +377,8 @@ internal sealed partial class PushSession : IPushSession
             }
         }
 
-        if (State == PushChannelState.Closed)
-        {
-            // An ended session stays findable while its last connection delivers the close (a long-poll collects it).
-            _manager.Remove(this);
-        }
-
         Log.ConnectionEnded(_logger, SessionId, end.Kind, end.Code, end.Reason);
         return end;
-    }
-
-    private static async Task SendCloseAsync(IPushTransportConnection connection, PushCloseCode code, string reason)
-    {
-        try
-        {
-            var frame = new System.Buffers.ArrayBufferWriter<byte>(128);
-            PushKit.Protocol.FrameCodec.WriteClose(frame, code, reason, retryAfterMs: null);
-            await connection.SendAsync(frame.WrittenMemory).ConfigureAwait(false);
-            await connection.CloseAsync(code, reason).ConfigureAwait(false);
-        }
-        catch (Exception ex) when (ex is IOException or System.Net.WebSockets.WebSocketException or OperationCanceledException or ObjectDisposedException)
-        {
-            // The client is gone already.
-        }
     }
 
     /// <summary>Ends the session for good: fails unacknowledged sends, closes the connection, removes the session.</summary>
@@ -383,7 +396,8 @@ internal sealed partial class PushSession : IPushSession
         bool connected;
         lock (_stateGate)
         {
-            connected = _run is not null;
+            // A connection being attached removes the session when it has delivered the close (RunConnectionAsync).
+            connected = _run is not null || _attaching > 0;
         }
 
         _manager.OnSessionEnded(this, code, remove: !connected);

@@ -15,6 +15,9 @@ public sealed class Collector
 
     public TaskCompletionSource<IPushSession> Started { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
+    /// <summary>When set, <c>OnSessionStartedAsync</c> waits for it: the session's first connection is held mid-attach.</summary>
+    public TaskCompletionSource? HoldStart { get; init; }
+
     public ValueTask AddAsync(IPushSession session, PushMessage message)
     {
         lock (All)
@@ -55,7 +58,7 @@ public sealed class CollectingHandler(Collector collector) : PushHandler
     public override ValueTask OnSessionStartedAsync(IPushSession session, CancellationToken cancellationToken)
     {
         collector.Started.TrySetResult(session);
-        return default;
+        return collector.HoldStart is { } hold ? new ValueTask(hold.Task.WaitAsync(TestTimeouts.Default, cancellationToken)) : default;
     }
 
     public override ValueTask OnMessageAsync(IPushSession session, PushMessage message, CancellationToken cancellationToken)

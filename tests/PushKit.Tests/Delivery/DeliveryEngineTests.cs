@@ -156,6 +156,22 @@ public class DeliveryEngineTests
     }
 
     [Fact]
+    public async Task A_connection_that_arrives_after_shutdown_is_told_the_close_the_engine_ended_with()
+    {
+        // A session can end while its next connection is still being set up: that connection's peer must hear why
+        // (here 4429 with its retry hint), not find the session gone when it comes back.
+        var left = new End("left");
+        var right = new End("right");
+        left.Engine.Shutdown(PushCloseCode.Overloaded, "too slow", new PushChannelClosedException("closed", PushCloseCode.Overloaded), retryAfterMs: 5000);
+
+        var (a, b) = InMemoryConnection.CreatePair();
+        var runs = new[] { left.Engine.RunAsync(a), right.Engine.RunAsync(b) };
+        var ends = await Task.WhenAll(runs).WaitAsync(s_timeout);
+        Assert.Equal(new ConnectionEnd(ConnectionEndKind.ClosedLocally, PushCloseCode.Overloaded, "too slow", 5000), ends[0]);
+        Assert.Equal(new ConnectionEnd(ConnectionEndKind.ClosedByPeer, PushCloseCode.Overloaded, "too slow", 5000), ends[1]);
+    }
+
+    [Fact]
     public async Task Messages_queued_while_disconnected_are_sent_on_connect()
     {
         var left = new End("left");
