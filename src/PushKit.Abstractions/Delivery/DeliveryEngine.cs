@@ -61,8 +61,6 @@ internal sealed partial class DeliveryEngine
 
     private Run? _current;
     private Exception? _terminal;
-
-    // Why Shutdown closed the engine: told to a connection that arrives afterwards (null after Detach, or while open).
     private FinalClose? _finalClose;
     private long _bufferedBytes;
     private long _skipThrough;
@@ -387,7 +385,8 @@ internal sealed partial class DeliveryEngine
             carrier.TakeDueAck = TakeDueAck;
         }
 
-        FinalClose? closed = null;
+        var terminal = false;
+        FinalClose? finalClose = null;
         lock (_gate)
         {
             if (_current is not null)
@@ -397,12 +396,12 @@ internal sealed partial class DeliveryEngine
 
             if (_terminal is not null)
             {
-                closed = _finalClose ?? new FinalClose(PushCloseCode.Normal, "The session is closed.", null);
+                terminal = true;
+                finalClose = _finalClose;
             }
             else
             {
                 _current = run;
-
                 _sendCursor = _lastAcked + 1;
 
                 // Acks written on an earlier connection may never have arrived.
@@ -411,13 +410,19 @@ internal sealed partial class DeliveryEngine
             }
         }
 
-        if (closed is not null)
+        if (terminal)
         {
-            // The engine was shut down while this connection was being set up: the peer hears why, as a connection
-            // that was live at the time did, rather than finding the session gone when it comes back.
             run.Dispose();
-            await SendFinalCloseAsync(connection, closed).ConfigureAwait(false);
-            return new ConnectionEnd(ConnectionEndKind.ClosedLocally, closed.Code, closed.Reason, closed.RetryAfterMs);
+            if (finalClose is null)
+            {
+                // Detached: the messages moved to another engine, and this one has nothing to say.
+                return new ConnectionEnd(ConnectionEndKind.ClosedLocally, PushCloseCode.Normal, "The session is closed.");
+            }
+
+            // Shut down while this connection was being set up: the peer hears why, as a connection that was live at
+            // the time did, rather than finding the session gone when it comes back.
+            await SendFinalCloseAsync(connection, finalClose, cancellationToken).ConfigureAwait(false);
+            return new ConnectionEnd(ConnectionEndKind.ClosedLocally, finalClose.Code, finalClose.Reason, finalClose.RetryAfterMs);
         }
 
         // Something may be waiting already: replay, an ack owed, or messages queued while disconnected.
@@ -1001,14 +1006,14 @@ internal sealed partial class DeliveryEngine
     }
 
     /// <summary>Sends the close frame of a shut-down engine on a connection that arrived too late, and closes it.</summary>
-    private async Task SendFinalCloseAsync(IPushTransportConnection connection, FinalClose close)
+    private async Task SendFinalCloseAsync(IPushTransportConnection connection, FinalClose close, CancellationToken cancellationToken)
     {
         var output = new ArrayBufferWriter<byte>(128);
         FrameCodec.WriteClose(output, close.Code, close.Reason, close.RetryAfterMs);
         try
         {
-            await connection.SendAsync(output.WrittenMemory).ConfigureAwait(false);
-            await connection.CloseAsync(close.Code, close.Reason).ConfigureAwait(false);
+            await connection.SendAsync(output.WrittenMemory, cancellationToken).ConfigureAwait(false);
+            await connection.CloseAsync(close.Code, close.Reason, cancellationToken).ConfigureAwait(false);
         }
         catch (Exception ex) when (ex is IOException or System.Net.WebSockets.WebSocketException or OperationCanceledException or ObjectDisposedException)
         {
@@ -1017,7 +1022,7 @@ internal sealed partial class DeliveryEngine
         }
     }
 
-    /// <summary>The close a shut-down engine owes any connection that arrives afterwards.</summary>
+    /// <summary>Why <see cref="Shutdown"/> closed the engine: what it tells a connection that arrives afterwards.</summary>
     private sealed record FinalClose(PushCloseCode Code, string? Reason, int? RetryAfterMs);
 
     /// <summary>
