@@ -108,6 +108,7 @@ internal static class BenchServer
             pauseMs = GC.GetTotalPauseDuration().TotalMilliseconds,
             allocatedBytes = GC.GetTotalAllocatedBytes(precise: false),
             cpuMs = Environment.CpuUsage.TotalTime.TotalMilliseconds,
+            workItems = ThreadPool.CompletedWorkItemCount,
         }));
 
         // A full, compacting collection: the latency rounds start from a clean heap (see BenchGc).

@@ -261,10 +261,12 @@ async Task<Dictionary<string, (double P50, double P99)>> LatencyAsync(IReadOnlyL
 
                 var clientGc = GcSnapshot.Now();
                 var clientCpu = Environment.CpuUsage.TotalTime;
+                var clientItems = ThreadPool.CompletedWorkItemCount;
                 var serverGc = await http.GetFromJsonAsync<ServerGc>("/control/gc");
                 await PacedRoundAsync(connected[system], system, perSecond + leadIn, perSecond);
                 var clientGcAfter = GcSnapshot.Now() - clientGc;
                 var clientCpuAfter = Environment.CpuUsage.TotalTime - clientCpu;
+                var clientItemsAfter = ThreadPool.CompletedWorkItemCount - clientItems;
                 var serverGcAfter = await http.GetFromJsonAsync<ServerGc>("/control/gc");
                 foreach (var client in connected[system])
                 {
@@ -280,9 +282,10 @@ async Task<Dictionary<string, (double P50, double P99)>> LatencyAsync(IReadOnlyL
                 roundP99s[system].Add(round[(int)(round.Count * 0.99)]);
                 if (verbose)
                 {
-                    // Why a round was slow: the garbage collections in either process while it ran, and the CPU time
-                    // each process used (work beyond SignalR's, such as acks, competes with deliveries on two cores).
-                    Console.WriteLine($"  {system} round {run}: p99 {round[(int)(round.Count * 0.99)]:N2} max {round[^1]:N2}; >1ms {round.Count(l => l > 1)}; client gc0 {clientGcAfter.Gen0} gc1 {clientGcAfter.Gen1} pause {clientGcAfter.Pauses.TotalMilliseconds:N1}, allocated {clientGcAfter.Allocated / 1024.0 / 1024:N1} MB; server gc0 {serverGcAfter!.Gen0 - serverGc!.Gen0} gc1 {serverGcAfter.Gen1 - serverGc.Gen1} pause {serverGcAfter.PauseMs - serverGc.PauseMs:N1}, allocated {(serverGcAfter.AllocatedBytes - serverGc.AllocatedBytes) / 1024.0 / 1024:N1} MB; cpu client {clientCpuAfter.TotalMilliseconds:N0} ms server {serverGcAfter.CpuMs - serverGc.CpuMs:N0} ms");
+                    // Why a round was slow: the garbage collections in either process while it ran, the CPU time each
+                    // process used (work beyond SignalR's, such as acks, competes with deliveries on two cores), and
+                    // how many thread-pool work items each ran (every hop is a wake-up on those two cores).
+                    Console.WriteLine($"  {system} round {run}: p99 {round[(int)(round.Count * 0.99)]:N2} max {round[^1]:N2}; >1ms {round.Count(l => l > 1)}; client gc0 {clientGcAfter.Gen0} gc1 {clientGcAfter.Gen1} pause {clientGcAfter.Pauses.TotalMilliseconds:N1}, allocated {clientGcAfter.Allocated / 1024.0 / 1024:N1} MB; server gc0 {serverGcAfter!.Gen0 - serverGc!.Gen0} gc1 {serverGcAfter.Gen1 - serverGc.Gen1} pause {serverGcAfter.PauseMs - serverGc.PauseMs:N1}, allocated {(serverGcAfter.AllocatedBytes - serverGc.AllocatedBytes) / 1024.0 / 1024:N1} MB; cpu client {clientCpuAfter.TotalMilliseconds:N0} ms server {serverGcAfter.CpuMs - serverGc.CpuMs:N0} ms; thread-pool items client {clientItemsAfter:N0} server {serverGcAfter.WorkItems - serverGc.WorkItems:N0}");
                 }
                 samples[system].AddRange(round);
             }
@@ -495,7 +498,7 @@ static async Task WaitForServerAsync(HttpClient http)
 internal sealed record MemoryReport(long ManagedBytes, long WorkingSet);
 
 /// <summary>The server process's garbage collection counters at one moment (<c>/control/gc</c>).</summary>
-internal sealed record ServerGc(int Gen0, int Gen1, int Gen2, double PauseMs, long AllocatedBytes, double CpuMs);
+internal sealed record ServerGc(int Gen0, int Gen1, int Gen2, double PauseMs, long AllocatedBytes, double CpuMs, long WorkItems);
 
 /// <summary>
 /// A full, compacting collection of the process. The latency rounds start after one in both processes: otherwise the
