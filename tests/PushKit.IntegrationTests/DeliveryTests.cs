@@ -1,4 +1,5 @@
 using System.Text;
+using Microsoft.Extensions.DependencyInjection;
 using PushKit.IntegrationTests.Infrastructure;
 using PushKit.Server;
 
@@ -240,6 +241,39 @@ public class DeliveryTests
         await connecting.WaitAsync(TestTimeouts.Default);
         await Assert.ThrowsAsync<PushChannelClosedException>(() => client.SendStringAsync("too late").AsTask());
         Assert.Equal(PushCloseCode.Normal, await collector.Ended.Task.WaitAsync(TestTimeouts.Default));
+    }
+
+    [Theory]
+    [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
+    public async Task A_handler_that_closes_the_session_when_it_starts_turns_the_client_away_with_1000(string transport)
+    {
+        // The documented way to turn a client away: the client must hear 1000 and stop, not start session after session.
+        await using var server = await PushTestServer.StartAsync(push => push.AddHandler<ClosingOnStartHandler>());
+        var client = server.CreateClient(o =>
+        {
+            o.Transports.Clear();
+            o.Transports.Add(Transports.ByName(transport));
+        });
+        var closed = new TaskCompletionSource<PushChannelStateChangedEventArgs>(TaskCreationOptions.RunContinuationsAsynchronously);
+        client.StateChanged += (_, e) =>
+        {
+            if (e.CurrentState == PushChannelState.Closed)
+            {
+                closed.TrySetResult(e);
+            }
+        };
+
+        var connecting = client.ConnectAsync();
+        var change = await closed.Task.WaitAsync(TestTimeouts.Default);
+        Assert.Equal(PushCloseCode.Normal, change.CloseCode);
+        await connecting.WaitAsync(TestTimeouts.Default);
+        Assert.Equal(PushChannelState.Closed, client.State);
+    }
+
+    private sealed class ClosingOnStartHandler : PushHandler
+    {
+        public override async ValueTask OnSessionStartedAsync(IPushSession session, CancellationToken cancellationToken) =>
+            await session.CloseAsync(cancellationToken);
     }
 
     [Theory]
