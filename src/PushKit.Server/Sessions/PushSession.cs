@@ -260,6 +260,7 @@ internal sealed partial class PushSession : IPushSession
     {
         // While a connection is being attached, an End that finds no run yet must not remove the session: the
         // connection is about to tell its client why the session ended, and a long-poll collects that from here.
+        // (One method, not two: every idle connection keeps this state machine alive, and its memory is a target.)
         lock (_stateGate)
         {
             _attaching++;
@@ -267,7 +268,97 @@ internal sealed partial class PushSession : IPushSession
 
         try
         {
-            return await AttachAndRunAsync(connection, cancellationToken).ConfigureAwait(false);
+            Task<ConnectionEnd> run;
+
+            // The application hears of the session before its first message can arrive.
+            if (Interlocked.Exchange(ref _startNotified, 1) == 0 && State != PushChannelState.Closed)
+            {
+                await _manager.OnSessionStartedAsync(this, cancellationToken).ConfigureAwait(false);
+            }
+
+            await _connectionLock.WaitAsync(cancellationToken).ConfigureAwait(false);
+            try
+            {
+                if (State == PushChannelState.Closed)
+                {
+                    // The session ended while this connection was being set up. Its engine is shut down (or is about to
+                    // be, and then closes this connection itself): it sends the close the session ended with, so the
+                    // client hears 1000 after an application close, not that its session has vanished.
+                    run = Engine.RunAsync(connection, cancellationToken);
+                }
+                else
+                {
+                    Task<ConnectionEnd>? previous;
+                    lock (_stateGate)
+                    {
+                        previous = _run;
+                    }
+
+                    if (previous is not null)
+                    {
+                        Log.Superseded(_logger, SessionId);
+                        Engine.CloseConnection(PushCloseCode.Superseded, "Another connection took over this session.");
+                        try
+                        {
+                            await previous.WaitAsync(s_supersedeWait, cancellationToken).ConfigureAwait(false);
+                        }
+                        catch (TimeoutException)
+                        {
+                            // The old connection is not closing in time (a dead peer, a long-poll nobody collects):
+                            // cut it, and wait for its run to end (a slow handler may still be finishing its message).
+                            Volatile.Read(ref _connection)?.Abort();
+                            await previous.WaitAsync(cancellationToken).ConfigureAwait(false);
+                        }
+                    }
+
+                    Volatile.Write(ref _connection, connection);
+                    run = Engine.RunAsync(connection, cancellationToken);
+                    lock (_stateGate)
+                    {
+                        _run = run;
+                    }
+
+                    Volatile.Write(ref _transport, connection.TransportName);
+                    SetState(PushChannelState.Connected, null, null);
+                }
+            }
+            finally
+            {
+                _connectionLock.Release();
+            }
+
+            var end = await run.ConfigureAwait(false);
+            var stillCurrent = false;
+            lock (_stateGate)
+            {
+                if (ReferenceEquals(_run, run))
+                {
+                    _run = null;
+                    stillCurrent = true;
+                }
+            }
+
+            if (stillCurrent)
+            {
+                Volatile.Write(ref _transport, null);
+                if (end.Kind == ConnectionEndKind.ClosedByPeer && end.Code == PushCloseCode.Normal)
+                {
+                    // The client closed its channel: the session is over, nothing will resume it.
+                    End(PushCloseCode.Normal, end.Reason ?? "The client closed the session.");
+                }
+                else if (State != PushChannelState.Closed)
+                {
+                    lock (_stateGate)
+                    {
+                        _disconnectedAt = _manager.TimeProvider.GetTimestamp();
+                    }
+
+                    SetState(PushChannelState.Disconnected, end.Code, end.Reason);
+                }
+            }
+
+            Log.ConnectionEnded(_logger, SessionId, end.Kind, end.Code, end.Reason);
+            return end;
         }
         finally
         {
@@ -280,105 +371,11 @@ internal sealed partial class PushSession : IPushSession
 
             if (remove)
             {
-                // An ended session stays findable while its last connection delivers the close (a long-poll collects it).
+                // An ended session stays findable while its last connection delivers the close (a long-poll
+                // collects it).
                 _manager.Remove(this);
             }
         }
-    }
-
-    private async Task<ConnectionEnd> AttachAndRunAsync(IPushTransportConnection connection, CancellationToken cancellationToken)
-    {
-        Task<ConnectionEnd> run;
-
-        // The application hears of the session before its first message can arrive.
-        if (Interlocked.Exchange(ref _startNotified, 1) == 0 && State != PushChannelState.Closed)
-        {
-            await _manager.OnSessionStartedAsync(this, cancellationToken).ConfigureAwait(false);
-        }
-
-        await _connectionLock.WaitAsync(cancellationToken).ConfigureAwait(false);
-        try
-        {
-            if (State == PushChannelState.Closed)
-            {
-                // The session ended while this connection was being set up. Its engine is shut down (or is about to
-                // be, and then closes this connection itself): it sends the close the session ended with, so the
-                // client hears 1000 after an application close, not that its session has vanished.
-                run = Engine.RunAsync(connection, cancellationToken);
-            }
-            else
-            {
-                Task<ConnectionEnd>? previous;
-                lock (_stateGate)
-                {
-                    previous = _run;
-                }
-
-                if (previous is not null)
-                {
-                    Log.Superseded(_logger, SessionId);
-                    Engine.CloseConnection(PushCloseCode.Superseded, "Another connection took over this session.");
-                    try
-                    {
-                        await previous.WaitAsync(s_supersedeWait, cancellationToken).ConfigureAwait(false);
-                    }
-                    catch (TimeoutException)
-                    {
-                        // The old connection is not closing in time (a dead peer, a long-poll nobody collects): cut it,
-                        // and wait for its run to end (a slow handler may still be finishing its message).
-                        Volatile.Read(ref _connection)?.Abort();
-                        await previous.WaitAsync(cancellationToken).ConfigureAwait(false);
-                    }
-                }
-
-                Volatile.Write(ref _connection, connection);
-                run = Engine.RunAsync(connection, cancellationToken);
-                lock (_stateGate)
-                {
-                    _run = run;
-                }
-
-                Volatile.Write(ref _transport, connection.TransportName);
-                SetState(PushChannelState.Connected, null, null);
-            }
-        }
-        finally
-        {
-            _connectionLock.Release();
-        }
-
-        var end = await run.ConfigureAwait(false);
-        var stillCurrent = false;
-        lock (_stateGate)
-        {
-            if (ReferenceEquals(_run, run))
-            {
-                _run = null;
-                stillCurrent = true;
-            }
-        }
-
-        if (stillCurrent)
-        {
-            Volatile.Write(ref _transport, null);
-            if (end.Kind == ConnectionEndKind.ClosedByPeer && end.Code == PushCloseCode.Normal)
-            {
-                // The client closed its channel: the session is over, nothing will resume it.
-                End(PushCloseCode.Normal, end.Reason ?? "The client closed the session.");
-            }
-            else if (State != PushChannelState.Closed)
-            {
-                lock (_stateGate)
-                {
-                    _disconnectedAt = _manager.TimeProvider.GetTimestamp();
-                }
-
-                SetState(PushChannelState.Disconnected, end.Code, end.Reason);
-            }
-        }
-
-        Log.ConnectionEnded(_logger, SessionId, end.Kind, end.Code, end.Reason);
-        return end;
     }
 
     /// <summary>Ends the session for good: fails unacknowledged sends, closes the connection, removes the session.</summary>
