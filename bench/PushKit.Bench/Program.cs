@@ -18,8 +18,8 @@ using PushKit.Bench;
 //          --transports websocket,sse,longpolling
 //          --messages 2000,10000                messages per fan-out round of 100 clients
 //          --warmup S                           unmeasured seconds of full rounds before each throughput figure (default 5)
-// PUSHKIT_BENCH_VERBOSE=1 prints each latency round with the GCs of both processes; PUSHKIT_BENCH_ACK_DELAY_MS sets
-// PushKit's client AckDelay.
+// PUSHKIT_BENCH_VERBOSE=1 prints each latency round with the GCs, CPU time and thread-pool work items of both
+// processes; PUSHKIT_BENCH_ACK_DELAY_MS sets PushKit's client AckDelay.
 if (args.Length > 0 && args[0] == "server")
 {
     await BenchServer.RunAsync(args[1..]);
@@ -373,7 +373,7 @@ async Task<double> MemoryPerConnectionAsync(string system, int clients)
             }
 
             var perConnection = (after - before) / clients / 1024.0;
-            Console.WriteLine($"{system,-8} memory per idle connection: {perConnection:N1} KB");
+            Console.WriteLine($"{system,-8} memory per idle connection: {perConnection:N2} KB");
             return perConnection;
         }
         finally
