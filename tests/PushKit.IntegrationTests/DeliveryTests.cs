@@ -209,10 +209,15 @@ public class DeliveryTests
         // and quietly start a new one.
         var collector = new Collector { HoldStart = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously) };
         await using var server = await PushTestServer.StartAsync(push => push.AddCollector(collector));
+
+        // On long-polling the client's next poll is held back until the session has ended, so that it reaches the
+        // server in the window CI hit: the session ended, its close frame not written yet.
+        var pollsGate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var client = server.CreateClient(o =>
         {
             o.Transports.Clear();
             o.Transports.Add(Transports.ByName(transport));
+            o.HttpMessageHandlerFactory = () => new PollGate(pollsGate.Task);
         });
         var closed = new TaskCompletionSource<PushChannelStateChangedEventArgs>(TaskCreationOptions.RunContinuationsAsynchronously);
         client.StateChanged += (_, e) =>
@@ -226,10 +231,10 @@ public class DeliveryTests
         var connecting = client.ConnectAsync();
         var session = await collector.Started.Task.WaitAsync(TestTimeouts.Default);
         await session.CloseAsync().WaitAsync(TestTimeouts.Default);
+        pollsGate.SetResult();
         if (((PushKit.Server.Sessions.PushSession)session).HttpConnection is PushKit.Server.Connections.LongPollingServerConnection polled)
         {
-            // The client's next poll finds the session ended before its close frame is written (the race CI hit): it
-            // must be held for that frame, not answered 404.
+            // That poll must be held for the close frame, not answered 404.
             await polled.PollHeld.WaitAsync(TestTimeouts.Default);
         }
 
@@ -268,6 +273,30 @@ public class DeliveryTests
         Assert.Equal(PushCloseCode.Normal, change.CloseCode);
         await connecting.WaitAsync(TestTimeouts.Default);
         Assert.Equal(PushChannelState.Closed, client.State);
+
+        // And the ended session is removed once its connection has delivered the close (the run ends a moment after
+        // the client has it). Nothing signals the removal, so this polls, bounded by the test timeout.
+        var manager = server.Services.GetRequiredService<PushKit.Server.Sessions.PushSessionManager>();
+        using var timeout = new CancellationTokenSource(TestTimeouts.Default);
+        while (manager.All().Any())
+        {
+            await Task.Delay(10, timeout.Token);
+        }
+    }
+
+    /// <summary>Holds every long-poll but the first (<c>open=1</c>) until <paramref name="gate"/> completes.</summary>
+    private sealed class PollGate(Task gate) : DelegatingHandler(new SocketsHttpHandler())
+    {
+        protected override async Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
+        {
+            if (request.RequestUri!.AbsolutePath.EndsWith("/poll", StringComparison.Ordinal)
+                && !request.RequestUri.Query.Contains("open=1", StringComparison.Ordinal))
+            {
+                await gate.WaitAsync(TestTimeouts.Default, cancellationToken);
+            }
+
+            return await base.SendAsync(request, cancellationToken);
+        }
     }
 
     private sealed class ClosingOnStartHandler : PushHandler

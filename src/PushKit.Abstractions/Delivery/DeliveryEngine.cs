@@ -250,6 +250,18 @@ internal sealed partial class DeliveryEngine
         return dropped;
     }
 
+    /// <summary>Whether <see cref="Shutdown"/> or <see cref="Detach"/> has closed the engine for good.</summary>
+    public bool IsClosed
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _terminal is not null;
+            }
+        }
+    }
+
     /// <summary>
     /// Asks the current connection, if any, to close with <paramref name="code"/>: pending frames are flushed, a close
     /// frame is sent, then the transport closes. The session itself stays open.
@@ -389,15 +401,15 @@ internal sealed partial class DeliveryEngine
         FinalClose? finalClose = null;
         lock (_gate)
         {
-            if (_current is not null)
-            {
-                throw new InvalidOperationException("The session already has a live connection.");
-            }
-
             if (_terminal is not null)
             {
+                // Checked first: a shut-down engine may still be closing its last connection when another arrives.
                 terminal = true;
                 finalClose = _finalClose;
+            }
+            else if (_current is not null)
+            {
+                throw new InvalidOperationException("The session already has a live connection.");
             }
             else
             {

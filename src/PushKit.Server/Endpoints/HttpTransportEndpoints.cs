@@ -61,16 +61,7 @@ internal static partial class HttpTransportEndpoints
 
         if (session.State == PushChannelState.Closed)
         {
-            // An ended session's last long-polling connection holds its close frame, or is about to (the session
-            // ends at once, its connection's write loop writes the frame a moment later): hand it over once.
-            if (session.HttpConnection is LongPollingServerConnection ending && (ending.HasPending || !ending.IsDead))
-            {
-                await ending.PollAsync(context).ConfigureAwait(false);
-                return;
-            }
-
-            await HttpErrors.WriteAsync(context, StatusCodes.Status404NotFound, PushErrorCodes.SessionNotFound,
-                "No such session: it never existed, expired or was closed. Negotiate a new one.").ConfigureAwait(false);
+            await PollEndedAsync(context, session).ConfigureAwait(false);
             return;
         }
 
@@ -86,6 +77,13 @@ internal static partial class HttpTransportEndpoints
             () => new LongPollingServerConnection(session.Engine.PeerMaxMessageBytes, options.LongPollingTimeout, sessions.TimeProvider),
             forceNew: open,
             out var created);
+        if (connection is null)
+        {
+            // The session ended since the check above.
+            await PollEndedAsync(context, session).ConfigureAwait(false);
+            return;
+        }
+
         if (created)
         {
             // The first poll opens the connection and is answered at once; the session runs in the background
@@ -99,6 +97,21 @@ internal static partial class HttpTransportEndpoints
         }
 
         await connection.PollAsync(context).ConfigureAwait(false);
+    }
+
+    /// <summary>A poll on an ended session: it collects the close frame once, then the session is gone (404).</summary>
+    private static async Task PollEndedAsync(HttpContext context, PushSession session)
+    {
+        // An ended session's last long-polling connection holds its close frame, or is about to (the session ends at
+        // once, its connection's write loop writes the frame a moment later): hand it over once.
+        if (session.HttpConnection is LongPollingServerConnection ending && (ending.HasPending || !ending.IsDead))
+        {
+            await ending.PollAsync(context).ConfigureAwait(false);
+            return;
+        }
+
+        await HttpErrors.WriteAsync(context, StatusCodes.Status404NotFound, PushErrorCodes.SessionNotFound,
+            "No such session: it never existed, expired or was closed. Negotiate a new one.").ConfigureAwait(false);
     }
 
     /// <summary>
@@ -213,7 +226,7 @@ internal static partial class HttpTransportEndpoints
         {
             await using (connection.ConfigureAwait(false))
             {
-                await session.RunConnectionAsync(connection, CancellationToken.None).ConfigureAwait(false);
+                await session.RunConnectionAsync(connection, CancellationToken.None, attachCounted: true).ConfigureAwait(false);
             }
         }
         catch (Exception ex)

@@ -133,8 +133,12 @@ internal sealed partial class PushSession : IPushSession
     /// <summary>Returns the live long-polling connection, or attaches <paramref name="created"/> when there is none.</summary>
     /// <param name="create">Creates the connection.</param>
     /// <param name="forceNew">The client opens a new connection (after a loss): the previous one is ended so that the new one replays.</param>
-    /// <param name="created">Whether a new connection was attached.</param>
-    internal Connections.LongPollingServerConnection AttachLongPolling(Func<Connections.LongPollingServerConnection> create, bool forceNew, out bool created)
+    /// <param name="created">
+    /// Whether a new connection was attached. It counts as being attached from here on (the session is not removed
+    /// under it), and must be run with <see cref="RunConnectionAsync"/> with <c>attachCounted</c> set.
+    /// </param>
+    /// <returns>The connection; null when the session has ended and has no live connection to reuse.</returns>
+    internal Connections.LongPollingServerConnection? AttachLongPolling(Func<Connections.LongPollingServerConnection> create, bool forceNew, out bool created)
     {
         Connections.LongPollingServerConnection? replaced = null;
         lock (_stateGate)
@@ -150,9 +154,18 @@ internal sealed partial class PushSession : IPushSession
                 replaced = live;
             }
 
+            if (_state == PushChannelState.Closed)
+            {
+                // Ended since the poll looked: a new connection would have nothing to carry but a close, and nothing
+                // would keep the session findable for the poll that collects it.
+                created = false;
+                return null;
+            }
+
             var connection = create();
             _httpConnection = connection;
             created = true;
+            _attaching++;
             replaced?.Abort();
             return connection;
         }
@@ -256,14 +269,20 @@ internal sealed partial class PushSession : IPushSession
     /// Carries the session over <paramref name="connection"/> until it ends. A live older connection is superseded
     /// first: it is closed with <see cref="PushCloseCode.Superseded"/>.
     /// </summary>
-    public async Task<ConnectionEnd> RunConnectionAsync(IPushTransportConnection connection, CancellationToken cancellationToken)
+    /// <param name="connection">The connection.</param>
+    /// <param name="cancellationToken">Ends the run (the request was aborted).</param>
+    /// <param name="attachCounted">The connection already counts as being attached (<see cref="AttachLongPolling"/>).</param>
+    public async Task<ConnectionEnd> RunConnectionAsync(IPushTransportConnection connection, CancellationToken cancellationToken, bool attachCounted = false)
     {
         // While a connection is being attached, an End that finds no run yet must not remove the session: the
         // connection is about to tell its client why the session ended, and a long-poll collects that from here.
         // (One method, not two: every idle connection keeps this state machine alive, and its memory is a target.)
-        lock (_stateGate)
+        if (!attachCounted)
         {
-            _attaching++;
+            lock (_stateGate)
+            {
+                _attaching++;
+            }
         }
 
         try
@@ -283,7 +302,20 @@ internal sealed partial class PushSession : IPushSession
                 {
                     // The session ended while this connection was being set up. Its engine is shut down (or is about to
                     // be, and then closes this connection itself): it sends the close the session ended with, so the
-                    // client hears 1000 after an application close, not that its session has vanished.
+                    // client hears 1000 after an application close, not that its session has vanished. In the moment
+                    // before the engine is shut down, a previous connection may still be live: it is about to be
+                    // closed, so wait for that first (the engine takes one live connection at a time).
+                    Task<ConnectionEnd>? previous;
+                    lock (_stateGate)
+                    {
+                        previous = _run;
+                    }
+
+                    if (previous is not null && !Engine.IsClosed)
+                    {
+                        await previous.WaitAsync(cancellationToken).ConfigureAwait(false);
+                    }
+
                     run = Engine.RunAsync(connection, cancellationToken);
                 }
                 else

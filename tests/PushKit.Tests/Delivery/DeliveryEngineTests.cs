@@ -172,6 +172,35 @@ public class DeliveryEngineTests
     }
 
     [Fact]
+    public async Task A_connection_that_arrives_while_the_shut_down_engine_still_closes_the_last_one_is_told_the_close_too()
+    {
+        var engine = new End("server").Engine;
+        var (old, _) = InMemoryConnection.CreatePair(); // its peer never answers the close: the run lingers for its grace
+        var oldRun = engine.RunAsync(old);
+        engine.Shutdown(PushCloseCode.Normal, "bye", new PushChannelClosedException("closed", PushCloseCode.Normal));
+
+        var (late, _) = InMemoryConnection.CreatePair();
+        var end = await engine.RunAsync(late).WaitAsync(s_timeout);
+        Assert.Equal(new ConnectionEnd(ConnectionEndKind.ClosedLocally, PushCloseCode.Normal, "bye"), end);
+        Assert.Contains("\"type\":\"close\"", late.SentText(), StringComparison.Ordinal);
+        await oldRun.WaitAsync(s_timeout);
+    }
+
+    [Fact]
+    public async Task A_detached_engine_says_nothing_to_a_late_connection()
+    {
+        // Its messages went to the engine that adopted them: the old session is not to be closed by this one.
+        var engine = new End("client").Engine;
+        _ = engine.Enqueue(PushMessage.FromString("adopted elsewhere"), trackAck: false);
+        Assert.Single(engine.Detach(new PushChannelClosedException("replaced")));
+
+        var (late, _) = InMemoryConnection.CreatePair();
+        var end = await engine.RunAsync(late).WaitAsync(s_timeout);
+        Assert.Equal(ConnectionEndKind.ClosedLocally, end.Kind);
+        Assert.Empty(late.Sent);
+    }
+
+    [Fact]
     public async Task Messages_queued_while_disconnected_are_sent_on_connect()
     {
         var left = new End("left");
