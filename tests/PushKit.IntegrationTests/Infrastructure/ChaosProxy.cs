@@ -57,6 +57,13 @@ public sealed class ChaosProxy : IAsyncDisposable
             _links.Clear();
         }
 
+        // Stop every link forwarding before resetting any: a client that reacts to the first reset must not get
+        // through on a pooled keep-alive connection whose link is not reset yet (RefuseNew only stops new ones).
+        foreach (var link in links)
+        {
+            link.Cut();
+        }
+
         foreach (var link in links)
         {
             link.Reset();
@@ -148,7 +155,7 @@ public sealed class ChaosProxy : IAsyncDisposable
                     return;
                 }
 
-                if (_blackHole)
+                if (_blackHole || link.IsCut)
                 {
                     continue;
                 }
@@ -181,6 +188,11 @@ public sealed class ChaosProxy : IAsyncDisposable
     private sealed class Link(Socket client, Socket server)
     {
         private int _reset;
+        private volatile bool _cut;
+
+        public bool IsCut => _cut;
+
+        public void Cut() => _cut = true;
 
         public void Reset()
         {
