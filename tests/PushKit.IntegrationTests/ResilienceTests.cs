@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Threading.Channels;
 using Microsoft.Extensions.DependencyInjection;
 using PushKit.Client;
 using PushKit.IntegrationTests.Infrastructure;
@@ -326,7 +327,9 @@ public class SessionLifetimeTests
     [Fact]
     public async Task The_default_reconnect_backoff_is_exponential_with_jitter_and_capped()
     {
-        var time = new Microsoft.Extensions.Time.Testing.FakeTimeProvider();
+        // Each delay the pipeline waits is read from the timer it creates on the fake clock, and the clock is moved
+        // exactly that far: the figures do not depend on how fast this machine runs the test.
+        var time = new TimerReportingTime(new Microsoft.Extensions.Time.Testing.FakeTimeProvider());
         var options = new PushClientOptions
         {
             TimeProvider = time,
@@ -348,22 +351,62 @@ public class SessionLifetimeTests
             throw new PushConnectException("refused");
         }).AsTask());
 
-        // Walk the clock forward in 50 ms steps and note when each attempt happens.
-        Assert.True(await attempted.WaitAsync(TestTimeouts.Default));
-        for (var step = 0; step < 20_000 && !run.IsCompleted; step++)
+        var delays = new List<double>();
+        while (true)
         {
-            time.Advance(TimeSpan.FromMilliseconds(50));
-            while (await attempted.WaitAsync(step % 100 == 0 ? 20 : 0))
+            Assert.True(await attempted.WaitAsync(TestTimeouts.Default), "the pipeline should make another attempt");
+            var timer = time.Timers.ReadAsync().AsTask();
+            if (await Task.WhenAny(timer, run).WaitAsync(TestTimeouts.Default) == run)
             {
+                break;
             }
+
+            var due = await timer;
+            delays.Add(due.TotalSeconds);
+            time.Advance(due);
         }
 
         await Assert.ThrowsAsync<PushConnectException>(() => run.WaitAsync(TestTimeouts.Default));
-        var delays = attempts.Zip(attempts.Skip(1), (a, b) => (b - a).TotalSeconds).ToArray();
-        Assert.Equal(12, delays.Length);
-        Assert.All(delays, d => Assert.InRange(d, 0.0, 30.1));
-        Assert.True(delays.Take(3).Average() < delays.Skip(6).Average(), $"delays should grow: {string.Join(", ", delays)}");
-        Assert.True(delays.Distinct().Count() > 6, $"jitter should vary the delays: {string.Join(", ", delays)}");
+        Assert.Equal(13, attempts.Count);
+        Assert.Equal(12, delays.Count);
+        Assert.Equal(delays, attempts.Zip(attempts.Skip(1), (a, b) => (b - a).TotalSeconds));
+        var shown = string.Join(", ", delays.Select(d => d.ToString("F2", CultureInfo.InvariantCulture)));
+        Assert.All(delays, d => Assert.InRange(d, 0.0, 30.0));
+        Assert.True(delays.Take(3).Average() < delays.Skip(6).Average(), $"delays should grow: {shown}");
+
+        // Capped at MaxReconnectDelay: far past it (2^11 s nominal), every delay is exactly the cap.
+        Assert.All(delays.TakeLast(3), d => Assert.Equal(30.0, d));
+
+        // Jittered: below the cap the delays are not the bare doubling 1, 2, 4, 8, 16 s, and no two are alike.
+        // (Above the cap many delays are exactly 30 s, so counting distinct values over all twelve would be luck.)
+        var early = delays.Take(5).ToArray();
+        Assert.NotEqual([1.0, 2.0, 4.0, 8.0, 16.0], early);
+        Assert.True(early.Distinct().Count() == early.Length, $"jitter should vary the delays: {shown}");
+    }
+
+    /// <summary>A fake clock that reports the due time of every timer created on it.</summary>
+    private sealed class TimerReportingTime(Microsoft.Extensions.Time.Testing.FakeTimeProvider inner) : TimeProvider
+    {
+        private readonly Channel<TimeSpan> _timers = Channel.CreateUnbounded<TimeSpan>();
+
+        public ChannelReader<TimeSpan> Timers => _timers.Reader;
+
+        public void Advance(TimeSpan delta) => inner.Advance(delta);
+
+        public override long TimestampFrequency => inner.TimestampFrequency;
+
+        public override long GetTimestamp() => inner.GetTimestamp();
+
+        public override DateTimeOffset GetUtcNow() => inner.GetUtcNow();
+
+        public override TimeZoneInfo LocalTimeZone => inner.LocalTimeZone;
+
+        public override ITimer CreateTimer(TimerCallback callback, object? state, TimeSpan dueTime, TimeSpan period)
+        {
+            var timer = inner.CreateTimer(callback, state, dueTime, period);
+            _timers.Writer.TryWrite(dueTime);
+            return timer;
+        }
     }
 
     /// <summary>A fake clock that says when a timer of a given due time is created (after <see cref="Watch"/>).</summary>
