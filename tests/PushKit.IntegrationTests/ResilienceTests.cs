@@ -197,7 +197,10 @@ public class SessionLifetimeTests
                 reset.TrySetResult(e);
             }
         };
+        // The sweep that expires it runs on the thread pool after the clock moves: wait for the session to end (the
+        // handler hears of it after the session is removed) rather than look at once.
         time.Advance(TimeSpan.FromMinutes(2) + TimeSpan.FromSeconds(2));
+        Assert.Equal(PushCloseCode.SessionNotFound, await collector.Ended.Task.WaitAsync(TestTimeouts.Default));
         Assert.Null(server.Sessions.FindSession(oldSessionId));
         proxy.RefuseNew = false;
 
