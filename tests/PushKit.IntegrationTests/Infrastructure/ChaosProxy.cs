@@ -18,6 +18,9 @@ public sealed class ChaosProxy : IAsyncDisposable
     private volatile bool _blackHole;
     private volatile bool _refuse;
 
+    // Counts CutAll calls: a connection accepted before a cut whose link was not set up yet is reset when it is.
+    private int _cutGeneration;
+
     public ChaosProxy(Uri upstream)
     {
         _upstream = new IPEndPoint(IPAddress.Parse(upstream.Host), upstream.Port);
@@ -53,6 +56,7 @@ public sealed class ChaosProxy : IAsyncDisposable
         Link[] links;
         lock (_links)
         {
+            _cutGeneration++;
             links = [.. _links];
             _links.Clear();
         }
@@ -101,6 +105,12 @@ public sealed class ChaosProxy : IAsyncDisposable
                 return;
             }
 
+            int generation;
+            lock (_links)
+            {
+                generation = _cutGeneration;
+            }
+
             if (_refuse)
             {
                 client.LingerState = new LingerOption(true, 0);
@@ -108,11 +118,11 @@ public sealed class ChaosProxy : IAsyncDisposable
                 continue;
             }
 
-            _ = StartLinkAsync(client);
+            _ = StartLinkAsync(client, generation);
         }
     }
 
-    private async Task StartLinkAsync(Socket client)
+    private async Task StartLinkAsync(Socket client, int generation)
     {
         var server = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         client.NoDelay = true;
@@ -128,9 +138,22 @@ public sealed class ChaosProxy : IAsyncDisposable
         }
 
         var link = new Link(client, server);
+        bool live;
         lock (_links)
         {
-            _links.Add(link);
+            // Accepted before a CutAll that could not see it (its upstream connect was still under way): the cut
+            // covers it too, or a client could get through on it while the test believes every connection is gone.
+            live = generation == _cutGeneration;
+            if (live)
+            {
+                _links.Add(link);
+            }
+        }
+
+        if (!live)
+        {
+            link.Reset();
+            return;
         }
 
         await Task.WhenAll(PumpAsync(client, server, link), PumpAsync(server, client, link));
