@@ -284,21 +284,6 @@ public class DeliveryTests
         }
     }
 
-    /// <summary>Holds every long-poll but the first (<c>open=1</c>) until <paramref name="gate"/> completes.</summary>
-    private sealed class PollGate(Task gate) : DelegatingHandler(new SocketsHttpHandler())
-    {
-        protected override async Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
-        {
-            if (request.RequestUri!.AbsolutePath.EndsWith("/poll", StringComparison.Ordinal)
-                && !request.RequestUri.Query.Contains("open=1", StringComparison.Ordinal))
-            {
-                await gate.WaitAsync(TestTimeouts.Default, cancellationToken);
-            }
-
-            return await base.SendAsync(request, cancellationToken);
-        }
-    }
-
     private sealed class ClosingOnStartHandler : PushHandler
     {
         public override async ValueTask OnSessionStartedAsync(IPushSession session, CancellationToken cancellationToken) =>

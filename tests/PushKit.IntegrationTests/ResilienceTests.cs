@@ -244,6 +244,44 @@ public class SessionLifetimeTests
     }
 
     [Fact]
+    public async Task At_shutdown_a_long_polling_client_between_two_polls_still_collects_its_going_away()
+    {
+        // The client's next poll leaves only after the host has begun to stop. The web server must still be
+        // serving when it arrives, so that it collects the 1001 rather than a refused connection.
+        var server = await PushTestServer.StartAsync();
+        var pollsGate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var client = new PushChannelBuilder().WithUrl(server.BaseUrl).Configure(o =>
+        {
+            o.Transports.Clear();
+            o.Transports.Add(Transports.ByName("longpolling"));
+            // Each request on a new connection: a web server that has begun to stop accepts none.
+            o.HttpMessageHandlerFactory = () => new PollGate(pollsGate.Task, newConnectionEachRequest: true);
+        }).Build();
+        await using (client)
+        {
+            await client.ConnectAsync().WaitAsync(TestTimeouts.Default);
+            var reconnecting = new TaskCompletionSource<PushChannelStateChangedEventArgs>(TaskCreationOptions.RunContinuationsAsynchronously);
+            client.StateChanged += (_, e) =>
+            {
+                if (e.CurrentState == PushChannelState.Reconnecting)
+                {
+                    reconnecting.TrySetResult(e);
+                }
+            };
+
+            var stopping = server.DisposeAsync().AsTask();
+
+            // A client a little slow to come back: its next poll leaves 300 ms into the shutdown.
+            await Task.Delay(300);
+            Assert.False(stopping.IsCompleted, "the host should wait for the long-polling client to collect its close");
+            pollsGate.SetResult();
+            var change = await reconnecting.Task.WaitAsync(TestTimeouts.Default);
+            Assert.Equal(PushCloseCode.GoingAway, change.CloseCode);
+            await stopping.WaitAsync(TestTimeouts.Default);
+        }
+    }
+
+    [Fact]
     public async Task The_client_waits_for_the_server_retry_hint_before_reconnecting()
     {
         var fake = new Microsoft.Extensions.Time.Testing.FakeTimeProvider(DateTimeOffset.UtcNow);

@@ -82,6 +82,18 @@ internal sealed partial class PushSession : IPushSession
 
     internal DeliveryEngine Engine { get; }
 
+    /// <summary>The run of the live connection, if there is one: it completes when that connection has ended.</summary>
+    internal Task? CurrentRun
+    {
+        get
+        {
+            lock (_stateGate)
+            {
+                return _run;
+            }
+        }
+    }
+
     /// <summary>Messages from the client waiting for <see cref="ReadAllAsync"/> (no handlers registered); made on first use.</summary>
     private Channel<PushMessage> Inbound
     {
