@@ -1027,9 +1027,10 @@ internal sealed partial class DeliveryEngine
             await connection.SendAsync(output.WrittenMemory, cancellationToken).ConfigureAwait(false);
             await connection.CloseAsync(close.Code, close.Reason, cancellationToken).ConfigureAwait(false);
         }
-        catch (Exception ex) when (ex is IOException or System.Net.WebSockets.WebSocketException or OperationCanceledException or ObjectDisposedException)
+        catch (Exception ex)
         {
-            // The peer is gone already.
+            // The peer is gone already. Whatever the transport says of it (an HTTP transport throws
+            // HttpRequestException), telling it was a courtesy: it must not fail the close of the side that ended.
             Log.WriteLoopEnded(_logger, _name, ex.Message);
         }
     }

@@ -187,6 +187,20 @@ public class DeliveryEngineTests
     }
 
     [Fact]
+    public async Task A_late_connection_that_cannot_take_the_final_close_ends_quietly()
+    {
+        // A closing client whose reconnect just got through, to a server that has stopped: the close cannot be
+        // posted (HttpRequestException, not an IOException). Closing or disposing the client must not throw it.
+        var engine = new End("client").Engine;
+        engine.Shutdown(PushCloseCode.Normal, "bye", new PushChannelClosedException("closed", PushCloseCode.Normal));
+
+        var (late, _) = InMemoryConnection.CreatePair();
+        late.SendFailure = new HttpRequestException("Connection refused");
+        var end = await engine.RunAsync(late).WaitAsync(s_timeout);
+        Assert.Equal(new ConnectionEnd(ConnectionEndKind.ClosedLocally, PushCloseCode.Normal, "bye"), end);
+    }
+
+    [Fact]
     public async Task A_detached_engine_says_nothing_to_a_late_connection()
     {
         // Its messages went to the engine that adopted them: the old session is not to be closed by this one.

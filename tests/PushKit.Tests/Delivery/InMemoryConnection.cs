@@ -27,8 +27,16 @@ internal sealed class InMemoryConnection : IPushTransportConnection
     /// <summary>Injects a raw batch as if the peer had sent it.</summary>
     public void Inject(string batch) => _incoming.Writer.TryWrite(System.Text.Encoding.UTF8.GetBytes(batch));
 
+    /// <summary>When set, every send fails with this (a transport whose peer is gone).</summary>
+    public Exception? SendFailure { get; set; }
+
     public ValueTask SendAsync(ReadOnlyMemory<byte> frames, CancellationToken cancellationToken = default)
     {
+        if (SendFailure is { } failure)
+        {
+            return ValueTask.FromException(failure);
+        }
+
         lock (Sent)
         {
             Sent.Add(System.Text.Encoding.UTF8.GetString(frames.Span));
