@@ -10,6 +10,7 @@ internal sealed class PushSessionHousekeeper(PushSessionManager sessions, TimePr
     : BackgroundService, IHostedLifecycleService
 {
     private CancellationTokenRegistration _stopping;
+    private PeriodicTimer? _sweep;
 
     /// <summary>How often expiry is checked: a session lives at most this much past its resume window.</summary>
     internal static readonly TimeSpan SweepInterval = TimeSpan.FromSeconds(1);
@@ -47,6 +48,9 @@ internal sealed class PushSessionHousekeeper(PushSessionManager sessions, TimePr
 
     public override Task StartAsync(CancellationToken cancellationToken)
     {
+        // The sweep's timer exists once the host has started: ExecuteAsync may run later, on the thread pool (it does on
+        // .NET 10), and a timer made there would start late, or, on a test's fake clock, miss a move made before it.
+        _sweep = new PeriodicTimer(SweepInterval, timeProvider);
         // ApplicationStopping fires before the web server stops: connections can still be told to go away cleanly.
         _stopping = lifetime.ApplicationStopping.Register(GoingAway);
         return base.StartAsync(cancellationToken);
@@ -57,6 +61,7 @@ internal sealed class PushSessionHousekeeper(PushSessionManager sessions, TimePr
         GoingAway();
         await _stopping.DisposeAsync().ConfigureAwait(false);
         await base.StopAsync(cancellationToken).ConfigureAwait(false);
+        _sweep?.Dispose();
     }
 
     private void GoingAway()
@@ -69,7 +74,7 @@ internal sealed class PushSessionHousekeeper(PushSessionManager sessions, TimePr
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
-        using var timer = new PeriodicTimer(SweepInterval, timeProvider);
+        using var timer = _sweep!;
         try
         {
             while (await timer.WaitForNextTickAsync(stoppingToken).ConfigureAwait(false))
