@@ -219,25 +219,11 @@ public class SessionLifetimeTests
     public async Task When_the_server_shuts_down_clients_are_told_to_go_away_and_start_reconnecting(string transport)
     {
         var server = await PushTestServer.StartAsync();
-        var client = new PushChannelBuilder().WithUrl(server.BaseUrl).Configure(o =>
+        await using (var client = await ConnectOutlivingClientAsync(server, transport))
         {
-            o.Transports.Clear();
-            o.Transports.Add(Transports.ByName(transport));
-        }).Build();
-        await using (client)
-        {
-            await client.ConnectAsync().WaitAsync(TestTimeouts.Default);
-            var reconnecting = new TaskCompletionSource<PushChannelStateChangedEventArgs>(TaskCreationOptions.RunContinuationsAsynchronously);
-            client.StateChanged += (_, e) =>
-            {
-                if (e.CurrentState == PushChannelState.Reconnecting)
-                {
-                    reconnecting.TrySetResult(e);
-                }
-            };
-
+            var reconnecting = NextStateAsync(client, PushChannelState.Reconnecting);
             var stopping = server.DisposeAsync().AsTask();
-            var change = await reconnecting.Task.WaitAsync(TestTimeouts.Default);
+            var change = await reconnecting.WaitAsync(TestTimeouts.Default);
             Assert.Equal(PushCloseCode.GoingAway, change.CloseCode);
             await stopping.WaitAsync(TestTimeouts.Default);
         }
@@ -250,35 +236,56 @@ public class SessionLifetimeTests
         // serving when it arrives, so that it collects the 1001 rather than a refused connection.
         var server = await PushTestServer.StartAsync();
         var pollsGate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        var client = new PushChannelBuilder().WithUrl(server.BaseUrl).Configure(o =>
-        {
-            o.Transports.Clear();
-            o.Transports.Add(Transports.ByName("longpolling"));
-            // Each request on a new connection: a web server that has begun to stop accepts none.
-            o.HttpMessageHandlerFactory = () => new PollGate(pollsGate.Task, newConnectionEachRequest: true);
-        }).Build();
-        await using (client)
-        {
-            await client.ConnectAsync().WaitAsync(TestTimeouts.Default);
-            var reconnecting = new TaskCompletionSource<PushChannelStateChangedEventArgs>(TaskCreationOptions.RunContinuationsAsynchronously);
-            client.StateChanged += (_, e) =>
-            {
-                if (e.CurrentState == PushChannelState.Reconnecting)
-                {
-                    reconnecting.TrySetResult(e);
-                }
-            };
 
+        // Each request on a new connection: a web server that has begun to stop accepts none.
+        await using (var client = await ConnectOutlivingClientAsync(server, "longpolling", () => new PollGate(pollsGate.Task, newConnectionEachRequest: true)))
+        {
+            var reconnecting = NextStateAsync(client, PushChannelState.Reconnecting);
             var stopping = server.DisposeAsync().AsTask();
 
             // A client a little slow to come back: its next poll leaves 300 ms into the shutdown.
             await Task.Delay(300);
             Assert.False(stopping.IsCompleted, "the host should wait for the long-polling client to collect its close");
             pollsGate.SetResult();
-            var change = await reconnecting.Task.WaitAsync(TestTimeouts.Default);
+            var change = await reconnecting.WaitAsync(TestTimeouts.Default);
             Assert.Equal(PushCloseCode.GoingAway, change.CloseCode);
             await stopping.WaitAsync(TestTimeouts.Default);
         }
+    }
+
+    /// <summary>A connected client on one transport that the server does not dispose: it is to see the server stop.</summary>
+    private static async Task<IPushChannel> ConnectOutlivingClientAsync(PushTestServer server, string transport, Func<HttpMessageHandler>? handler = null)
+    {
+        var client = new PushChannelBuilder().WithUrl(server.BaseUrl).Configure(o =>
+        {
+            o.Transports.Clear();
+            o.Transports.Add(Transports.ByName(transport));
+            o.HttpMessageHandlerFactory = handler ?? o.HttpMessageHandlerFactory;
+        }).Build();
+        try
+        {
+            await client.ConnectAsync().WaitAsync(TestTimeouts.Default);
+            return client;
+        }
+        catch
+        {
+            await client.DisposeAsync();
+            throw;
+        }
+    }
+
+    /// <summary>Completes with the client's next change into <paramref name="state"/>.</summary>
+    private static Task<PushChannelStateChangedEventArgs> NextStateAsync(IPushChannel client, PushChannelState state)
+    {
+        var next = new TaskCompletionSource<PushChannelStateChangedEventArgs>(TaskCreationOptions.RunContinuationsAsynchronously);
+        client.StateChanged += (_, e) =>
+        {
+            if (e.CurrentState == state)
+            {
+                next.TrySetResult(e);
+            }
+        };
+        return next.Task;
     }
 
     [Fact]
