@@ -35,6 +35,8 @@ internal sealed partial class PushChannel : IPushChannel
     private NegotiateResponse? _session;
     private bool _pendingSessionReset;
     private int _disposed;
+    private int _closeStarted;
+    private readonly TaskCompletionSource _closed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly CancellationTokenSource _lifetime = new();
     private readonly ResiliencePipeline _reconnect;
 
@@ -488,33 +490,71 @@ internal sealed partial class PushChannel : IPushChannel
 
     public async Task CloseAsync(CancellationToken cancellationToken = default)
     {
-        DeliveryEngine? engine;
-        Task? run;
-        lock (_gate)
+        // The first call closes; every call (a second close, a close after DisposeAsync, a close racing a dispose)
+        // waits for that one close to finish, and only its own token can cut its wait short.
+        if (Interlocked.Exchange(ref _closeStarted, 1) == 0)
         {
-            engine = _engine;
-            run = _run;
+            _ = CloseCoreAsync();
         }
 
-        SetState(PushChannelState.Closed, PushCloseCode.Normal, "Closed by the application.", null);
-        engine?.Shutdown(PushCloseCode.Normal, "The client closed the channel.", new PushChannelClosedException("The channel was closed by the application.", PushCloseCode.Normal));
-
-        // Stops a reconnect in progress; a live connection first gets its close frame out (the engine's grace period).
-        _lifetime.CancelAfter(TimeSpan.FromSeconds(2));
-        if (run is not null)
+        try
         {
+            await _closed.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            // The caller abandons the graceful close: the connection is aborted now instead of after its grace period.
             try
             {
-                await run.WaitAsync(s_closeWait, _options.TimeProvider, cancellationToken).ConfigureAwait(false);
+                await _lifetime.CancelAsync().ConfigureAwait(false);
             }
-            catch (TimeoutException)
+            catch (ObjectDisposedException)
             {
-                Log.CloseTimedOut(_logger, SessionId);
+                // Disposed meanwhile: the close has finished, and nothing is left to abort.
             }
-        }
 
-        await _lifetime.CancelAsync().ConfigureAwait(false);
-        _inbound.Complete();
+            throw;
+        }
+    }
+
+    private async Task CloseCoreAsync()
+    {
+        try
+        {
+            DeliveryEngine? engine;
+            Task? run;
+            lock (_gate)
+            {
+                engine = _engine;
+                run = _run;
+            }
+
+            SetState(PushChannelState.Closed, PushCloseCode.Normal, "Closed by the application.", null);
+            engine?.Shutdown(PushCloseCode.Normal, "The client closed the channel.", new PushChannelClosedException("The channel was closed by the application.", PushCloseCode.Normal));
+
+            // Stops a reconnect in progress; a live connection first gets its close frame out (the engine's grace period).
+            _lifetime.CancelAfter(TimeSpan.FromSeconds(2));
+            if (run is not null)
+            {
+                try
+                {
+                    await run.WaitAsync(s_closeWait, _options.TimeProvider).ConfigureAwait(false);
+                }
+                catch (TimeoutException)
+                {
+                    Log.CloseTimedOut(_logger, SessionId);
+                }
+            }
+
+            await _lifetime.CancelAsync().ConfigureAwait(false);
+            _inbound.Complete();
+            _closed.TrySetResult();
+        }
+        catch (Exception ex)
+        {
+            _inbound.Complete();
+            _closed.TrySetException(ex);
+        }
     }
 
     public async ValueTask DisposeAsync()

@@ -196,8 +196,43 @@ public class DeliveryTests
         await session.CloseAsync();
         var change = await closed.Task.WaitAsync(TestTimeouts.Default);
         Assert.Equal(PushCloseCode.Normal, change.CloseCode);
-        await Assert.ThrowsAsync<PushChannelClosedException>(() => session.SendAsync(PushMessage.FromString("x")).AsTask());
+
+        // Both sides' refused sends say why the channel closed on the exception callers catch (getting-started §3.5).
+        var onClient = await Assert.ThrowsAsync<PushChannelClosedException>(() => client.SendStringAsync("x").AsTask());
+        Assert.Equal(PushCloseCode.Normal, onClient.CloseCode);
+        var onServer = await Assert.ThrowsAsync<PushChannelClosedException>(() => session.SendAsync(PushMessage.FromString("x")).AsTask());
+        Assert.Equal(PushCloseCode.Normal, onServer.CloseCode);
         Assert.False(await server.Sender.SendToSessionAsync(session.SessionId, PushMessage.FromString("x")));
+    }
+
+    [Fact]
+    public async Task Closing_a_channel_again_or_after_disposing_it_does_nothing_and_later_sends_say_it_was_closed()
+    {
+        await using var server = await PushTestServer.StartAsync();
+        var client = await server.ConnectClientAsync();
+
+        await client.CloseAsync().WaitAsync(TestTimeouts.Default);
+        await client.CloseAsync().WaitAsync(TestTimeouts.Default);
+        await client.DisposeAsync().AsTask().WaitAsync(TestTimeouts.Default);
+        await client.CloseAsync().WaitAsync(TestTimeouts.Default);
+        await client.DisposeAsync().AsTask().WaitAsync(TestTimeouts.Default);
+
+        var error = await Assert.ThrowsAsync<PushChannelClosedException>(() => client.SendStringAsync("x").AsTask());
+        Assert.Equal(PushCloseCode.Normal, error.CloseCode);
+        Assert.Equal(PushChannelState.Closed, client.State);
+    }
+
+    [Fact]
+    public async Task A_close_racing_a_dispose_finishes_quietly()
+    {
+        await using var server = await PushTestServer.StartAsync();
+        var client = await server.ConnectClientAsync();
+
+        var closing = client.CloseAsync();
+        var disposing = client.DisposeAsync().AsTask();
+        var closingAgain = client.CloseAsync();
+        await Task.WhenAll(closing, disposing, closingAgain).WaitAsync(TestTimeouts.Default);
+        Assert.Equal(PushChannelState.Closed, client.State);
     }
 
     [Theory]

@@ -181,7 +181,9 @@ internal sealed partial class DeliveryEngine
         {
             if (_terminal is not null)
             {
-                throw new PushChannelClosedException("The push channel is closed; the message was not sent.", _terminal);
+                // The code the channel closed with travels on the exception callers catch, not only on its inner one.
+                var code = (_terminal as PushChannelClosedException)?.CloseCode ?? _finalClose?.Code;
+                throw new PushChannelClosedException($"The push channel is closed; the message was not sent. {_terminal.Message}", code, _terminal);
             }
 
             if (enforceLimits && Limits is { } limits && _count > 0 && (_count >= limits.MaxMessages || _bufferedBytes + bytes > limits.MaxBytes))
