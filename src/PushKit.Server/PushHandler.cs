@@ -12,7 +12,7 @@ namespace PushKit.Server;
 public abstract class PushHandler
 {
     /// <summary>Called when a session connects for the first time.</summary>
-    /// <param name="session">The session.</param>
+    /// <param name="session">The session; its <see cref="IPushChannel.Transport"/> names the transport of that first connection.</param>
     /// <param name="cancellationToken">Signals that the connection ended.</param>
     public virtual ValueTask OnSessionStartedAsync(IPushSession session, CancellationToken cancellationToken) => default;
 

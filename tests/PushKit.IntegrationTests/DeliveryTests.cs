@@ -205,6 +205,25 @@ public class DeliveryTests
         Assert.False(await server.Sender.SendToSessionAsync(session.SessionId, PushMessage.FromString("x")));
     }
 
+    [Theory]
+    [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
+    public async Task A_session_names_its_transport_from_its_start_handler_on_and_none_once_its_connection_ended(string transport)
+    {
+        var collector = new Collector();
+        await using var server = await PushTestServer.StartAsync(push => push.AddCollector(collector));
+        var client = await server.ConnectClientAsync(transport);
+
+        Assert.Equal(transport, await collector.TransportAtStart.Task.WaitAsync(TestTimeouts.Default));
+        var session = server.Sessions.FindSession(client.SessionId!)!;
+        Assert.Equal(transport, session.Transport);
+
+        // The session ends (and its handler hears of it) once the connection that carried the client's close has
+        // ended, so by then no transport is named.
+        await client.CloseAsync().WaitAsync(TestTimeouts.Default);
+        Assert.Equal(PushCloseCode.Normal, await collector.Ended.Task.WaitAsync(TestTimeouts.Default));
+        Assert.Null(session.Transport);
+    }
+
     [Fact]
     public async Task Closing_a_channel_again_or_after_disposing_it_does_nothing_and_later_sends_say_it_was_closed()
     {

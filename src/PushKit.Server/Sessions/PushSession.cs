@@ -65,7 +65,16 @@ internal sealed partial class PushSession : IPushSession
     /// <remarks>An anonymous session's (empty) principal is made on first use.</remarks>
     public ClaimsPrincipal User => _user ?? LazyInitializer.EnsureInitialized(ref _user, static () => new ClaimsPrincipal(new ClaimsIdentity()));
 
-    public string? Transport => Volatile.Read(ref _transport);
+    public string? Transport
+    {
+        get
+        {
+            lock (_stateGate)
+            {
+                return _transport;
+            }
+        }
+    }
 
     public IDictionary<object, object?> Items => LazyInitializer.EnsureInitialized(ref _items);
 
@@ -304,6 +313,12 @@ internal sealed partial class PushSession : IPushSession
             // The application hears of the session before its first message can arrive.
             if (Interlocked.Exchange(ref _startNotified, 1) == 0 && State != PushChannelState.Closed)
             {
+                // The handler may want to know how the client came (it is cleared below if no run follows).
+                lock (_stateGate)
+                {
+                    _transport = connection.TransportName;
+                }
+
                 await _manager.OnSessionStartedAsync(this, cancellationToken).ConfigureAwait(false);
             }
 
@@ -360,9 +375,9 @@ internal sealed partial class PushSession : IPushSession
                     lock (_stateGate)
                     {
                         _run = run;
+                        _transport = connection.TransportName;
                     }
 
-                    Volatile.Write(ref _transport, connection.TransportName);
                     SetState(PushChannelState.Connected, null, null);
                 }
             }
@@ -378,13 +393,13 @@ internal sealed partial class PushSession : IPushSession
                 if (ReferenceEquals(_run, run))
                 {
                     _run = null;
+                    _transport = null;
                     stillCurrent = true;
                 }
             }
 
             if (stillCurrent)
             {
-                Volatile.Write(ref _transport, null);
                 if (end.Kind == ConnectionEndKind.ClosedByPeer && end.Code == PushCloseCode.Normal)
                 {
                     // The client closed its channel: the session is over, nothing will resume it.
@@ -411,6 +426,11 @@ internal sealed partial class PushSession : IPushSession
             {
                 _attaching--;
                 remove = _state == PushChannelState.Closed && _run is null && _attaching == 0;
+                if (_run is null)
+                {
+                    // No connection carries the session (this one never became its run, or has ended).
+                    _transport = null;
+                }
             }
 
             if (remove)

@@ -15,6 +15,9 @@ public sealed class Collector
 
     public TaskCompletionSource<IPushSession> Started { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
+    /// <summary>What <see cref="IPushSession.Transport"/> said inside <c>OnSessionStartedAsync</c>.</summary>
+    public TaskCompletionSource<string?> TransportAtStart { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
     /// <summary>When set, <c>OnSessionStartedAsync</c> waits for it: the session's first connection is held mid-attach.</summary>
     public TaskCompletionSource? HoldStart { get; init; }
 
@@ -57,6 +60,7 @@ public sealed class CollectingHandler(Collector collector) : PushHandler
 {
     public override ValueTask OnSessionStartedAsync(IPushSession session, CancellationToken cancellationToken)
     {
+        collector.TransportAtStart.TrySetResult(session.Transport);
         collector.Started.TrySetResult(session);
         return collector.HoldStart is { } hold ? new ValueTask(hold.Task.WaitAsync(TestTimeouts.Default, cancellationToken)) : default;
     }
