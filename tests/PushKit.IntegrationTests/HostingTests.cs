@@ -88,7 +88,7 @@ public class HostingTests
     }
 
     [Fact]
-    public async Task A_connect_to_a_server_that_is_not_there_fails_clearly()
+    public async Task A_connect_to_an_address_with_no_PushKit_endpoint_fails_clearly_and_says_what_to_check()
     {
         await using var server = await PushTestServer.StartAsync();
         var client = new PushChannelBuilder().WithUrl(new Uri(server.Root, "/not-push")).Build();
@@ -96,6 +96,9 @@ public class HostingTests
         client.StateChanged += (_, e) => states.Add(e.CurrentState);
         var error = await Assert.ThrowsAsync<PushConnectException>(() => client.ConnectAsync().WaitAsync(TestTimeouts.Default));
         Assert.Equal(404, error.StatusCode);
+        Assert.Null(error.ErrorCode);
+        Assert.Contains("no PushKit endpoint answered at " + new Uri(server.Root, "/not-push/negotiate"), error.Message, StringComparison.Ordinal);
+        Assert.Contains("MapPushKit", error.Message, StringComparison.Ordinal);
         Assert.Equal([PushChannelState.Connecting, PushChannelState.Disconnected], states);
 
         // A failed connect leaves the channel usable: the app may simply try again.

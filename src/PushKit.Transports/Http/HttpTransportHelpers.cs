@@ -65,8 +65,12 @@ internal static class HttpTransportHelpers
             // Not a PushKit error body (a proxy's page, for example): report the status alone.
         }
 
+        // A 404 without a PushKit error is the web server saying nothing is mapped there: the usual first mistake.
+        var hint = code is null && response.StatusCode == System.Net.HttpStatusCode.NotFound
+            ? $" (no PushKit endpoint answered at {response.RequestMessage?.RequestUri?.GetLeftPart(UriPartial.Path)}: check that the server calls MapPushKit with the path of the channel's URL, \"/push\" by default)"
+            : "";
         return new PushConnectException(
-            $"{what} was refused: HTTP {(int)response.StatusCode}{(code is null ? "" : $" {code}: {message}")}",
+            $"{what} was refused: HTTP {(int)response.StatusCode}{(code is null ? "" : $" {code}: {message}")}{hint}",
             (int)response.StatusCode,
             code);
     }
