@@ -149,7 +149,7 @@ internal sealed partial class PushChannel : IPushChannel
                     Log.SessionNotResumed(_logger, session.SessionId, ex.Message);
                     var (connection, reason) = await StartNewSessionAsync(linked.Token).ConfigureAwait(false);
                     _pendingSessionReset = true;
-                    return (connection, $"Not resumed: session {session.SessionId} is gone on the server ({ex.Message}); started session {SessionId}. Messages sent to the old session and not yet received are lost. {reason}");
+                    return (connection, $"Not resumed: session {session.SessionId} is gone on the server ({PushErrorCodes.SessionNotFound}); started session {SessionId}. Messages sent to the old session and not yet received are lost. {reason}");
                 }
             }
 
@@ -252,10 +252,19 @@ internal sealed partial class PushChannel : IPushChannel
             }
         }
 
+        if (tried > 0 && notFound == tried)
+        {
+            // Every transport got the same answer from PushKit: say it once, not once per transport.
+            throw new PushConnectException(
+                $"The server at {_options.Url} no longer has session {session.SessionId}: every transport tried was refused with {PushErrorCodes.SessionNotFound}.",
+                404,
+                PushErrorCodes.SessionNotFound);
+        }
+
         throw new PushConnectException(
-            $"No transport could connect to {_options.Url}. Tried: {string.Join("; ", failures)}.",
+            $"No transport could connect to {_options.Url}. Tried: {string.Join("; ", failures.Select(f => f.TrimEnd('.')))}.",
             null,
-            tried > 0 && notFound == tried ? PushErrorCodes.SessionNotFound : null);
+            null);
     }
 
     private async Task<NegotiateResponse> NegotiateAsync(CancellationToken cancellationToken)

@@ -206,8 +206,12 @@ public class SessionLifetimeTests
 
         var connected = await reset.Task.WaitAsync(TestTimeouts.Default);
         Assert.True(connected.IsSessionReset);
-        Assert.Contains("Not resumed", connected.Reason, StringComparison.Ordinal);
         Assert.NotEqual(oldSessionId, client.SessionId);
+
+        // One readable sentence: both session ids, the reason once (not one refusal per transport), no "..".
+        Assert.StartsWith($"Not resumed: session {oldSessionId} is gone on the server (session_not_found); started session {client.SessionId}.", connected.Reason, StringComparison.Ordinal);
+        Assert.DoesNotContain("..", connected.Reason, StringComparison.Ordinal);
+        Assert.Single(System.Text.RegularExpressions.Regex.Matches(connected.Reason!, "session_not_found"));
 
         await during.WaitAsync(TestTimeouts.Default);
         Assert.Equal(["before"], collector.All.Where(m => m.Session.SessionId == oldSessionId).Select(m => m.Message.GetString()));
