@@ -119,7 +119,7 @@ public sealed class PushMessageTooLargeException : PushException
     /// <param name="frameBytes">The encoded frame's size in bytes.</param>
     /// <param name="limitBytes">The limit in bytes.</param>
     public PushMessageTooLargeException(long frameBytes, long limitBytes)
-        : base($"The message's encoded frame is {frameBytes} bytes, over the peer's limit of {limitBytes} bytes. Nothing was sent.")
+        : base($"The message's encoded frame is {frameBytes} bytes, over the limit of {limitBytes} bytes (MaxMessageBytes; a binary payload counts as base64). Nothing was sent.")
     {
         FrameBytes = frameBytes;
         LimitBytes = limitBytes;

@@ -90,6 +90,6 @@ internal sealed class PushKitServerOptionsValidator : IValidateOptions<PushKitSe
             errors.Add($"PushKitServerOptions.InboundQueueCapacity must be at least 1 (was {options.InboundQueueCapacity}).");
         }
 
-        return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
+        return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors.Select(e => e.TrimEnd('.')));
     }
 }

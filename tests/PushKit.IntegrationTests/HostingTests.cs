@@ -50,6 +50,7 @@ public class HostingTests
         }));
         Assert.Contains("MaxMessageBytes", error.Message, StringComparison.Ordinal);
         Assert.Contains("AckTimeout", error.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain(".;", error.Message, StringComparison.Ordinal);
     }
 
     [Fact]
