@@ -88,7 +88,7 @@ internal sealed class WebSocketTransportConnection : IPushTransportConnection, I
             // destroy that close before the peer reads it: linger a moment first.
             try
             {
-                await Task.Delay(s_closeLinger, cancellationToken).ConfigureAwait(false);
+                await Task.Delay(s_closeLinger, TimeProvider.System, cancellationToken).ConfigureAwait(false);
             }
             catch (OperationCanceledException)
             {
@@ -107,7 +107,8 @@ internal sealed class WebSocketTransportConnection : IPushTransportConnection, I
     private async Task AwaitPeerCloseAsync()
     {
         var scratch = ArrayPool<byte>.Shared.Rent(1024);
-        using var grace = new CancellationTokenSource(TimeSpan.FromSeconds(2));
+        // Socket-level grace: real time, whatever clock the session runs on.
+        using var grace = new CancellationTokenSource(TimeSpan.FromSeconds(2), TimeProvider.System);
         try
         {
             while ((await _socket.ReceiveAsync(scratch.AsMemory(), grace.Token).ConfigureAwait(false)).MessageType != WebSocketMessageType.Close)

@@ -137,7 +137,8 @@ internal sealed partial class DeliveryEngine
         {
             if (Interlocked.Exchange(ref _drainStarted, 1) == 0)
             {
-                _ = Task.Delay(timeout, Token).ContinueWith(
+                // Real time: the drain bounds a shutdown, whatever clock the session runs on.
+                _ = Task.Delay(timeout, TimeProvider.System, Token).ContinueWith(
                     static (_, state) =>
                     {
                         var run = (Run)state!;

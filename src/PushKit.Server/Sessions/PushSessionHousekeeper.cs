@@ -40,7 +40,7 @@ internal sealed class PushSessionHousekeeper(PushSessionManager sessions, TimePr
         // Not on the application's clock: shutdown is bounded in real time, whatever clock the sessions run on. A
         // connection that has not closed by then is cut by the web server's own shutdown.
         using var bound = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        await Task.WhenAny(Task.WhenAll(runs), Task.Delay(CloseOnStopTimeout, bound.Token)).ConfigureAwait(false);
+        await Task.WhenAny(Task.WhenAll(runs), Task.Delay(CloseOnStopTimeout, TimeProvider.System, bound.Token)).ConfigureAwait(false);
         await bound.CancelAsync().ConfigureAwait(false);
     }
 
