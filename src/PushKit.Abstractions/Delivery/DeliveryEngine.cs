@@ -488,11 +488,6 @@ internal sealed partial class DeliveryEngine
             // This side started the close; the peer's close is only its answer.
             end = new ConnectionEnd(ConnectionEndKind.ClosedLocally, initiated.Code, initiated.Reason, initiated.RetryAfterMs);
         }
-        else if (end.Kind == ConnectionEndKind.ClosedByPeer)
-        {
-            // Answer the peer's close so the transport ends cleanly.
-            run.RequestClose(end.Code ?? PushCloseCode.Normal, null, retryAfterMs: null, sendFrame: false);
-        }
 
         // Messages already received are still handed to the application: after an orderly close from the peer the
         // queue is drained (they were sent for good); otherwise delivery stops and the unacknowledged rest is
@@ -516,10 +511,16 @@ internal sealed partial class DeliveryEngine
             }
         }
 
-        if (end.Kind == ConnectionEndKind.ClosedByPeer)
+        if (end.Kind == ConnectionEndKind.ClosedByPeer && run.LocalClose is null)
         {
-            // Flush the acks for what was just delivered before answering the close.
-            run.Ring();
+            // Answer the peer's close, now that what arrived before it has been handed over: the write loop sends the
+            // acks that are due first, then the transport's close. (Answering before the hand-over closed the
+            // connection ahead of the last message's ack.)
+            run.RequestClose(end.Code ?? PushCloseCode.Normal, null, retryAfterMs: null, sendFrame: false);
+
+            // After a close frame the peer's WebSocket Close is still to come: read until it arrives (bounded by the
+            // close grace), so the connection ends with a close handshake rather than a reset.
+            drain = end.FromFrame && run.Connection is WebSocketTransportConnection;
         }
 
         if (run.LocalClose is null)
@@ -640,7 +641,7 @@ internal sealed partial class DeliveryEngine
                             await ReceiveSkipAsync(run, frame).ConfigureAwait(false);
                             break;
                         case FrameType.Close:
-                            return new ConnectionEnd(ConnectionEndKind.ClosedByPeer, frame.CloseCode, frame.Text, frame.RetryAfterMs);
+                            return new ConnectionEnd(ConnectionEndKind.ClosedByPeer, frame.CloseCode, frame.Text, frame.RetryAfterMs, FromFrame: true);
                         case FrameType.Error:
                             Log.PeerError(_logger, _name, frame.ErrorCode, frame.Text);
                             break;

@@ -400,7 +400,7 @@ internal sealed partial class PushSession : IPushSession
 
             if (stillCurrent)
             {
-                if (end.Kind == ConnectionEndKind.ClosedByPeer && end.Code == PushCloseCode.Normal)
+                if (end is { Kind: ConnectionEndKind.ClosedByPeer, Code: PushCloseCode.Normal, FromFrame: true })
                 {
                     // The client closed its channel: the session is over, nothing will resume it.
                     End(PushCloseCode.Normal, end.Reason ?? "The client closed the session.");

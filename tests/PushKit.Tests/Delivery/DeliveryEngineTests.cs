@@ -168,7 +168,7 @@ public class DeliveryEngineTests
         var runs = new[] { left.Engine.RunAsync(a), right.Engine.RunAsync(b) };
         var ends = await Task.WhenAll(runs).WaitAsync(s_timeout);
         Assert.Equal(new ConnectionEnd(ConnectionEndKind.ClosedLocally, PushCloseCode.Overloaded, "too slow", 5000), ends[0]);
-        Assert.Equal(new ConnectionEnd(ConnectionEndKind.ClosedByPeer, PushCloseCode.Overloaded, "too slow", 5000), ends[1]);
+        Assert.Equal(new ConnectionEnd(ConnectionEndKind.ClosedByPeer, PushCloseCode.Overloaded, "too slow", 5000, FromFrame: true), ends[1]);
     }
 
     [Fact]
