@@ -884,6 +884,21 @@ internal sealed partial class DeliveryEngine
     /// Applies an acknowledgement that arrived outside a frame (an SSE <c>Last-Event-ID</c>); values beyond what was
     /// sent are clamped rather than treated as a violation.
     /// </summary>
+    /// <summary>
+    /// Counts as something received on the live connection: a long-poll arriving. A client that only polls (its acks
+    /// ride on the polls) sends nothing upstream, yet it is plainly alive, and the heartbeat must not close it.
+    /// </summary>
+    public void MarkPeerActive()
+    {
+        Run? run;
+        lock (_gate)
+        {
+            run = _current;
+        }
+
+        run?.MarkReceived(Heartbeat?.TimeProvider);
+    }
+
     public void AcknowledgeUpTo(long sequence)
     {
         long highest;
@@ -1084,6 +1099,12 @@ internal sealed partial class DeliveryEngine
         if (run.Token.IsCancellationRequested)
         {
             return false;
+        }
+
+        if (run.Connection is IPeerPresence { PeerIsWaiting: true })
+        {
+            // A long-poll is waiting at the server: the client is there (if it went away, the request would abort).
+            run.MarkReceived(time);
         }
 
         if (!run.ReadPaused && time.GetElapsedTime(run.LastReceived) > settings.Timeout)

@@ -1,5 +1,6 @@
 using System.Buffers;
 using Microsoft.AspNetCore.Http;
+using PushKit.Connections;
 using PushKit.Protocol;
 
 namespace PushKit.Server.Connections;
@@ -9,7 +10,7 @@ namespace PushKit.Server.Connections;
 /// at a time; a newer poll supersedes the older (answered 409 <c>poll_superseded</c>). The connection is considered
 /// lost when no poll arrives for longer than the poll timeout plus a grace period.
 /// </summary>
-internal sealed class LongPollingServerConnection : HttpServerConnection
+internal sealed class LongPollingServerConnection : HttpServerConnection, IPeerPresence
 {
     private readonly object _gate = new();
     private readonly ArrayBufferWriter<byte> _pending = new(4096);
@@ -137,6 +138,18 @@ internal sealed class LongPollingServerConnection : HttpServerConnection
                 }
 
                 _lastPollEnded = _timeProvider.GetTimestamp();
+            }
+        }
+    }
+
+    /// <summary>Whether a poll is held here right now: the client is waiting (see <see cref="IPeerPresence"/>).</summary>
+    public bool PeerIsWaiting
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _currentPoll is not null;
             }
         }
     }

@@ -96,6 +96,8 @@ internal static partial class HttpTransportEndpoints
             return;
         }
 
+        // A poll is the client speaking: it counts for the heartbeat as anything it sends does (§10).
+        session.Engine.MarkPeerActive();
         await connection.PollAsync(context).ConfigureAwait(false);
     }
 
