@@ -709,16 +709,16 @@ internal static class FrameCodec
             string? type = null;
             while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
             {
-                var isType = reader.ValueTextEquals("type"u8);
+                // As in the full parse: a name written with an escape is not 'type' (§3.1), and of duplicate names the
+                // last one counts, so a last 'type' that is not a string leaves the frame without one (malformed).
+                var isType = !reader.ValueIsEscaped && reader.ValueSpan.SequenceEqual("type"u8);
                 reader.Read();
-                if (isType && reader.TokenType == JsonTokenType.String)
+                if (isType)
                 {
-                    type = reader.GetString();
+                    type = reader.TokenType == JsonTokenType.String ? reader.GetString() : null;
                 }
-                else
-                {
-                    reader.Skip();
-                }
+
+                reader.Skip();
             }
 
             return reader.TokenType == JsonTokenType.EndObject && !reader.Read() ? type : null;
