@@ -603,6 +603,7 @@ internal sealed partial class DeliveryEngine
                 }
 
                 var reportedUnknown = false;
+                var reportedError = false;
                 foreach (var line in FrameCodec.SplitBatch(buffer.WrittenMemory))
                 {
                     var status = FrameCodec.TryParse(line.Span, out var frame, out var error);
@@ -617,7 +618,7 @@ internal sealed partial class DeliveryEngine
                         if (!reportedUnknown)
                         {
                             reportedUnknown = true;
-                            Log.UnknownFrameType(_logger, _name, error);
+                            Log.UnknownFrameType(_logger, _name, ForLog(error));
                             run.EnqueueControl(Control.Error(PushErrorCodes.UnknownFrameType, $"Unknown frame type '{Truncate(error, 64)}'; the frame was ignored."));
                         }
 
@@ -643,7 +644,14 @@ internal sealed partial class DeliveryEngine
                         case FrameType.Close:
                             return new ConnectionEnd(ConnectionEndKind.ClosedByPeer, frame.CloseCode, frame.Text, frame.RetryAfterMs, FromFrame: true);
                         case FrameType.Error:
-                            Log.PeerError(_logger, _name, frame.ErrorCode, frame.Text);
+                            // One log line per batch at most, shortened and on one line: the text is the peer's, and a
+                            // batch of error frames must not flood the log.
+                            if (!reportedError)
+                            {
+                                reportedError = true;
+                                Log.PeerError(_logger, _name, ForLog(frame.ErrorCode), ForLog(frame.Text));
+                            }
+
                             break;
                     }
                 }
@@ -1215,6 +1223,24 @@ internal sealed partial class DeliveryEngine
 
     private static string? Truncate(string? text, int length) =>
         text is null || text.Length <= length ? text : text[..length] + "…";
+
+    /// <summary>Text from the peer, made safe to log: at most 200 characters, control characters (line breaks) as '?'.</summary>
+    internal static string? ForLog(string? text)
+    {
+        var shortened = Truncate(text, 200);
+        if (shortened is null || !(shortened.AsSpan().ContainsAnyInRange('\0', '\u001f') || shortened.AsSpan().ContainsAnyInRange('\u007f', '\u009f')))
+        {
+            return shortened;
+        }
+
+        return string.Create(shortened.Length, shortened, static (span, source) =>
+        {
+            for (var i = 0; i < source.Length; i++)
+            {
+                span[i] = char.IsControl(source[i]) ? '?' : source[i];
+            }
+        });
+    }
 
     private void Grow()
     {

@@ -161,7 +161,18 @@ internal static partial class HttpTransportEndpoints
             return;
         }
 
-        var body = await BodyReader.ReadAsync(context.Request, limit, context.RequestAborted).ConfigureAwait(false);
+        byte[]? body;
+        try
+        {
+            body = await BodyReader.ReadAsync(context.Request, limit, context.RequestAborted).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (BodyReader.IsIncomplete(ex) || (ex is OperationCanceledException && context.RequestAborted.IsCancellationRequested))
+        {
+            // The body ended early, or the client went away while sending it.
+            await BodyReader.RefuseIncompleteAsync(context).ConfigureAwait(false);
+            return;
+        }
+
         if (body is null)
         {
             await TooBigAsync(context, limit).ConfigureAwait(false);
@@ -247,6 +258,32 @@ internal static partial class HttpTransportEndpoints
 /// <summary>Reads a request body up to a limit.</summary>
 internal static class BodyReader
 {
+    /// <summary>
+    /// Whether <paramref name="exception"/> from <see cref="ReadAsync"/> means the body ended before the length it
+    /// announced (the client stopped sending or went away): the sender's problem, answered with 400, not a server error.
+    /// </summary>
+    public static bool IsIncomplete(Exception exception) =>
+        exception is BadHttpRequestException or EndOfStreamException or IOException;
+
+    /// <summary>Answers an incomplete body with 400 <c>invalid_request</c>, if the client is still there to hear it.</summary>
+    public static async Task RefuseIncompleteAsync(HttpContext context)
+    {
+        if (context.Response.HasStarted || context.RequestAborted.IsCancellationRequested)
+        {
+            return;
+        }
+
+        try
+        {
+            await Endpoints.HttpErrors.WriteAsync(context, StatusCodes.Status400BadRequest, PushErrorCodes.InvalidRequest,
+                "The request body ended before the length it announced.").ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is IOException or OperationCanceledException or InvalidOperationException)
+        {
+            // The client is gone: nobody to tell.
+        }
+    }
+
     /// <summary>Returns the body, or null when it exceeds <paramref name="limit"/> bytes.</summary>
     /// <remarks>
     /// A body with a Content-Length (every .NET client's) is read straight into one array of its size: most bodies are

@@ -35,6 +35,12 @@ internal static class NegotiateEndpoint
 
             request = body.Length == 0 ? null : JsonSerializer.Deserialize(body, ProtocolJsonContext.Default.NegotiateRequest);
         }
+        catch (Exception ex) when (BodyReader.IsIncomplete(ex) || (ex is OperationCanceledException && context.RequestAborted.IsCancellationRequested))
+        {
+            // The body ended early, or the client went away while sending it.
+            await BodyReader.RefuseIncompleteAsync(context).ConfigureAwait(false);
+            return;
+        }
         catch (JsonException ex)
         {
             await HttpErrors.WriteAsync(context, StatusCodes.Status400BadRequest, PushErrorCodes.InvalidRequest,

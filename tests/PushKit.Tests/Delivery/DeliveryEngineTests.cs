@@ -1,4 +1,5 @@
 using System.Threading.Channels;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using PushKit.Delivery;
 
@@ -117,6 +118,47 @@ public class DeliveryEngineTests
         Assert.Contains(reason, end.Reason, StringComparison.Ordinal);
         Assert.Contains("\"code\":4400", b.SentText(), StringComparison.Ordinal);
         _ = a;
+    }
+
+    [Fact]
+    public async Task Error_frames_from_the_peer_are_logged_once_per_batch_shortened_and_on_one_line()
+    {
+        var log = new CapturingLogger();
+        var (a, b) = InMemoryConnection.CreatePair();
+        var received = Channel.CreateUnbounded<PushMessage>();
+        var engine = new DeliveryEngine("right", 1024 * 1024, (m, ct) => received.Writer.WriteAsync(m, ct), log);
+        var run = engine.RunAsync(b);
+
+        var flood = string.Join("\n", Enumerable.Repeat("{\"type\":\"error\",\"code\":\"x\",\"message\":\"line one\\nforged line " + new string('y', 500) + "\"}", 100));
+        b.Inject(flood + "\n{\"type\":\"msg\",\"seq\":1,\"data\":\"after\"}");
+        using var cts = new CancellationTokenSource(s_timeout);
+        Assert.Equal("after", (await received.Reader.ReadAsync(cts.Token)).GetString());
+
+        var line = Assert.Single(log.Lines, l => l.Contains("reported error", StringComparison.Ordinal));
+        Assert.DoesNotContain('\n', line);
+        Assert.Contains("line one?forged line", line, StringComparison.Ordinal);
+        Assert.True(line.Length < 400, line);
+        b.Abort();
+        await run.WaitAsync(s_timeout);
+        _ = a;
+    }
+
+    private sealed class CapturingLogger : ILogger
+    {
+        public List<string> Lines { get; } = [];
+
+        public IDisposable? BeginScope<TState>(TState state)
+            where TState : notnull => null;
+
+        public bool IsEnabled(LogLevel logLevel) => true;
+
+        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
+        {
+            lock (Lines)
+            {
+                Lines.Add(formatter(state, exception));
+            }
+        }
     }
 
     [Fact]
