@@ -476,6 +476,12 @@ internal static class FrameCodec
                 frame = new Frame { Type = FrameType.Close, CloseCode = (PushCloseCode)closeCode, Text = text, RetryAfterMs = retryAfterMs };
                 return FrameParseStatus.Ok;
             case "error":
+                if (code is not null)
+                {
+                    error = "An 'error' frame's 'code' must be a string.";
+                    return FrameParseStatus.Malformed;
+                }
+
                 frame = new Frame { Type = FrameType.Error, ErrorCode = errorCode ?? "unknown", Text = text };
                 return FrameParseStatus.Ok;
             case "skip":

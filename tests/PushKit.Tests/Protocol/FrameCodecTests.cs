@@ -232,6 +232,7 @@ public class FrameCodecTests
     [InlineData("{\"type\":\"ack\"}", "ack without seq")]
     [InlineData("{\"type\":\"skip\",\"seq\":0}", "skip seq 0")]
     [InlineData("{\"type\":\"close\"}", "close without code")]
+    [InlineData("{\"type\":\"error\",\"code\":5}", "numeric error code")]
     [InlineData("{\"type\":\"close\",\"code\":5}", "close code out of range")]
     [InlineData("{\"type\":\"close\",\"code\":1000,\"retryAfterMs\":-5}", "negative retry")]
     [InlineData("{\"type\":\"ping\"", "truncated")]
