@@ -96,6 +96,15 @@ public sealed class BadInputTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Negotiate_field_names_are_case_sensitive()
+    {
+        // §3.1 / §2: 'ProtocolVersion' is not 'protocolVersion', so the request names no version.
+        var (status, error) = await PostNegotiateAsync(new StringContent("{\"ProtocolVersion\":1}", Encoding.UTF8, "application/json"));
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        Assert.Equal("unsupported_protocol_version", error.GetProperty("code").GetString());
+    }
+
+    [Fact]
     public async Task Negotiate_with_a_version_as_a_string_is_400()
     {
         var (status, error) = await PostNegotiateAsync(new StringContent("{\"protocolVersion\":\"1\"}", Encoding.UTF8, "application/json"));

@@ -1109,12 +1109,6 @@ internal sealed partial class DeliveryEngine
             return false;
         }
 
-        if (run.Connection is IPeerPresence { PeerIsWaiting: true })
-        {
-            // A long-poll is waiting at the server: the client is there (if it went away, the request would abort).
-            run.MarkReceived(time);
-        }
-
         if (!run.ReadPaused && time.GetElapsedTime(run.LastReceived) > settings.Timeout)
         {
             Log.HeartbeatTimedOut(_logger, _name, settings.Timeout);

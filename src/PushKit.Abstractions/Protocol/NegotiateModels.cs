@@ -71,7 +71,7 @@ internal sealed class ErrorBody
     public int[]? SupportedVersions { get; set; }
 }
 
-[JsonSourceGenerationOptions(JsonSerializerDefaults.Web, DefaultIgnoreCondition = JsonIgnoreCondition.Never, NumberHandling = JsonNumberHandling.Strict)]
+[JsonSourceGenerationOptions(JsonSerializerDefaults.Web, PropertyNameCaseInsensitive = false, DefaultIgnoreCondition = JsonIgnoreCondition.Never, NumberHandling = JsonNumberHandling.Strict)]
 [JsonSerializable(typeof(NegotiateRequest))]
 [JsonSerializable(typeof(NegotiateResponse))]
 [JsonSerializable(typeof(ErrorResponse))]

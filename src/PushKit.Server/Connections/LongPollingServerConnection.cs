@@ -1,6 +1,5 @@
 using System.Buffers;
 using Microsoft.AspNetCore.Http;
-using PushKit.Connections;
 using PushKit.Protocol;
 
 namespace PushKit.Server.Connections;
@@ -10,7 +9,7 @@ namespace PushKit.Server.Connections;
 /// at a time; a newer poll supersedes the older (answered 409 <c>poll_superseded</c>). The connection is considered
 /// lost when no poll arrives for longer than the poll timeout plus a grace period.
 /// </summary>
-internal sealed class LongPollingServerConnection : HttpServerConnection, IPeerPresence
+internal sealed class LongPollingServerConnection : HttpServerConnection
 {
     private readonly object _gate = new();
     private readonly ArrayBufferWriter<byte> _pending = new(4096);
@@ -138,18 +137,6 @@ internal sealed class LongPollingServerConnection : HttpServerConnection, IPeerP
                 }
 
                 _lastPollEnded = _timeProvider.GetTimestamp();
-            }
-        }
-    }
-
-    /// <summary>Whether a poll is held here right now: the client is waiting (see <see cref="IPeerPresence"/>).</summary>
-    public bool PeerIsWaiting
-    {
-        get
-        {
-            lock (_gate)
-            {
-                return _currentPoll is not null;
             }
         }
     }
