@@ -32,9 +32,11 @@ internal sealed class PushKitServerOptionsValidator : IValidateOptions<PushKitSe
             errors.Add($"PushKitServerOptions.HeartbeatInterval must be positive (was {options.HeartbeatInterval}).");
         }
 
-        if (options.HeartbeatTimeout <= options.HeartbeatInterval)
+        // An idle peer pings once nothing was sent for an interval, and checks every half interval: up to 1.5
+        // intervals pass between two frames on a healthy idle connection, so a shorter timeout drops live ones.
+        if (options.HeartbeatTimeout <= options.HeartbeatInterval * 1.5)
         {
-            errors.Add($"PushKitServerOptions.HeartbeatTimeout ({options.HeartbeatTimeout}) must exceed HeartbeatInterval ({options.HeartbeatInterval}).");
+            errors.Add($"PushKitServerOptions.HeartbeatTimeout ({options.HeartbeatTimeout}) must exceed 1.5 × HeartbeatInterval ({options.HeartbeatInterval}): an idle peer pings up to 1.5 intervals after it last sent.");
         }
 
         if (options.Transports.Count == 0)

@@ -37,6 +37,18 @@ public class OptionsValidationTests
         Assert.Contains(failures, f => f.Contains("InboundQueueCapacity", StringComparison.Ordinal));
     }
 
+    [Theory]
+    [InlineData(14, false)]
+    [InlineData(15, false)]
+    [InlineData(16, true)]
+    public void The_heartbeat_timeout_must_exceed_one_and_a_half_intervals(int timeoutSeconds, bool valid)
+    {
+        // An idle peer's ping can come 1.5 intervals after its last frame: a shorter timeout drops healthy connections.
+        var options = new PushKitServerOptions { HeartbeatInterval = TimeSpan.FromSeconds(10), HeartbeatTimeout = TimeSpan.FromSeconds(timeoutSeconds) };
+        var result = new PushKitServerOptionsValidator().Validate(null, options);
+        Assert.Equal(valid, result.Succeeded);
+    }
+
     [Fact]
     public void Default_server_options_are_valid()
     {
