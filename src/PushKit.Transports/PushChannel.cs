@@ -528,6 +528,7 @@ internal sealed partial class PushChannel : IPushChannel
 
     private async Task CloseCoreAsync()
     {
+        Exception? failure = null;
         try
         {
             DeliveryEngine? engine;
@@ -556,13 +557,21 @@ internal sealed partial class PushChannel : IPushChannel
             }
 
             await _lifetime.CancelAsync().ConfigureAwait(false);
-            _inbound.Complete();
-            _closed.TrySetResult();
         }
         catch (Exception ex)
         {
-            _inbound.Complete();
-            _closed.TrySetException(ex);
+            failure = ex;
+        }
+
+        // ReadAllAsync has ended by the time any CloseAsync returns.
+        _inbound.Complete();
+        if (failure is null)
+        {
+            _closed.TrySetResult();
+        }
+        else
+        {
+            _closed.TrySetException(failure);
         }
     }
 

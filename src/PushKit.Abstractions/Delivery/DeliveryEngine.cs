@@ -889,24 +889,16 @@ internal sealed partial class DeliveryEngine
     }
 
     /// <summary>
-    /// Applies an acknowledgement that arrived outside a frame (an SSE <c>Last-Event-ID</c>); values beyond what was
-    /// sent are clamped rather than treated as a violation.
-    /// </summary>
-    /// <summary>
     /// Counts as something received on the live connection: a long-poll arriving. A client that only polls (its acks
     /// ride on the polls) sends nothing upstream, yet it is plainly alive, and the heartbeat must not close it.
     /// </summary>
-    public void MarkPeerActive()
-    {
-        Run? run;
-        lock (_gate)
-        {
-            run = _current;
-        }
+    /// <remarks>Called once per poll, so it takes no lock: a stale read only misses one mark.</remarks>
+    public void MarkPeerActive() => Volatile.Read(ref _current)?.MarkReceived(Heartbeat?.TimeProvider);
 
-        run?.MarkReceived(Heartbeat?.TimeProvider);
-    }
-
+    /// <summary>
+    /// Applies an acknowledgement that arrived outside a frame (an SSE <c>Last-Event-ID</c>); values beyond what was
+    /// sent are clamped rather than treated as a violation.
+    /// </summary>
     public void AcknowledgeUpTo(long sequence)
     {
         long highest;
@@ -1222,18 +1214,9 @@ internal sealed partial class DeliveryEngine
     internal static string? ForLog(string? text)
     {
         var shortened = Truncate(text, 200);
-        if (shortened is null || !(shortened.AsSpan().ContainsAnyInRange('\0', '\u001f') || shortened.AsSpan().ContainsAnyInRange('\u007f', '\u009f')))
-        {
-            return shortened;
-        }
-
-        return string.Create(shortened.Length, shortened, static (span, source) =>
-        {
-            for (var i = 0; i < source.Length; i++)
-            {
-                span[i] = char.IsControl(source[i]) ? '?' : source[i];
-            }
-        });
+        return shortened is null || !shortened.Any(char.IsControl)
+            ? shortened
+            : new string(shortened.Select(c => char.IsControl(c) ? '?' : c).ToArray());
     }
 
     private void Grow()

@@ -166,9 +166,8 @@ internal static partial class HttpTransportEndpoints
         {
             body = await BodyReader.ReadAsync(context.Request, limit, context.RequestAborted).ConfigureAwait(false);
         }
-        catch (Exception ex) when (BodyReader.IsIncomplete(ex) || (ex is OperationCanceledException && context.RequestAborted.IsCancellationRequested))
+        catch (Exception ex) when (BodyReader.IsIncomplete(context, ex))
         {
-            // The body ended early, or the client went away while sending it.
             await BodyReader.RefuseIncompleteAsync(context).ConfigureAwait(false);
             return;
         }
@@ -260,10 +259,12 @@ internal static class BodyReader
 {
     /// <summary>
     /// Whether <paramref name="exception"/> from <see cref="ReadAsync"/> means the body ended before the length it
-    /// announced (the client stopped sending or went away): the sender's problem, answered with 400, not a server error.
+    /// announced, or the client went away while sending it: the sender's problem, answered with 400 (if anyone still
+    /// listens), not a server error.
     /// </summary>
-    public static bool IsIncomplete(Exception exception) =>
-        exception is BadHttpRequestException or EndOfStreamException or IOException;
+    public static bool IsIncomplete(HttpContext context, Exception exception) =>
+        exception is BadHttpRequestException or EndOfStreamException or IOException
+        || (exception is OperationCanceledException && context.RequestAborted.IsCancellationRequested);
 
     /// <summary>Answers an incomplete body with 400 <c>invalid_request</c>, if the client is still there to hear it.</summary>
     public static async Task RefuseIncompleteAsync(HttpContext context)

@@ -35,9 +35,8 @@ internal static class NegotiateEndpoint
 
             request = body.Length == 0 ? null : JsonSerializer.Deserialize(body, ProtocolJsonContext.Default.NegotiateRequest);
         }
-        catch (Exception ex) when (BodyReader.IsIncomplete(ex) || (ex is OperationCanceledException && context.RequestAborted.IsCancellationRequested))
+        catch (Exception ex) when (BodyReader.IsIncomplete(context, ex))
         {
-            // The body ended early, or the client went away while sending it.
             await BodyReader.RefuseIncompleteAsync(context).ConfigureAwait(false);
             return;
         }
