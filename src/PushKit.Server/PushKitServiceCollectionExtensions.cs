@@ -3,6 +3,7 @@ using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Options;
 using PushKit.Server;
+using PushKit.Server.Diagnostics;
 using PushKit.Server.Sessions;
 
 // Extension methods on IServiceCollection live in its namespace so that they are found without a using.
@@ -32,7 +33,9 @@ public static class PushKitServiceCollectionExtensions
         options.ValidateOnStart();
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<PushKitServerOptions>, PushKitServerOptionsValidator>());
         services.AddLogging();
+        services.AddMetrics();
         services.TryAddSingleton(TimeProvider.System);
+        services.TryAddSingleton<ServerMetrics>();
         services.TryAddSingleton<IPushSessionStore, InMemoryPushSessionStore>();
         services.TryAddSingleton<PushSessionManager>();
         services.TryAddSingleton<IPushSessionRegistry>(sp => sp.GetRequiredService<PushSessionManager>());

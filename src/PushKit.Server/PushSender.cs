@@ -11,7 +11,13 @@ internal sealed partial class PushSender(PushSessionManager sessions) : IPushSen
         ArgumentNullException.ThrowIfNull(sessionId);
         ArgumentNullException.ThrowIfNull(message);
         var session = sessions.Find(sessionId);
-        return session is not null && await TryEnqueueAsync(session, message, many: false, cancellationToken).ConfigureAwait(false);
+        if (session is null || !await TryEnqueueAsync(session, message, many: false, cancellationToken).ConfigureAwait(false))
+        {
+            return false;
+        }
+
+        sessions.Metrics.MessagesSent(1);
+        return true;
     }
 
     public ValueTask<int> SendToUserAsync(string userId, PushMessage message, CancellationToken cancellationToken = default)
@@ -49,6 +55,8 @@ internal sealed partial class PushSender(PushSessionManager sessions) : IPushSen
             }
         }
 
+        // Counted once per send, not once per recipient.
+        sessions.Metrics.MessagesSent(accepted);
         return accepted;
     }
 

@@ -88,6 +88,9 @@ internal sealed partial class DeliveryEngine
     /// <summary>Called (from the delivery loop, in order) when the peer says it dropped messages this side lacks.</summary>
     public Action<long>? OnMessagesDropped { get; set; }
 
+    /// <summary>Counts acknowledged, replayed and dropped outbound messages; null to count nothing.</summary>
+    public IDeliveryMetrics? Metrics { get; init; }
+
     /// <summary>
     /// Hands an inbound message to the application synchronously when it can take it at once (returns false
     /// otherwise, and the message goes through the delivery loop instead); null to always use the loop. Called only
@@ -114,6 +117,18 @@ internal sealed partial class DeliveryEngine
     public long LastDelivered => Volatile.Read(ref _lastDelivered);
 
     public bool IsConnected => Volatile.Read(ref _current) is not null;
+
+    /// <summary>The highest outbound sequence number written to a connection so far (for tests).</summary>
+    internal long SentThrough
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _highestSent;
+            }
+        }
+    }
 
     /// <summary>The highest inbound sequence number the current connection's read loop has taken in (for tests).</summary>
     internal long ReceivedThrough => Volatile.Read(ref _current)?.LastQueued ?? 0;
@@ -175,6 +190,7 @@ internal sealed partial class DeliveryEngine
 
         var bytes = message.EncodedBody.Length;
         List<TaskCompletionSource>? dropped = null;
+        long droppedCount = 0;
         Run? run;
         TaskCompletionSource? completion;
         lock (_gate)
@@ -196,7 +212,9 @@ internal sealed partial class DeliveryEngine
                         throw new PushBufferFullException(
                             $"The session's buffer of unacknowledged messages is full ({_count} messages, {_bufferedBytes} bytes; limits {limits.MaxMessages} and {limits.MaxBytes}).");
                     default:
+                        var before = _lastAcked;
                         dropped = DropOldest(limits, bytes);
+                        droppedCount = _lastAcked - before;
                         break;
                 }
             }
@@ -212,6 +230,11 @@ internal sealed partial class DeliveryEngine
             _bufferedBytes += bytes;
             _lastAssigned++;
             run = _current;
+        }
+
+        if (droppedCount > 0)
+        {
+            Metrics?.Dropped(droppedCount);
         }
 
         if (dropped is not null)
@@ -401,6 +424,7 @@ internal sealed partial class DeliveryEngine
 
         var terminal = false;
         FinalClose? finalClose = null;
+        long replayed = 0;
         lock (_gate)
         {
             if (_terminal is not null)
@@ -417,6 +441,9 @@ internal sealed partial class DeliveryEngine
             {
                 _current = run;
                 _sendCursor = _lastAcked + 1;
+
+                // What an earlier connection sent and the peer has not acknowledged goes again.
+                replayed = Math.Max(0, _highestSent - _lastAcked);
 
                 // Acks written on an earlier connection may never have arrived.
                 Volatile.Write(ref _ackSent, 0);
@@ -437,6 +464,11 @@ internal sealed partial class DeliveryEngine
             // the time did, rather than finding the session gone when it comes back.
             await SendFinalCloseAsync(connection, finalClose, cancellationToken).ConfigureAwait(false);
             return new ConnectionEnd(ConnectionEndKind.ClosedLocally, finalClose.Code, finalClose.Reason, finalClose.RetryAfterMs);
+        }
+
+        if (replayed > 0)
+        {
+            Metrics?.Replayed(replayed);
         }
 
         // Something may be waiting already: replay, an ack owed, or messages queued while disconnected.
@@ -914,6 +946,7 @@ internal sealed partial class DeliveryEngine
     {
         List<TaskCompletionSource>? completed = null;
         TaskCompletionSource? space;
+        long acknowledged;
         lock (_gate)
         {
             if (sequence > _highestSent)
@@ -923,6 +956,7 @@ internal sealed partial class DeliveryEngine
                     $"Invalid ack: {sequence} acknowledges more than was sent ({_highestSent}).");
             }
 
+            var before = _lastAcked;
             while (_lastAcked < sequence && _count > 0)
             {
                 ref var entry = ref _ring[_head];
@@ -938,6 +972,7 @@ internal sealed partial class DeliveryEngine
                 _lastAcked++;
             }
 
+            acknowledged = _lastAcked - before;
             if (_sendCursor <= _lastAcked)
             {
                 _sendCursor = _lastAcked + 1;
@@ -945,6 +980,11 @@ internal sealed partial class DeliveryEngine
 
             space = _space;
             _space = null;
+        }
+
+        if (acknowledged > 0)
+        {
+            Metrics?.Acknowledged(acknowledged);
         }
 
         space?.TrySetResult();

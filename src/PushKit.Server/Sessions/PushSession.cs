@@ -48,6 +48,7 @@ internal sealed partial class PushSession : IPushSession
         {
             Heartbeat = manager.Heartbeat,
             Limits = manager.BufferLimits,
+            Metrics = manager.Metrics,
             OnMessagesDropped = count => MessagesDropped?.Invoke(this, new PushMessagesDroppedEventArgs(count)),
         };
     }
@@ -210,6 +211,7 @@ internal sealed partial class PushSession : IPushSession
     public async ValueTask SendAsync(PushMessage message, CancellationToken cancellationToken = default)
     {
         var acknowledged = (await EnqueueAsync(message, trackAck: true, cancellationToken).ConfigureAwait(false))!;
+        _manager.Metrics.MessagesSent(1);
         try
         {
             await acknowledged.WaitAsync(_manager.Options.AckTimeout, _manager.TimeProvider, cancellationToken).ConfigureAwait(false);
@@ -306,6 +308,9 @@ internal sealed partial class PushSession : IPushSession
             }
         }
 
+        // Set once the connection carries the session (counted in the metrics until it ends).
+        var counted = false;
+        long connectedAt = 0;
         try
         {
             Task<ConnectionEnd> run;
@@ -344,6 +349,8 @@ internal sealed partial class PushSession : IPushSession
                     }
 
                     run = Engine.RunAsync(connection, cancellationToken);
+                    connectedAt = _manager.Metrics.ConnectionStarted(connection.TransportName);
+                    counted = true;
                 }
                 else
                 {
@@ -372,6 +379,8 @@ internal sealed partial class PushSession : IPushSession
 
                     Volatile.Write(ref _connection, connection);
                     run = Engine.RunAsync(connection, cancellationToken);
+                    connectedAt = _manager.Metrics.ConnectionStarted(connection.TransportName);
+                    counted = true;
                     lock (_stateGate)
                     {
                         _run = run;
@@ -387,6 +396,8 @@ internal sealed partial class PushSession : IPushSession
             }
 
             var end = await run.ConfigureAwait(false);
+            counted = false;
+            _manager.Metrics.ConnectionEnded(connection.TransportName, connectedAt, end.Kind);
             var stillCurrent = false;
             lock (_stateGate)
             {
@@ -421,6 +432,11 @@ internal sealed partial class PushSession : IPushSession
         }
         finally
         {
+            if (counted)
+            {
+                _manager.Metrics.ConnectionEnded(connection.TransportName, connectedAt, kind: null);
+            }
+
             bool remove;
             lock (_stateGate)
             {
@@ -484,6 +500,7 @@ internal sealed partial class PushSession : IPushSession
             await _manager.DispatchAsync(this, message, cancellationToken).ConfigureAwait(false);
         }
 
+        _manager.Metrics.MessageReceived();
         recent?.TryAdd(message.Id!);
     }
 

@@ -5,6 +5,7 @@ using System.Text;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
+using PushKit.Server.Diagnostics;
 
 namespace PushKit.Server.Sessions;
 
@@ -21,9 +22,11 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
         IOptions<PushKitServerOptions> options,
         IServiceScopeFactory scopeFactory,
         TimeProvider timeProvider,
-        ILoggerFactory loggerFactory)
+        ILoggerFactory loggerFactory,
+        ServerMetrics metrics)
     {
         _store = store;
+        Metrics = metrics;
         Options = options.Value;
         _scopeFactory = scopeFactory;
         TimeProvider = timeProvider;
@@ -65,6 +68,9 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
     }
 
     public ILogger Logger => _logger;
+
+    /// <summary>The server's instruments (<see cref="PushKitMetrics.MeterName"/>).</summary>
+    public ServerMetrics Metrics { get; }
 
     public TimeProvider TimeProvider { get; }
 
@@ -108,6 +114,7 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
             Math.Min(Options.MaxMessageBytes, clientMaxMessageBytes ?? int.MaxValue),
             _loggerFactory.CreateLogger("PushKit.Server.Session"));
         _store.Add(session);
+        Metrics.SessionCreated();
         Log.SessionCreated(_logger, sessionId, session.UserId);
         return session;
     }
@@ -190,6 +197,7 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
             _store.Remove(session);
         }
 
+        Metrics.SessionEnded(code);
         Log.SessionEnded(_logger, session.SessionId, code);
         if (HasHandlers)
         {
