@@ -183,18 +183,11 @@ public class DeliveryTests
     {
         await using var server = await PushTestServer.StartAsync();
         var client = await server.ConnectClientAsync(transport);
-        var closed = new TaskCompletionSource<PushChannelStateChangedEventArgs>(TaskCreationOptions.RunContinuationsAsynchronously);
-        client.StateChanged += (_, e) =>
-        {
-            if (e.CurrentState == PushChannelState.Closed)
-            {
-                closed.TrySetResult(e);
-            }
-        };
+        var closed = client.NextStateAsync(PushChannelState.Closed);
 
         var session = server.Sessions.FindSession(client.SessionId!)!;
         await session.CloseAsync();
-        var change = await closed.Task.WaitAsync(TestTimeouts.Default);
+        var change = await closed.WaitAsync(TestTimeouts.Default);
         Assert.Equal(PushCloseCode.Normal, change.CloseCode);
 
         // Both sides' refused sends say why the channel closed on the exception callers catch (getting-started §3.5).
@@ -273,14 +266,7 @@ public class DeliveryTests
             o.Transports.Add(Transports.ByName(transport));
             o.HttpMessageHandlerFactory = () => new PollGate(pollsGate.Task);
         });
-        var closed = new TaskCompletionSource<PushChannelStateChangedEventArgs>(TaskCreationOptions.RunContinuationsAsynchronously);
-        client.StateChanged += (_, e) =>
-        {
-            if (e.CurrentState == PushChannelState.Closed)
-            {
-                closed.TrySetResult(e);
-            }
-        };
+        var closed = client.NextStateAsync(PushChannelState.Closed);
 
         var connecting = client.ConnectAsync();
         var session = await collector.Started.Task.WaitAsync(TestTimeouts.Default);
@@ -294,7 +280,7 @@ public class DeliveryTests
 
         collector.HoldStart.SetResult();
 
-        var change = await closed.Task.WaitAsync(TestTimeouts.Default);
+        var change = await closed.WaitAsync(TestTimeouts.Default);
         Assert.Equal(PushCloseCode.Normal, change.CloseCode);
         Assert.Equal(session.SessionId, client.SessionId);
         await connecting.WaitAsync(TestTimeouts.Default);
@@ -313,17 +299,10 @@ public class DeliveryTests
             o.Transports.Clear();
             o.Transports.Add(Transports.ByName(transport));
         });
-        var closed = new TaskCompletionSource<PushChannelStateChangedEventArgs>(TaskCreationOptions.RunContinuationsAsynchronously);
-        client.StateChanged += (_, e) =>
-        {
-            if (e.CurrentState == PushChannelState.Closed)
-            {
-                closed.TrySetResult(e);
-            }
-        };
+        var closed = client.NextStateAsync(PushChannelState.Closed);
 
         var connecting = client.ConnectAsync();
-        var change = await closed.Task.WaitAsync(TestTimeouts.Default);
+        var change = await closed.WaitAsync(TestTimeouts.Default);
         Assert.Equal(PushCloseCode.Normal, change.CloseCode);
         await connecting.WaitAsync(TestTimeouts.Default);
         Assert.Equal(PushChannelState.Closed, client.State);

@@ -225,7 +225,7 @@ public class SessionLifetimeTests
         var server = await PushTestServer.StartAsync();
         await using (var client = await ConnectOutlivingClientAsync(server, transport))
         {
-            var reconnecting = NextStateAsync(client, PushChannelState.Reconnecting);
+            var reconnecting = client.NextStateAsync(PushChannelState.Reconnecting);
             var stopping = server.DisposeAsync().AsTask();
             var change = await reconnecting.WaitAsync(TestTimeouts.Default);
             Assert.Equal(PushCloseCode.GoingAway, change.CloseCode);
@@ -244,7 +244,7 @@ public class SessionLifetimeTests
         // Each request on a new connection: a web server that has begun to stop accepts none.
         await using (var client = await ConnectOutlivingClientAsync(server, "longpolling", () => new PollGate(pollsGate.Task, newConnectionEachRequest: true)))
         {
-            var reconnecting = NextStateAsync(client, PushChannelState.Reconnecting);
+            var reconnecting = client.NextStateAsync(PushChannelState.Reconnecting);
             var stopping = server.DisposeAsync().AsTask();
 
             // A client a little slow to come back: its next poll leaves 300 ms into the shutdown.
@@ -276,20 +276,6 @@ public class SessionLifetimeTests
             await client.DisposeAsync();
             throw;
         }
-    }
-
-    /// <summary>Completes with the client's next change into <paramref name="state"/>.</summary>
-    private static Task<PushChannelStateChangedEventArgs> NextStateAsync(IPushChannel client, PushChannelState state)
-    {
-        var next = new TaskCompletionSource<PushChannelStateChangedEventArgs>(TaskCreationOptions.RunContinuationsAsynchronously);
-        client.StateChanged += (_, e) =>
-        {
-            if (e.CurrentState == state)
-            {
-                next.TrySetResult(e);
-            }
-        };
-        return next.Task;
     }
 
     [Fact]
