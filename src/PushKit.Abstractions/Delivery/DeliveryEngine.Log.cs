@@ -27,6 +27,9 @@ internal sealed partial class DeliveryEngine
         [LoggerMessage(8, LogLevel.Warning, "{Name}: the peer dropped {Count} message(s) this side will not receive")]
         public static partial void MessagesDropped(ILogger logger, object name, long count);
 
+        [LoggerMessage(9, LogLevel.Debug, "{Name}: delivery stopped because the session ended: {Detail}")]
+        public static partial void DeliveryEndedWithSession(ILogger logger, object name, string detail);
+
         [LoggerMessage(6, LogLevel.Error, "{Name}: delivering a message to the application failed; the connection is dropped and the message will be replayed")]
         public static partial void DeliveryFailed(ILogger logger, object name, Exception exception);
     }

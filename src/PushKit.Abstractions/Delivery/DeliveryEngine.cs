@@ -913,6 +913,13 @@ internal sealed partial class DeliveryEngine
         catch (OperationCanceledException) when (token.IsCancellationRequested)
         {
         }
+        catch (Exception ex) when (IsClosed)
+        {
+            // The session ended under a delivery that was waiting (a full queue of the application's, completed by
+            // the end): nothing is replayed and nothing went wrong, so it is no error, and the connection is left to
+            // deliver the close the session ended with rather than cut.
+            Log.DeliveryEndedWithSession(_logger, _name, ex.Message);
+        }
         catch (Exception ex)
         {
             Log.DeliveryFailed(_logger, _name, ex);
