@@ -378,6 +378,13 @@ internal sealed partial class PushSession : IPushSession
                     }
 
                     Volatile.Write(ref _connection, connection);
+                    if (connection is Connections.SseServerConnection stream)
+                    {
+                        // The stream that carries the session takes its POSTs: a stream that arrived after it and was
+                        // abandoned before it could take over must not keep them (they would be refused with 409).
+                        Volatile.Write(ref _httpConnection, stream);
+                    }
+
                     run = Engine.RunAsync(connection, cancellationToken);
                     connectedAt = _manager.Metrics.ConnectionStarted(connection.TransportName);
                     counted = true;

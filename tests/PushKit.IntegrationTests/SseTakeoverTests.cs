@@ -1,0 +1,57 @@
+using System.Net;
+using System.Text;
+using PushKit.IntegrationTests.Infrastructure;
+using PushKit.Server.Sessions;
+
+namespace PushKit.IntegrationTests;
+
+/// <summary>The SSE stream that carries a session is the one its POSTs reach, whatever other requests came and went.</summary>
+public class SseTakeoverTests
+{
+    [Fact]
+    public async Task A_second_stream_abandoned_while_the_first_takes_over_leaves_the_first_able_to_send()
+    {
+        var collector = new Collector();
+        await using var server = await PushTestServer.StartAsync(push => push.AddCollector(collector));
+        // A first connection whose client never answers the server's close: taking the session over from it waits
+        // (up to a second) for it to end.
+        await using var first = await server.ConnectRawAsync();
+        var session = (PushSession)server.Sessions.FindSession(first.SessionId)!;
+        var sseUrl = new Uri($"{server.BaseUrl}/sse?session={first.SessionId}&secret={Uri.EscapeDataString(first.Secret)}");
+        // Stream A starts taking over.
+        using var http = new HttpClient();
+        using var a = await http.GetAsync(sseUrl, HttpCompletionOption.ResponseHeadersRead).WaitAsync(TestTimeouts.Default);
+        await WaitUntilAsync(() => session.HttpConnection is not null);
+        var streamA = session.HttpConnection;
+        // Stream B arrives meanwhile, and its client vanishes (a reset) before B could take over.
+        using (var b = new System.Net.Sockets.TcpClient())
+        {
+            await b.ConnectAsync(server.Root.Host, server.Root.Port).WaitAsync(TestTimeouts.Default);
+            var stream = b.GetStream();
+            await stream.WriteAsync(Encoding.ASCII.GetBytes($"GET {sseUrl.PathAndQuery} HTTP/1.1\r\nHost: x\r\n\r\n")).AsTask().WaitAsync(TestTimeouts.Default);
+            await stream.ReadAsync(new byte[1024]).AsTask().WaitAsync(TestTimeouts.Default);
+            Assert.False(ReferenceEquals(session.HttpConnection, streamA));
+            b.Client.LingerState = new System.Net.Sockets.LingerOption(true, 0);
+        }
+
+        await WaitUntilAsync(() => session.HttpConnection is { IsDead: true } || ReferenceEquals(session.HttpConnection, streamA));
+
+        // A carries the session; a message POSTed by its client must reach the application.
+        await WaitUntilAsync(() => session.Transport == "sse");
+        using var post = await http.PostAsync(
+            new Uri($"{server.BaseUrl}/send?session={first.SessionId}&secret={Uri.EscapeDataString(first.Secret)}"),
+            new StringContent("{\"type\":\"msg\",\"seq\":1,\"contentType\":\"text/plain\",\"data\":\"up\"}", Encoding.UTF8, "text/plain")).WaitAsync(TestTimeouts.Default);
+        Assert.Equal(HttpStatusCode.NoContent, post.StatusCode);
+        Assert.Equal("up", Assert.Single(await collector.TakeAsync(1)).GetString());
+    }
+
+    private static async Task WaitUntilAsync(Func<bool> condition)
+    {
+        // For session state that raises no event; bounded like every wait.
+        using var cts = new CancellationTokenSource(TestTimeouts.Default);
+        while (!condition())
+        {
+            await Task.Delay(5, cts.Token);
+        }
+    }
+}
