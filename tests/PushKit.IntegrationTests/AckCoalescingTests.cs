@@ -52,7 +52,7 @@ public class AckCoalescingTests
         await AssertHeldAsync(session, unacknowledged: 3);
 
         time.Advance(TimeSpan.FromSeconds(1));
-        await WaitUntilAsync(() => session.Engine.UnacknowledgedCount == 0);
+        await Eventually.TrueAsync(() => session.Engine.UnacknowledgedCount == 0);
     }
 
     [Theory]
@@ -94,7 +94,7 @@ public class AckCoalescingTests
         // Two unacknowledged make it half full: the one sent then asks for the ack, which covers both.
         await SendUnawaitedAsync(server, client, "2");
         await client.ReadAsync(1);
-        await WaitUntilAsync(() => session.Engine.UnacknowledgedCount == 0);
+        await Eventually.TrueAsync(() => session.Engine.UnacknowledgedCount == 0);
     }
 
     [Theory]
@@ -108,7 +108,7 @@ public class AckCoalescingTests
 
         // No clock advance: the ack goes with the client's own message.
         await client.SendStringAsync("to the server").AsTask().WaitAsync(TestTimeouts.Default);
-        await WaitUntilAsync(() => session.Engine.UnacknowledgedCount == 0);
+        await Eventually.TrueAsync(() => session.Engine.UnacknowledgedCount == 0);
     }
 
     [Theory]
@@ -126,7 +126,7 @@ public class AckCoalescingTests
         await AssertHeldAsync(session, unacknowledged: 1);
 
         time.Advance(TimeSpan.FromMilliseconds(1));
-        await WaitUntilAsync(() => session.Engine.UnacknowledgedCount == 0);
+        await Eventually.TrueAsync(() => session.Engine.UnacknowledgedCount == 0);
     }
 
     [Theory]
@@ -148,7 +148,7 @@ public class AckCoalescingTests
 
         await SendUnawaitedAsync(server, client, "m1023");
         await client.ReadAsync(1);
-        await WaitUntilAsync(() => session.Engine.UnacknowledgedCount == 0);
+        await Eventually.TrueAsync(() => session.Engine.UnacknowledgedCount == 0);
     }
 
     [Theory]
@@ -183,7 +183,7 @@ public class AckCoalescingTests
         // so the poll that followed the message carried it.
         await SendUnawaitedAsync(server, client, "a");
         Assert.Equal("a", Assert.Single(await client.ReadAsync(1)).GetString());
-        await WaitUntilAsync(() => session.Engine.UnacknowledgedCount == 0);
+        await Eventually.TrueAsync(() => session.Engine.UnacknowledgedCount == 0);
 
         // Within the delay of that ack, the next polls carry none: the ack is held, as on the other transports.
         await SendHeldAsync(server, client, session, "b", unacknowledged: 1);
@@ -219,15 +219,5 @@ public class AckCoalescingTests
     {
         options.HeartbeatInterval = TimeSpan.FromMinutes(10);
         options.HeartbeatTimeout = TimeSpan.FromMinutes(20);
-    }
-
-    /// <summary>Waits, bounded, for a condition that an acknowledgement arriving makes true.</summary>
-    private static async Task WaitUntilAsync(Func<bool> condition)
-    {
-        using var timeout = new CancellationTokenSource(TestTimeouts.Default);
-        while (!condition())
-        {
-            await Task.Delay(10, timeout.Token);
-        }
     }
 }

@@ -310,11 +310,7 @@ public class DeliveryTests
         // And the ended session is removed once its connection has delivered the close (the run ends a moment after
         // the client has it). Nothing signals the removal, so this polls, bounded by the test timeout.
         var manager = server.Services.GetRequiredService<PushKit.Server.Sessions.PushSessionManager>();
-        using var timeout = new CancellationTokenSource(TestTimeouts.Default);
-        while (manager.All().Any())
-        {
-            await Task.Delay(10, timeout.Token);
-        }
+        await Eventually.TrueAsync(() => !manager.All().Any());
     }
 
     private sealed class ClosingOnStartHandler : PushHandler

@@ -79,7 +79,7 @@ public class MetricsTests
             Assert.True(await server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString($"m{i}")));
         }
 
-        await WaitUntilAsync(() => session.Engine.SentThrough == 3);
+        await Eventually.TrueAsync(() => session.Engine.SentThrough == 3);
         Assert.Equal(0, metrics.Replayed.GetMeasurementSnapshot().Sum(m => m.Value));
 
         // The connection breaks; the client resumes the session and the server sends the three again.
@@ -107,16 +107,6 @@ public class MetricsTests
         Assert.Equal(2, await first.Sender.BroadcastAsync(PushMessage.FromString("hi")));
         await firstMetrics.Sent.WaitForSumAsync(2);
         Assert.Equal(0, secondMetrics.Sent.GetMeasurementSnapshot().Sum(m => m.Value));
-    }
-
-    private static async Task WaitUntilAsync(Func<bool> condition)
-    {
-        // For engine state that raises no event; bounded like every wait.
-        using var cts = new CancellationTokenSource(TestTimeouts.Default);
-        while (!condition())
-        {
-            await Task.Delay(10, cts.Token);
-        }
     }
 
     /// <summary>A collector for each of the server's instruments, limited to the server's own meter factory.</summary>

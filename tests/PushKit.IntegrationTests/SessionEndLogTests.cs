@@ -28,7 +28,7 @@ public class SessionEndLogTests
         await using var raw = await server.ConnectRawAsync();
         await raw.SendAsync(string.Concat(Enumerable.Range(1, 20).Select(i => $"{{\"type\":\"msg\",\"seq\":{i},\"data\":\"m{i}\"}}\n")));
         var session = (PushSession)server.Sessions.FindSession(raw.SessionId)!;
-        await WaitUntilAsync(() => session.Engine.ReceivedThrough == 20);
+        await Eventually.TrueAsync(() => session.Engine.ReceivedThrough == 20);
 
         // The client never acknowledges: the fourth message fills its buffer and ends the session (4429).
         for (var i = 0; i < 5; i++)
@@ -37,16 +37,7 @@ public class SessionEndLogTests
         }
 
         Assert.Equal(4429, (await raw.ReceiveCloseAsync()).Status);
-        await WaitUntilAsync(() => logs.GetSnapshot().Any(r => r.Id.Id is 6 or 9));
+        await Eventually.TrueAsync(() => logs.GetSnapshot().Any(r => r.Id.Id is 6 or 9));
         Assert.DoesNotContain(logs.GetSnapshot(), r => r.Level >= LogLevel.Error);
-    }
-
-    private static async Task WaitUntilAsync(Func<bool> condition)
-    {
-        using var cts = new CancellationTokenSource(TestTimeouts.Default);
-        while (!condition())
-        {
-            await Task.Delay(10, cts.Token);
-        }
     }
 }

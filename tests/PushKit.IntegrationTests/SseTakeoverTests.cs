@@ -21,7 +21,7 @@ public class SseTakeoverTests
         // Stream A starts taking over.
         using var http = new HttpClient();
         using var a = await http.GetAsync(sseUrl, HttpCompletionOption.ResponseHeadersRead).WaitAsync(TestTimeouts.Default);
-        await WaitUntilAsync(() => session.HttpConnection is not null);
+        await Eventually.TrueAsync(() => session.HttpConnection is not null);
         var streamA = session.HttpConnection;
         // Stream B arrives meanwhile, and its client vanishes (a reset) before B could take over.
         using (var b = new System.Net.Sockets.TcpClient())
@@ -34,24 +34,14 @@ public class SseTakeoverTests
             b.Client.LingerState = new System.Net.Sockets.LingerOption(true, 0);
         }
 
-        await WaitUntilAsync(() => session.HttpConnection is { IsDead: true } || ReferenceEquals(session.HttpConnection, streamA));
+        await Eventually.TrueAsync(() => session.HttpConnection is { IsDead: true } || ReferenceEquals(session.HttpConnection, streamA));
 
         // A carries the session; a message POSTed by its client must reach the application.
-        await WaitUntilAsync(() => session.Transport == "sse");
+        await Eventually.TrueAsync(() => session.Transport == "sse");
         using var post = await http.PostAsync(
             new Uri($"{server.BaseUrl}/send?session={first.SessionId}&secret={Uri.EscapeDataString(first.Secret)}"),
             new StringContent("{\"type\":\"msg\",\"seq\":1,\"contentType\":\"text/plain\",\"data\":\"up\"}", Encoding.UTF8, "text/plain")).WaitAsync(TestTimeouts.Default);
         Assert.Equal(HttpStatusCode.NoContent, post.StatusCode);
         Assert.Equal("up", Assert.Single(await collector.TakeAsync(1)).GetString());
-    }
-
-    private static async Task WaitUntilAsync(Func<bool> condition)
-    {
-        // For session state that raises no event; bounded like every wait.
-        using var cts = new CancellationTokenSource(TestTimeouts.Default);
-        while (!condition())
-        {
-            await Task.Delay(5, cts.Token);
-        }
     }
 }
