@@ -167,6 +167,24 @@ public sealed class HttpBadInputTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_body_that_is_not_UTF8_is_400_malformed_frame_even_in_a_frame_of_unknown_type()
+    {
+        var (sessionId, secret) = await OpenLongPollingAsync();
+        var body = Encoding.UTF8.GetBytes("{\"type\":\"msg\",\"seq\":1,\"data\":\"first\"}\n{\"type\":\"future\",\"x\":\"?\"}");
+        body[^3] = 0xFF;
+        using var content = new ByteArrayContent(body);
+        using var response = await _server.Http.PostAsync(Endpoint("send", sessionId, secret), content).WaitAsync(TestTimeouts.Default);
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Equal("malformed_frame", await ErrorCodeAsync(response));
+
+        // Nothing of the body was applied: the session still expects sequence 1.
+        using var retry = await PostAsync(Endpoint("send", sessionId, secret), "{\"type\":\"msg\",\"seq\":1,\"data\":\"first\"}");
+        Assert.Equal(HttpStatusCode.NoContent, retry.StatusCode);
+        await _collector.TakeAsync(1);
+        Assert.Single(_collector.All, m => m.Session.SessionId == sessionId);
+    }
+
+    [Fact]
     public async Task An_oversize_body_is_413_message_too_big()
     {
         var (sessionId, secret) = await OpenLongPollingAsync();

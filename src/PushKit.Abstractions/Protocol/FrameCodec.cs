@@ -216,6 +216,16 @@ internal static class FrameCodec
     internal static FrameParseStatus TryParseGeneral(ReadOnlySpan<byte> json, out Frame frame, out string? error)
     {
         frame = default;
+
+        // RFC 8259 (protocol 3.1): a frame is UTF-8. The JSON reader checks the strings it decodes, not the ones it
+        // skips (unknown fields, every field of an unknown type), so the whole frame is checked here. This path is
+        // for frames not laid out as PushKit writes them; the canonical path checks each string it takes.
+        if (!Utf8.IsValid(json))
+        {
+            error = "A frame must be valid UTF-8.";
+            return FrameParseStatus.Malformed;
+        }
+
         FrameParseStatus status;
         try
         {

@@ -208,6 +208,20 @@ public class FrameCodecTests
     }
 
     [Theory]
+    [InlineData("{\"type\":\"future\",\"x\":\"\xFF\"}")]
+    [InlineData("{\"type\":\"ack\",\"seq\":1,\"x\":\"\xC3\"}")]
+    [InlineData("{\"type\":\"msg\",\"seq\":1,\"data\":\"hi\",\"x\":\"\xED\xA0\x80\"}")]
+    [InlineData("{\"type\":\"ping\",\"\xFE\":1}")]
+    public void A_frame_that_is_not_valid_UTF8_is_malformed_whatever_its_type(string latin1)
+    {
+        // RFC 8259 (protocol 3.1): a frame is JSON in UTF-8. The bytes are given one per char (Latin-1), so a frame
+        // can hold bytes that are not UTF-8: a lone 0xFF, a truncated sequence, an encoded surrogate.
+        var bytes = Encoding.Latin1.GetBytes(latin1);
+        Assert.Equal(FrameParseStatus.Malformed, FrameCodec.TryParse(bytes, out _, out var error));
+        Assert.Contains("UTF-8", error);
+    }
+
+    [Theory]
     [InlineData("", "empty")]
     [InlineData("not json", "garbage")]
     [InlineData("[1,2]", "array")]
