@@ -30,10 +30,20 @@ public interface IPushChannel : IAsyncDisposable
 
     /// <summary>
     /// Negotiates a session and opens a connection. Completes when the channel is <see cref="PushChannelState.Connected"/>.
-    /// On a server-side session, which is connected already, this completes at once.
+    /// On a server-side session this completes at once, or throws <see cref="PushChannelClosedException"/> once the
+    /// session has ended.
     /// </summary>
+    /// <remarks>
+    /// A client channel may call it again whenever it is <see cref="PushChannelState.Disconnected"/>: after a failed
+    /// first attempt it tries again; after the reconnect pipeline gave up, or a lost connection with automatic reconnect
+    /// off, it starts a new session, and the change to <see cref="PushChannelState.Connected"/> has
+    /// <see cref="PushChannelStateChangedEventArgs.IsSessionReset"/> set.
+    /// </remarks>
     /// <param name="cancellationToken">Cancels the attempt.</param>
     /// <exception cref="PushException">Negotiation or the connection failed; the message says why.</exception>
+    /// <exception cref="PushChannelClosedException">The channel is closed.</exception>
+    /// <exception cref="InvalidOperationException">The channel is connecting, connected or reconnecting already.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled.</exception>
     Task ConnectAsync(CancellationToken cancellationToken = default);
 
     /// <summary>
@@ -48,8 +58,9 @@ public interface IPushChannel : IAsyncDisposable
     ValueTask SendAsync(PushMessage message, CancellationToken cancellationToken = default);
 
     /// <summary>
-    /// Reads the messages the peer sends, in order, each exactly once. The sequence ends when the channel closes.
-    /// Read from one consumer at a time: concurrent readers share the messages between them.
+    /// Reads the messages the peer sends, in order, each exactly once. The sequence ends when the channel closes, or
+    /// goes <see cref="PushChannelState.Disconnected"/> after a connection (a sequence started after that reads the
+    /// next session's messages). Read from one consumer at a time: concurrent readers share the messages between them.
     /// </summary>
     /// <param name="cancellationToken">Stops the enumeration.</param>
     IAsyncEnumerable<PushMessage> ReadAllAsync(CancellationToken cancellationToken = default);

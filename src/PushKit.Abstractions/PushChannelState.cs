@@ -3,7 +3,11 @@ namespace PushKit;
 /// <summary>The states of an <see cref="IPushChannel"/>.</summary>
 public enum PushChannelState
 {
-    /// <summary>Not connected: not yet started, or the connection ended and no reconnect is in progress.</summary>
+    /// <summary>
+    /// Not connected, and not trying: not yet started, the first connect failed, the reconnect pipeline gave up, or the
+    /// connection was lost with automatic reconnect off. <see cref="IPushChannel.ConnectAsync"/> may be called again;
+    /// after giving up or a lost connection it starts a new session.
+    /// </summary>
     Disconnected = 0,
 
     /// <summary>Negotiating and opening the first connection.</summary>

@@ -24,7 +24,9 @@ internal sealed partial class PushChannel : IPushChannel
     private readonly HttpMessageHandler _handler;
     private readonly HttpClient _http;
     private readonly HttpMessageInvoker _invoker;
-    private readonly ReceiveQueue _inbound;
+    // Replaced when the channel goes Disconnected for good (its readers end), so that a later ConnectAsync starts
+    // afresh; each session's engine delivers into the queue that was current when the session started.
+    private ReceiveQueue _inbound;
     private readonly object _gate = new();
     private PushChannelState _state = PushChannelState.Disconnected;
     private DeliveryEngine? _engine;
@@ -90,6 +92,7 @@ internal sealed partial class PushChannel : IPushChannel
 
     public async Task ConnectAsync(CancellationToken cancellationToken = default)
     {
+        string? previous;
         lock (_gate)
         {
             if (_state == PushChannelState.Closed)
@@ -99,10 +102,12 @@ internal sealed partial class PushChannel : IPushChannel
 
             if (_connectStarted)
             {
-                throw new InvalidOperationException("ConnectAsync was called already; a connected channel reconnects by itself.");
+                throw new InvalidOperationException(
+                    $"ConnectAsync was called already and the channel is {_state}: it reconnects by itself. Call ConnectAsync again only once it is Disconnected.");
             }
 
             _connectStarted = true;
+            previous = _session?.SessionId;
         }
 
         SetState(PushChannelState.Connecting, null, null, null);
@@ -110,18 +115,27 @@ internal sealed partial class PushChannel : IPushChannel
         {
             var (connection, reason) = await OpenAttemptAsync(resume: false, cancellationToken).ConfigureAwait(false);
             _run = RunLoopAsync(connection);
-            SetState(PushChannelState.Connected, null, reason, null);
+            if (previous is null)
+            {
+                SetState(PushChannelState.Connected, null, reason, null);
+            }
+            else
+            {
+                // The channel had given its session up (Disconnected): this is a new session, and the application must
+                // know that what the old one had not delivered is gone.
+                SetState(
+                    PushChannelState.Connected,
+                    null,
+                    $"Not resumed: session {previous} was given up when the channel went Disconnected; started session {SessionId}. Messages sent to the old session and not yet received are lost. {reason}",
+                    null,
+                    sessionReset: true);
+            }
         }
         catch (Exception ex)
         {
             // The channel stays usable: ConnectAsync may be called again (a DI singleton must not be stuck).
             Log.ConnectFailed(_logger, _options.Url, ex.Message);
-            lock (_gate)
-            {
-                _connectStarted = false;
-            }
-
-            SetState(PushChannelState.Disconnected, null, ex.Message, ex);
+            SetState(PushChannelState.Disconnected, null, ex.Message, ex, connectAgain: true);
             throw;
         }
     }
@@ -165,7 +179,8 @@ internal sealed partial class PushChannel : IPushChannel
     private async Task<(IPushTransportConnection Connection, string Reason)> StartNewSessionAsync(CancellationToken cancellationToken)
     {
         var negotiated = await NegotiateAsync(cancellationToken).ConfigureAwait(false);
-        var engine = new DeliveryEngine("client " + negotiated.SessionId, negotiated.Limits.MaxMessageBytes, DeliverAsync, _logger)
+        var inbound = Volatile.Read(ref _inbound);
+        var engine = new DeliveryEngine("client " + negotiated.SessionId, negotiated.Limits.MaxMessageBytes, inbound.WriteAsync, _logger)
         {
             Heartbeat = new HeartbeatSettings(
                 TimeSpan.FromMilliseconds(negotiated.Heartbeat.IntervalMs > 0 ? negotiated.Heartbeat.IntervalMs : 15_000),
@@ -175,7 +190,7 @@ internal sealed partial class PushChannel : IPushChannel
             OnMessagesDropped = count => MessagesDropped?.Invoke(this, new PushMessagesDroppedEventArgs(count)),
 
             // Received messages go straight into the receive queue while it has room.
-            TryDeliverInline = _inbound.TryWrite,
+            TryDeliverInline = inbound.TryWrite,
         };
         var (connection, reason) = await OpenTransportsAsync(negotiated, cancellationToken).ConfigureAwait(false);
 
@@ -434,17 +449,29 @@ internal sealed partial class PushChannel : IPushChannel
     private static bool IsFinal(ConnectionEnd end) =>
         end.Kind == ConnectionEndKind.ClosedByPeer && end.Code is PushCloseCode.Normal or PushCloseCode.Superseded or PushCloseCode.Unauthorized;
 
+    /// <summary>
+    /// Ends the session for this channel: sends still waiting fail, <see cref="ReadAllAsync"/> ends. In
+    /// <see cref="PushChannelState.Disconnected"/> the channel may connect again, to a new session, with a new
+    /// receive queue for the readers that come after.
+    /// </summary>
     private void Finish(PushChannelState state, PushCloseCode? code, string reason, Exception error)
     {
         DeliveryEngine? engine;
+        ReceiveQueue ended;
+        var again = state == PushChannelState.Disconnected;
         lock (_gate)
         {
             engine = _engine;
+            ended = _inbound;
+            if (again && _state != PushChannelState.Closed)
+            {
+                Volatile.Write(ref _inbound, new ReceiveQueue(_options.ReceiveQueueCapacity));
+            }
         }
 
         engine?.Shutdown(code ?? PushCloseCode.Normal, reason, error as PushChannelClosedException ?? new PushChannelClosedException(reason, code, error));
-        _inbound.Complete();
-        SetState(state, code, reason, error);
+        ended.Complete();
+        SetState(state, code, reason, error, connectAgain: again);
     }
 
     internal static ResiliencePipeline CreateDefaultReconnectPipeline(PushClientOptions options)
@@ -495,7 +522,7 @@ internal sealed partial class PushChannel : IPushChannel
     }
 
     public IAsyncEnumerable<PushMessage> ReadAllAsync(CancellationToken cancellationToken = default) =>
-        _inbound.ReadAllAsync(cancellationToken);
+        Volatile.Read(ref _inbound).ReadAllAsync(cancellationToken);
 
     public async Task CloseAsync(CancellationToken cancellationToken = default)
     {
@@ -564,7 +591,7 @@ internal sealed partial class PushChannel : IPushChannel
         }
 
         // ReadAllAsync has ended by the time any CloseAsync returns.
-        _inbound.Complete();
+        Volatile.Read(ref _inbound).Complete();
         if (failure is null)
         {
             _closed.TrySetResult();
@@ -602,16 +629,25 @@ internal sealed partial class PushChannel : IPushChannel
         return Convert.ToBase64String(bytes).Replace('+', '-').Replace('/', '_');
     }
 
-    private async ValueTask DeliverAsync(PushMessage message, CancellationToken cancellationToken) =>
-        await _inbound.WriteAsync(message, cancellationToken).ConfigureAwait(false);
-
-    private void SetState(PushChannelState state, PushCloseCode? code, string? reason, Exception? exception, bool sessionReset = false)
+    // connectAgain: the change ends this channel's connecting (Disconnected), and ConnectAsync may be called again.
+    // It is set with the state, under the same lock, so that no ConnectAsync can start in between.
+    private void SetState(PushChannelState state, PushCloseCode? code, string? reason, Exception? exception, bool sessionReset = false, bool connectAgain = false)
     {
         PushChannelState previous;
         lock (_gate)
         {
             previous = _state;
-            if (previous == state || previous == PushChannelState.Closed)
+            if (previous == PushChannelState.Closed)
+            {
+                return;
+            }
+
+            if (connectAgain)
+            {
+                _connectStarted = false;
+            }
+
+            if (previous == state)
             {
                 return;
             }
