@@ -44,6 +44,8 @@ internal sealed partial class PushChannel : IPushChannel
 
     public PushChannel(PushClientOptions options, ILoggerFactory loggerFactory)
     {
+        // A snapshot: the builder (or the DI options) may go on being changed, or build other channels.
+        options = options.Clone();
         options.Validate();
         _options = options;
         _loggerFactory = loggerFactory;
@@ -63,6 +65,9 @@ internal sealed partial class PushChannel : IPushChannel
     }
 
     public event EventHandler<PushChannelStateChangedEventArgs>? StateChanged;
+
+    /// <summary>The channel's own copy of its options (tests).</summary>
+    internal PushClientOptions Options => _options;
 
     public event EventHandler<PushMessagesDroppedEventArgs>? MessagesDropped;
 

@@ -32,9 +32,16 @@ public sealed class PushChannelBuilder
 
     /// <summary>Sets the server's PushKit base URL.</summary>
     /// <param name="url">An absolute http(s) or ws(s) URL.</param>
+    /// <exception cref="ArgumentException"><paramref name="url"/> is not an absolute http, https, ws or wss URL.</exception>
     public PushChannelBuilder WithUrl(Uri url)
     {
-        _options.Url = url ?? throw new ArgumentNullException(nameof(url));
+        ArgumentNullException.ThrowIfNull(url);
+        if (!url.IsAbsoluteUri || url.Scheme is not ("http" or "https" or "ws" or "wss"))
+        {
+            throw new ArgumentException($"'{url}' is not an absolute http, https, ws or wss URL.", nameof(url));
+        }
+
+        _options.Url = url;
         return this;
     }
 
@@ -56,6 +63,10 @@ public sealed class PushChannelBuilder
     }
 
     /// <summary>Creates the channel (not connected yet: call <see cref="IPushChannel.ConnectAsync"/>).</summary>
+    /// <remarks>
+    /// The channel takes a copy of the options as they are now: changing them afterwards (through
+    /// <see cref="Configure"/>) affects only channels built later, so one builder can build several independent channels.
+    /// </remarks>
     /// <exception cref="ArgumentException">The options are invalid; the message lists every problem.</exception>
     public IPushChannel Build() => new PushChannel(_options, _loggerFactory);
 }

@@ -16,7 +16,9 @@ public sealed class PushClientOptions
     /// The transports to try, in order of preference; the first one that the server offers and that works is used.
     /// Default: WebSocket, then Server-Sent Events, then long-polling. Clear it and add to restrict or reorder.
     /// </summary>
-    public IList<IPushTransport> Transports { get; } = [PushTransports.WebSocket, PushTransports.ServerSentEvents, PushTransports.LongPolling];
+    public IList<IPushTransport> Transports => _transports;
+
+    private List<IPushTransport> _transports = [PushTransports.WebSocket, PushTransports.ServerSentEvents, PushTransports.LongPolling];
 
     /// <summary>
     /// How long an opened transport may take to show it really delivers (the SSE stream's first event, the first
@@ -98,7 +100,9 @@ public sealed class PushClientOptions
     public Func<CancellationToken, ValueTask<string?>>? AccessTokenProvider { get; set; }
 
     /// <summary>Headers sent on every request: negotiate, the WebSocket handshake, SSE streams, polls and sends.</summary>
-    public IDictionary<string, string> Headers { get; } = new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase);
+    public IDictionary<string, string> Headers => _headers;
+
+    private Dictionary<string, string> _headers = new(StringComparer.OrdinalIgnoreCase);
 
     /// <summary>Creates the HTTP handler used for negotiation; null for a default <see cref="SocketsHttpHandler"/>.</summary>
     public Func<HttpMessageHandler>? HttpMessageHandlerFactory { get; set; }
@@ -119,6 +123,30 @@ public sealed class PushClientOptions
     /// <summary>Checks the options and lists every problem at once.</summary>
     /// <exception cref="ArgumentException">At least one option is invalid; the message lists them all.</exception>
     public void Validate()
+    {
+        var errors = Problems();
+        if (errors.Count > 0)
+        {
+            throw new ArgumentException("Invalid PushKit client options:" + Environment.NewLine + string.Join(Environment.NewLine, errors.Select(e => "- " + e)));
+        }
+    }
+
+    /// <summary>
+    /// A copy that shares nothing mutable with this instance: a channel keeps one, so that options changed after it
+    /// was built (or changed for another channel built from the same builder) do not reach it.
+    /// </summary>
+    internal PushClientOptions Clone()
+    {
+        var copy = (PushClientOptions)MemberwiseClone();
+
+        // The two collections are get-only, so MemberwiseClone shares them: give the copy its own.
+        copy._transports = [.. Transports];
+        copy._headers = new Dictionary<string, string>(Headers, StringComparer.OrdinalIgnoreCase);
+        return copy;
+    }
+
+    /// <summary>Every problem with the options, each a sentence that names the option; empty when they are valid.</summary>
+    internal List<string> Problems()
     {
         var errors = new List<string>();
         if (Url is null)
@@ -185,9 +213,6 @@ public sealed class PushClientOptions
             errors.Add("PushClientOptions.TimeProvider must not be null.");
         }
 
-        if (errors.Count > 0)
-        {
-            throw new ArgumentException("Invalid PushKit client options:" + Environment.NewLine + string.Join(Environment.NewLine, errors.Select(e => "- " + e)));
-        }
+        return errors;
     }
 }

@@ -54,6 +54,18 @@ public class HostingTests
     }
 
     [Fact]
+    public async Task Invalid_client_options_stop_the_host_at_start_with_every_error_listed()
+    {
+        var host = Host.CreateApplicationBuilder();
+        host.Logging.ClearProviders();
+        host.Services.AddPushKitClient(o => o.AckTimeout = TimeSpan.Zero);
+        using var app = host.Build();
+        var error = await Assert.ThrowsAsync<OptionsValidationException>(() => app.StartAsync().WaitAsync(TestTimeouts.Default));
+        Assert.Contains("Url", error.Message, StringComparison.Ordinal);
+        Assert.Contains("AckTimeout", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task MapPushKit_without_AddPushKit_explains_what_is_missing()
     {
         var builder = WebApplication.CreateSlimBuilder();

@@ -86,6 +86,79 @@ public class OptionsValidationTests
     }
 
     [Fact]
+    public void Client_rejects_a_relative_or_foreign_Uri_as_it_does_a_string()
+    {
+        Assert.Throws<ArgumentException>(() => new PushChannelBuilder().WithUrl(new Uri("/push", UriKind.Relative)));
+        Assert.Throws<ArgumentException>(() => new PushChannelBuilder().WithUrl(new Uri("ftp://example.com/push")));
+        Assert.Throws<ArgumentNullException>(() => new PushChannelBuilder().WithUrl((Uri)null!));
+    }
+
+    [Fact]
+    public void A_copy_of_client_options_carries_every_setting_and_shares_no_collection()
+    {
+        // Every settable property gets a value other than its default: a property added later and left out of Clone
+        // fails here.
+        var options = new PushClientOptions();
+        var settable = typeof(PushClientOptions).GetProperties().Where(p => p.CanWrite).ToArray();
+        foreach (var property in settable)
+        {
+            property.SetValue(options, NonDefault(property.PropertyType, property.GetValue(options)));
+        }
+
+        options.Transports.RemoveAt(0);
+        options.Headers["X-Tenant"] = "a";
+
+        var copy = options.Clone();
+        foreach (var property in settable)
+        {
+            Assert.Equal(property.GetValue(options), property.GetValue(copy));
+        }
+
+        Assert.Equal(options.Transports, copy.Transports);
+        Assert.Equal(options.Headers, copy.Headers);
+        copy.Transports.Clear();
+        copy.Headers["X-Tenant"] = "b";
+        Assert.Equal(2, options.Transports.Count);
+        Assert.Equal("a", options.Headers["X-Tenant"]);
+        Assert.Equal(StringComparer.OrdinalIgnoreCase, ((Dictionary<string, string>)copy.Headers).Comparer);
+    }
+
+    [Fact]
+    public void A_built_channel_keeps_the_options_it_was_built_with()
+    {
+        var builder = new PushChannelBuilder().WithUrl("http://127.0.0.1/push").Configure(o => o.Headers["X-Tenant"] = "a");
+        var first = (PushChannel)builder.Build();
+
+        // Changing the builder afterwards, even to something invalid, builds other channels; the first keeps its own.
+        builder.Configure(o =>
+        {
+            o.Headers["X-Tenant"] = "b";
+            o.Transports.Clear();
+            o.AckTimeout = TimeSpan.FromSeconds(-5);
+        });
+        Assert.Equal("a", first.Options.Headers["X-Tenant"]);
+        Assert.Equal(3, first.Options.Transports.Count);
+        Assert.Equal(TimeSpan.FromSeconds(30), first.Options.AckTimeout);
+        Assert.Throws<ArgumentException>(builder.Build);
+    }
+
+    private static object? NonDefault(Type type, object? current) => type switch
+    {
+        _ when type == typeof(Uri) => new Uri("http://example.com/copied"),
+        _ when type == typeof(bool) => !(bool)current!,
+        _ when type == typeof(int) => (int)current! - 1,
+        _ when type == typeof(long) => (long)current! - 1,
+        _ when type == typeof(TimeSpan) || type == typeof(TimeSpan?) => TimeSpan.FromMilliseconds(123),
+        _ when type == typeof(PushBufferFullPolicy) => PushBufferFullPolicy.DropOldest,
+        _ when type == typeof(TimeProvider) => new FakeTimeProvider(),
+        _ when type == typeof(Polly.ResiliencePipeline) => Polly.ResiliencePipeline.Empty,
+        _ when type == typeof(Func<CancellationToken, ValueTask<string?>>) => (Func<CancellationToken, ValueTask<string?>>)(_ => ValueTask.FromResult<string?>("t")),
+        _ when type == typeof(Func<HttpMessageHandler>) => (Func<HttpMessageHandler>)(() => new SocketsHttpHandler()),
+        _ when type == typeof(Action<System.Net.WebSockets.ClientWebSocketOptions>) => (Action<System.Net.WebSockets.ClientWebSocketOptions>)(_ => { }),
+        _ => throw new InvalidOperationException($"Give the test a value for a {type}."),
+    };
+
+    [Fact]
     public void Transport_context_builds_endpoint_urls_with_the_session_id_but_never_the_secret()
     {
         var context = new PushTransportContext
