@@ -66,7 +66,7 @@ await using (channel)
     try
     {
         // The first message joins the chat under our name; each later one is a line of text.
-        await channel.SendJsonAsync(new ChatMessage(name, null), ChatJsonContext.Default.ChatMessage, cancellationToken: stop.Token);
+        await channel.SendJsonAsync(new ChatMessage(name, null), ChatJsonContext.Default.ChatMessage, stop.Token);
         while (await ReadLineAsync(stop.Token) is { } line)
         {
             if (line.Length == 0)
@@ -76,7 +76,7 @@ await using (channel)
 
             // Completes when the server has acknowledged the line (its handler has run); our echo comes back from
             // the broadcast and is printed by PrintMessagesAsync.
-            await channel.SendJsonAsync(new ChatMessage(name, line), ChatJsonContext.Default.ChatMessage, cancellationToken: stop.Token);
+            await channel.SendJsonAsync(new ChatMessage(name, line), ChatJsonContext.Default.ChatMessage, stop.Token);
         }
     }
     catch (OperationCanceledException)
