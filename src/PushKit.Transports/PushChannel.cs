@@ -17,6 +17,11 @@ internal sealed partial class PushChannel : IPushChannel
 {
     private static readonly TimeSpan s_closeWait = TimeSpan.FromSeconds(5);
     private static readonly TimeSpan s_shortLived = TimeSpan.FromSeconds(5);
+    private const long MinHeartbeatIntervalMs = 100;
+    private const long MaxHeartbeatIntervalMs = 3_600_000;
+
+    /// <summary>The longest a close frame's <c>retryAfterMs</c> is honoured, unless <see cref="PushClientOptions.MaxReconnectDelay"/> is longer.</summary>
+    internal static readonly TimeSpan MaxRetryAfter = TimeSpan.FromMinutes(5);
 
     private readonly PushClientOptions _options;
     private readonly ILoggerFactory _loggerFactory;
@@ -55,6 +60,7 @@ internal sealed partial class PushChannel : IPushChannel
         {
             // SSE streams and long-polls are long-lived; every request has its own cancellation instead.
             Timeout = Timeout.InfiniteTimeSpan,
+            MaxResponseContentBufferSize = 64 * 1024,
         };
 
         // The WebSocket handshake goes through the same connection pool, so it reuses the connection the negotiate
@@ -188,8 +194,8 @@ internal sealed partial class PushChannel : IPushChannel
         var engine = new DeliveryEngine("client " + negotiated.SessionId, negotiated.Limits.MaxMessageBytes, inbound.WriteAsync, _logger)
         {
             Heartbeat = new HeartbeatSettings(
-                TimeSpan.FromMilliseconds(negotiated.Heartbeat.IntervalMs > 0 ? negotiated.Heartbeat.IntervalMs : 15_000),
-                TimeSpan.FromMilliseconds(negotiated.Heartbeat.TimeoutMs > 0 ? negotiated.Heartbeat.TimeoutMs : 30_000),
+                TimeSpan.FromMilliseconds(HeartbeatIntervalMs(negotiated.Heartbeat)),
+                TimeSpan.FromMilliseconds(HeartbeatTimeoutMs(negotiated.Heartbeat)),
                 _options.TimeProvider),
             Limits = new BufferLimits(_options.MaxBufferedMessages, _options.MaxBufferedBytes, _options.BufferFullPolicy),
             OnMessagesDropped = count => MessagesDropped?.Invoke(this, new PushMessagesDroppedEventArgs(count)),
@@ -336,9 +342,9 @@ internal sealed partial class PushChannel : IPushChannel
                 throw new PushConnectException($"The negotiate response from {url.Uri} is not valid JSON: {ex.Message}", ex);
             }
 
-            if (negotiated is null || negotiated.SessionId.Length == 0 || negotiated.ResumeSecret.Length == 0)
+            if (negotiated is null || string.IsNullOrEmpty(negotiated.SessionId) || string.IsNullOrEmpty(negotiated.ResumeSecret) || negotiated.Transports is null)
             {
-                throw new PushConnectException($"The negotiate response from {url.Uri} lacks a session id or resume secret.");
+                throw new PushConnectException($"The negotiate response from {url.Uri} lacks a session id, a resume secret or the list of transports.");
             }
 
             if (negotiated.ProtocolVersion != PushProtocol.Version)
@@ -349,6 +355,9 @@ internal sealed partial class PushChannel : IPushChannel
                     PushErrorCodes.UnsupportedProtocolVersion);
             }
 
+            negotiated.Limits ??= new();
+            negotiated.Heartbeat ??= new();
+            negotiated.LongPolling ??= new();
             if (negotiated.Limits.MaxMessageBytes <= 0)
             {
                 negotiated.Limits.MaxMessageBytes = PushProtocol.DefaultMaxMessageBytes;
@@ -412,8 +421,10 @@ internal sealed partial class PushChannel : IPushChannel
             {
                 if (end.RetryAfterMs is { } retryAfter and > 0)
                 {
-                    // The server said when to come back (shutdown, overload): honour it before the first attempt.
-                    await Task.Delay(TimeSpan.FromMilliseconds(retryAfter), _options.TimeProvider, lifetime).ConfigureAwait(false);
+                    // The server said when to come back (shutdown, overload): honour it before the first attempt, up to
+                    // a ceiling, so that a server (or whatever answers in its place) cannot park the client for weeks.
+                    var wait = Math.Min(retryAfter, Math.Max(_options.MaxReconnectDelay.TotalMilliseconds, MaxRetryAfter.TotalMilliseconds));
+                    await Task.Delay(TimeSpan.FromMilliseconds(wait), _options.TimeProvider, lifetime).ConfigureAwait(false);
                 }
                 else if (shortLived > 1)
                 {
@@ -441,6 +452,21 @@ internal sealed partial class PushChannel : IPushChannel
             _pendingSessionReset = false;
             SetState(PushChannelState.Connected, null, openedReason, null, reset);
         }
+    }
+
+    /// <summary>
+    /// The server's heartbeat interval, kept between 100 ms and an hour: a tiny one made the client flood pings (or, below
+    /// 2 ms, stopped its checks altogether), a huge one broke the timer.
+    /// </summary>
+    internal static long HeartbeatIntervalMs(NegotiateHeartbeat heartbeat) =>
+        heartbeat.IntervalMs > 0 ? Math.Clamp(heartbeat.IntervalMs, MinHeartbeatIntervalMs, MaxHeartbeatIntervalMs) : 15_000;
+
+    /// <summary>The server's heartbeat timeout, at most two hours and always more than 1.5 intervals (as the server requires).</summary>
+    internal static long HeartbeatTimeoutMs(NegotiateHeartbeat heartbeat)
+    {
+        var interval = HeartbeatIntervalMs(heartbeat);
+        var timeout = heartbeat.TimeoutMs > 0 ? Math.Min(heartbeat.TimeoutMs, 2 * MaxHeartbeatIntervalMs) : 30_000;
+        return timeout > interval + (interval / 2) ? timeout : 2 * interval;
     }
 
     /// <summary>Exponential, jittered delay for the n-th connection in a row that died young.</summary>

@@ -25,6 +25,8 @@ internal sealed partial class DeliveryEngine
 
         public static Control Pong => new(FrameType.Pong, null, null);
 
+        public bool IsPong => _type == FrameType.Pong;
+
         public static Control Ping => new(FrameType.Ping, null, null);
 
         public static Control Error(string code, string message) => new(FrameType.Error, code, message);
@@ -53,6 +55,7 @@ internal sealed partial class DeliveryEngine
         private readonly CancellationTokenSource _cts;
         private readonly CancellationToken _outerToken;
         private Queue<Control>? _control;
+        private bool _pongQueued;
         private CloseRequest? _localClose;
         private long _lastReceived;
         private long _lastQueued;
@@ -236,6 +239,13 @@ internal sealed partial class DeliveryEngine
             // Locked on the doorbell, an object of the run's own; the queue is made on first use.
             lock (Doorbell)
             {
+                // One pong answers every ping that arrived since the last batch; errors are informational: cap them.
+                if (control.IsPong ? _pongQueued : _control is { Count: >= 16 })
+                {
+                    return;
+                }
+
+                _pongQueued |= control.IsPong;
                 (_control ??= new Queue<Control>()).Enqueue(control);
             }
 
@@ -260,7 +270,9 @@ internal sealed partial class DeliveryEngine
             {
                 if (_control is { Count: > 0 } queue)
                 {
-                    return queue.TryDequeue(out control);
+                    var taken = queue.TryDequeue(out control);
+                    _pongQueued &= !control.IsPong;
+                    return taken;
                 }
 
                 control = default;

@@ -674,7 +674,9 @@ internal sealed partial class DeliveryEngine
                             await ReceiveSkipAsync(run, frame).ConfigureAwait(false);
                             break;
                         case FrameType.Close:
-                            return new ConnectionEnd(ConnectionEndKind.ClosedByPeer, frame.CloseCode, frame.Text, frame.RetryAfterMs, FromFrame: true);
+                            // The reason is the peer's text and goes into state changes, exceptions and logs: bounded,
+                            // and on one line.
+                            return new ConnectionEnd(ConnectionEndKind.ClosedByPeer, frame.CloseCode, Sanitize(frame.Text, MaxPeerReasonLength), frame.RetryAfterMs, FromFrame: true);
                         case FrameType.Error:
                             // One log line per batch at most, shortened and on one line: the text is the peer's, and a
                             // batch of error frames must not flood the log.
@@ -1257,10 +1259,15 @@ internal sealed partial class DeliveryEngine
     private static string? Truncate(string? text, int length) =>
         text is null || text.Length <= length ? text : text[..length] + "…";
 
+    /// <summary>The longest close reason from the peer that is kept (longer ones are shortened, ending in '…').</summary>
+    internal const int MaxPeerReasonLength = 1024;
+
     /// <summary>Text from the peer, made safe to log: at most 200 characters, control characters (line breaks) as '?'.</summary>
-    internal static string? ForLog(string? text)
+    internal static string? ForLog(string? text) => Sanitize(text, 200);
+
+    private static string? Sanitize(string? text, int maxLength)
     {
-        var shortened = Truncate(text, 200);
+        var shortened = Truncate(text, maxLength);
         return shortened is null || !shortened.Any(char.IsControl)
             ? shortened
             : new string(shortened.Select(c => char.IsControl(c) ? '?' : c).ToArray());

@@ -55,24 +55,48 @@ internal static class HttpTransportHelpers
         string? code = null, message = null;
         try
         {
-            var body = await response.Content.ReadAsByteArrayAsync(cancellationToken).ConfigureAwait(false);
-            var error = JsonSerializer.Deserialize(body, ProtocolJsonContext.Default.ErrorResponse);
-            code = error?.Error.Code;
-            message = error?.Error.Message;
+            // A PushKit error body is a few hundred bytes; whatever else answered (a proxy's page, a hostile server) is
+            // read no further than this, so a huge or endless body costs nothing.
+            if (await ReadAtMostAsync(response.Content, MaxErrorBodyBytes, cancellationToken).ConfigureAwait(false) is { } body)
+            {
+                var error = JsonSerializer.Deserialize(body, ProtocolJsonContext.Default.ErrorResponse);
+                code = error?.Error.Code;
+                message = error?.Error.Message;
+            }
         }
-        catch (JsonException)
+        catch (Exception ex) when (ex is JsonException or IOException or HttpRequestException)
         {
-            // Not a PushKit error body (a proxy's page, for example): report the status alone.
+            // Not a PushKit error body, or it broke off: report the status alone.
         }
 
         // A 404 without a PushKit error is the web server saying nothing is mapped there: the usual first mistake.
         var hint = code is null && response.StatusCode == System.Net.HttpStatusCode.NotFound
-            ? $" (no PushKit endpoint answered at {response.RequestMessage?.RequestUri?.GetLeftPart(UriPartial.Path)}: check that the server calls MapPushKit with the path of the channel's URL, \"/push\" by default)"
+            ? $" (no PushKit endpoint answered at {response.RequestMessage?.RequestUri?.GetLeftPart(UriPartial.Path)}: check that the server calls MapPushKit with the path of the channel's URL, for example \"/push\")"
             : "";
         return new PushConnectException(
             $"{what} was refused: HTTP {(int)response.StatusCode}{(code is null ? "" : $" {code}: {message}")}{hint}",
             (int)response.StatusCode,
             code);
+    }
+
+    private const int MaxErrorBodyBytes = 64 * 1024;
+
+    /// <summary>The content's bytes when there are at most <paramref name="limit"/> of them; null when there are more.</summary>
+    private static async Task<byte[]?> ReadAtMostAsync(HttpContent content, int limit, CancellationToken cancellationToken)
+    {
+        var stream = await content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
+        await using (stream.ConfigureAwait(false))
+        {
+            var buffer = new byte[limit + 1];
+            var length = 0;
+            int read;
+            while (length < buffer.Length && (read = await stream.ReadAsync(buffer.AsMemory(length), cancellationToken).ConfigureAwait(false)) > 0)
+            {
+                length += read;
+            }
+
+            return length > limit ? null : buffer[..length];
+        }
     }
 
     /// <summary>POSTs one batch of frames to <c>{base}/send</c>.</summary>

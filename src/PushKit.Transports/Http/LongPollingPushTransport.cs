@@ -111,8 +111,10 @@ internal sealed class LongPollingPushTransport : IPushTransport
         public async ValueTask<PushReceiveResult> ReceiveAsync(IBufferWriter<byte> destination, CancellationToken cancellationToken = default)
         {
             var token = LinkedToken(cancellationToken);
+            var quickEmpties = 0;
             while (true)
             {
+                var polledAt = context.Options.TimeProvider.GetTimestamp();
                 using var response = await PollAsync(token).ConfigureAwait(false);
                 if (response.StatusCode == HttpStatusCode.Conflict)
                 {
@@ -148,7 +150,13 @@ internal sealed class LongPollingPushTransport : IPushTransport
 
                 if (total == 0)
                 {
-                    // The poll timed out with nothing to say: poll again.
+                    // The poll timed out with nothing to say: poll again. An empty answer that came at once, again and
+                    // again, is a server or proxy that does not hold polls: back off rather than spin.
+                    if (context.Options.TimeProvider.GetElapsedTime(polledAt) < TimeSpan.FromMilliseconds(500) && ++quickEmpties > 2)
+                    {
+                        await Task.Delay(TimeSpan.FromMilliseconds(Math.Min(5_000, 100 << Math.Min(quickEmpties - 3, 6))), context.Options.TimeProvider, token).ConfigureAwait(false);
+                    }
+
                     continue;
                 }
 
