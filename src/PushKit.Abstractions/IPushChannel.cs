@@ -52,9 +52,14 @@ public interface IPushChannel : IAsyncDisposable
     /// </summary>
     /// <param name="message">The message.</param>
     /// <param name="cancellationToken">Stops the wait for the acknowledgement; the message stays queued.</param>
+    /// <exception cref="ArgumentNullException"><paramref name="message"/> is null.</exception>
+    /// <exception cref="InvalidOperationException">A client channel that was never connected: call <see cref="ConnectAsync"/> first.</exception>
     /// <exception cref="PushAckTimeoutException">No acknowledgement arrived within the acknowledgement timeout.</exception>
     /// <exception cref="PushChannelClosedException">The channel is closed, or closed before the acknowledgement arrived.</exception>
     /// <exception cref="PushMessageTooLargeException">The encoded message exceeds the peer's size limit; nothing was sent.</exception>
+    /// <exception cref="PushBufferFullException">The client's send buffer is full under <see cref="PushBufferFullPolicy.Disconnect"/>; nothing was queued.</exception>
+    /// <exception cref="PushMessageDroppedException">The message was dropped to make room under <see cref="PushBufferFullPolicy.DropOldest"/>.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled (the message stays queued).</exception>
     ValueTask SendAsync(PushMessage message, CancellationToken cancellationToken = default);
 
     /// <summary>

@@ -13,8 +13,11 @@ public enum PushBufferFullPolicy
     DropOldest = 1,
 
     /// <summary>
-    /// The send that does not fit fails with <see cref="PushBufferFullException"/>. On the server the session is then
-    /// ended with <see cref="PushCloseCode.Overloaded"/> (4429), and the client starts a new one and is told so.
+    /// On the client, the send that does not fit fails with <see cref="PushBufferFullException"/>, nothing is queued,
+    /// and the channel carries on. On the server the session is ended with <see cref="PushCloseCode.Overloaded"/>
+    /// (4429): a waiting <c>IPushSession.SendAsync</c> fails with <see cref="PushChannelClosedException"/> (its
+    /// <see cref="PushChannelClosedException.CloseCode"/> is <see cref="PushCloseCode.Overloaded"/>), <c>IPushSender</c>
+    /// leaves the session out, and the client starts a new session and is told so.
     /// </summary>
     Disconnect = 2,
 }

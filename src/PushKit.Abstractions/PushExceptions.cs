@@ -52,7 +52,8 @@ public sealed class PushAckTimeoutException : PushException
 }
 
 /// <summary>
-/// The channel or session is closed (or was never connected), so the operation cannot complete.
+/// The channel or session is closed, so the operation cannot complete. (A client channel that was never connected
+/// throws <see cref="InvalidOperationException"/> instead.)
 /// <see cref="CloseCode"/> tells why, when known.
 /// </summary>
 public sealed class PushChannelClosedException : PushException

@@ -16,7 +16,7 @@ public interface IPushSender
     /// <param name="message">The message.</param>
     /// <param name="cancellationToken">Cancels the operation.</param>
     /// <returns>True when the session exists and accepted the message; false when no session has that id.</returns>
-    /// <exception cref="PushMessageTooLargeException">The message exceeds <see cref="PushKitServerOptions.MaxMessageBytes"/>.</exception>
+    /// <exception cref="PushMessageTooLargeException">The message exceeds the session's limit: <see cref="PushKitServerOptions.MaxMessageBytes"/>, or less if its client negotiated less.</exception>
     ValueTask<bool> SendToSessionAsync(string sessionId, PushMessage message, CancellationToken cancellationToken = default);
 
     /// <summary>Queues <paramref name="message"/> for every session of one user.</summary>

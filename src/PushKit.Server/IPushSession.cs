@@ -6,6 +6,11 @@ namespace PushKit.Server;
 /// The server-side view of one client's session: an <see cref="IPushChannel"/> (send with acknowledgement, read,
 /// close) plus who the client is.
 /// </summary>
+/// <remarks>
+/// A session belongs to PushKit, whoever got it (a handler, <see cref="IPushSessionRegistry"/>): disposing it does
+/// nothing, so an <c>await using</c> cannot end a client's session by accident. End it with
+/// <see cref="IPushChannel.CloseAsync"/>.
+/// </remarks>
 public interface IPushSession : IPushChannel
 {
     /// <summary>The public session id (never null on the server).</summary>

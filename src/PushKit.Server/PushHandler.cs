@@ -22,7 +22,10 @@ public abstract class PushHandler
     /// <param name="cancellationToken">Signals that the connection ended.</param>
     public virtual ValueTask OnMessageAsync(IPushSession session, PushMessage message, CancellationToken cancellationToken) => default;
 
-    /// <summary>Called once when a session ends: closed by either side, or expired after the resume window.</summary>
+    /// <summary>
+    /// Called once when a session ends: closed by either side, or expired after the resume window. Not called for the
+    /// sessions still alive when the host stops (they end with the process).
+    /// </summary>
     /// <param name="session">The session.</param>
     /// <param name="closeCode">Why it ended.</param>
     public virtual ValueTask OnSessionEndedAsync(IPushSession session, PushCloseCode closeCode) => default;

@@ -24,7 +24,7 @@ public sealed class PushKitServerOptions
     /// <summary>The heartbeat interval advertised to clients in the negotiate response. Default 15 seconds.</summary>
     public TimeSpan HeartbeatInterval { get; set; } = TimeSpan.FromSeconds(15);
 
-    /// <summary>The heartbeat timeout advertised to clients; must exceed <see cref="HeartbeatInterval"/>. Default 30 seconds.</summary>
+    /// <summary>The heartbeat timeout advertised to clients; must exceed 1.5 × <see cref="HeartbeatInterval"/>. Default 30 seconds.</summary>
     public TimeSpan HeartbeatTimeout { get; set; } = TimeSpan.FromSeconds(30);
 
     /// <summary>

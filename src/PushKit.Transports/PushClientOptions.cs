@@ -21,8 +21,8 @@ public sealed class PushClientOptions
     private List<IPushTransport> _transports = [PushTransports.WebSocket, PushTransports.ServerSentEvents, PushTransports.LongPolling];
 
     /// <summary>
-    /// How long an opened transport may take to show it really delivers (the SSE stream's first event, the first
-    /// long-poll's answer) before the client moves on to the next transport. Default 5 seconds.
+    /// How long an opened transport may take to show it really delivers (the WebSocket handshake, the SSE stream's
+    /// first event, the first long-poll's answer) before the client moves on to the next transport. Default 5 seconds.
     /// </summary>
     public TimeSpan TransportDetectionTimeout { get; set; } = TimeSpan.FromSeconds(5);
 
@@ -104,7 +104,11 @@ public sealed class PushClientOptions
 
     private Dictionary<string, string> _headers = new(StringComparer.OrdinalIgnoreCase);
 
-    /// <summary>Creates the HTTP handler used for negotiation; null for a default <see cref="SocketsHttpHandler"/>.</summary>
+    /// <summary>
+    /// Creates the channel's HTTP handler, used for negotiation, the SSE and long-polling requests, the sends, and (when
+    /// <see cref="ConfigureWebSocket"/> is null) the WebSocket handshake; null for a default <see cref="SocketsHttpHandler"/>.
+    /// The channel owns and disposes it: return a new instance on each call.
+    /// </summary>
     public Func<HttpMessageHandler>? HttpMessageHandlerFactory { get; set; }
 
     /// <summary>

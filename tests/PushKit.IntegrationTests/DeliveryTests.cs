@@ -313,6 +313,54 @@ public class DeliveryTests
         await Eventually.TrueAsync(() => !manager.All().Any());
     }
 
+    [Fact]
+    public async Task A_cancellation_exception_of_the_handler_s_own_when_a_session_starts_is_logged_and_the_session_goes_on()
+    {
+        // An HttpClient timeout inside the handler is a TaskCanceledException that has nothing to do with the connection.
+        var collector = new Collector();
+        await using var server = await PushTestServer.StartAsync(push => push.AddHandler<TimingOutOnStartHandler>().AddCollector(collector));
+        var client = server.CreateClient();
+        var reconnects = 0;
+        client.StateChanged += (_, e) =>
+        {
+            if (e.CurrentState == PushChannelState.Reconnecting)
+            {
+                Interlocked.Increment(ref reconnects);
+            }
+        };
+        await client.ConnectAsync().WaitAsync(TestTimeouts.Default);
+        await client.SendStringAsync("still here").AsTask().WaitAsync(TestTimeouts.Default);
+        Assert.Equal("still here", Assert.Single(await collector.TakeAsync(1)).GetString());
+
+        // The first connection carried it: the exception did not cost the client its connection.
+        Assert.Equal(PushChannelState.Connected, client.State);
+        Assert.Equal(0, Volatile.Read(ref reconnects));
+    }
+
+    [Fact]
+    public async Task Disposing_a_session_found_in_the_registry_does_not_end_it()
+    {
+        await using var server = await PushTestServer.StartAsync();
+        var client = await server.ConnectClientAsync();
+        var session = server.Sessions.FindSession(client.SessionId!)!;
+        await using (session)
+        {
+            Assert.NotNull(session.SessionId);
+        }
+
+        Assert.NotEqual(PushChannelState.Closed, session.State);
+        var received = client.ReadAsync(1);
+        Assert.True(await server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString("after")).AsTask().WaitAsync(TestTimeouts.Default));
+        Assert.Equal("after", Assert.Single(await received).GetString());
+        Assert.Equal(PushChannelState.Connected, client.State);
+    }
+
+    private sealed class TimingOutOnStartHandler : PushHandler
+    {
+        public override ValueTask OnSessionStartedAsync(IPushSession session, CancellationToken cancellationToken) =>
+            throw new TaskCanceledException("The request was canceled due to the configured HttpClient.Timeout of 100 seconds elapsing.");
+    }
+
     private sealed class ClosingOnStartHandler : PushHandler
     {
         public override async ValueTask OnSessionStartedAsync(IPushSession session, CancellationToken cancellationToken) =>

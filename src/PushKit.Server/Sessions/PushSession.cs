@@ -286,7 +286,8 @@ internal sealed partial class PushSession : IPushSession
         return Task.CompletedTask;
     }
 
-    public ValueTask DisposeAsync() => new(CloseAsync());
+    // The session belongs to PushKit, not to whoever found it in the registry: disposing it ends nothing (see IPushSession).
+    public ValueTask DisposeAsync() => default;
 
     /// <summary>
     /// Carries the session over <paramref name="connection"/> until it ends. A live older connection is superseded

@@ -164,7 +164,7 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
             {
                 await handler.OnSessionStartedAsync(session, cancellationToken).ConfigureAwait(false);
             }
-            catch (Exception ex) when (ex is not OperationCanceledException)
+            catch (Exception ex) when (ex is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
             {
                 Log.HandlerFailed(_logger, session.SessionId, nameof(PushHandler.OnSessionStartedAsync), ex);
             }
