@@ -616,6 +616,37 @@ public sealed class HostileServerTests
 
 
     [Fact]
+    public async Task HostileServer_sse_line_that_never_ends_is_refused_at_MaxMessageBytes()
+    {
+        var sent = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var server = await FakePushServer.StartAsync(app =>
+        {
+            FakePushServer.MapNegotiate(app, () => FakePushServer.NegotiateJson(heartbeat: "{\"intervalMs\":60000,\"timeoutMs\":120000}"));
+            app.MapGet("/push/sse", async ctx =>
+            {
+                await FakePushServer.StartSseAsync(ctx);
+                await ctx.Response.WriteAsync("data: ");
+                var chunk = Encoding.ASCII.GetBytes(new string('a', 64 * 1024));
+                for (var i = 0; i < 1024 && !ctx.RequestAborted.IsCancellationRequested; i++)
+                {
+                    await ctx.Response.Body.WriteAsync(chunk, ctx.RequestAborted);
+                }
+
+                sent.TrySetResult();
+                await Task.Delay(Timeout.Infinite, ctx.RequestAborted);
+            });
+        });
+        await using var ch = Client(server, "sse", o => o.MaxMessageBytes = 1024 * 1024);
+        var reconnecting = Next(ch, PushChannelState.Reconnecting);
+        await ch.ConnectAsync().WaitAsync(T);
+        var before = GC.GetTotalAllocatedBytes(precise: true);
+        var change = await reconnecting.WaitAsync(T);
+        var allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
+        Assert.Equal(PushCloseCode.MessageTooBig, change.CloseCode);
+        Assert.True(allocated < 16L * 1024 * 1024, $"{allocated / (1024 * 1024)} MB allocated before an unterminated SSE line (limit 1 MB) was refused.");
+    }
+
+    [Fact]
     public async Task HostileServer_sse_stream_that_stalls_after_open_is_dropped_by_heartbeat()
     {
         await using var server = await FakePushServer.StartAsync(app =>

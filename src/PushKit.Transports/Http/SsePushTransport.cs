@@ -16,6 +16,9 @@ internal sealed class SsePushTransport : IPushTransport
     // Events already received are handed to the reader together, up to about this many bytes.
     private const int BatchBytes = 64 * 1024;
 
+    // What an event may hold beyond its frame: the data and id field names, the id, line ends, an event name.
+    private const int SseEventOverheadBytes = 1024;
+
     public string Name => PushProtocol.Transports.ServerSentEvents;
 
     public async ValueTask<IPushTransportConnection> ConnectAsync(PushTransportContext context, CancellationToken cancellationToken = default)
@@ -44,7 +47,11 @@ internal sealed class SsePushTransport : IPushTransport
                     throw await HttpTransportHelpers.ToExceptionAsync(response, "The SSE stream", cancellationToken).ConfigureAwait(false);
                 }
 
-                var stream = await response.Content.ReadAsStreamAsync(streamLifetime.Token).ConfigureAwait(false);
+                // Counted: an event that never ends fails at the message limit (plus room for its field names and
+                // id) instead of growing the parser's buffer without bound.
+                var stream = new SseEventLimitStream(
+                    await response.Content.ReadAsStreamAsync(streamLifetime.Token).ConfigureAwait(false),
+                    (long)options.MaxMessageBytes + SseEventOverheadBytes);
                 // Event data is kept as UTF-8 bytes (frames are UTF-8 JSON, so nothing is transcoded on the way in), in
                 // arrays rented from the pool (see EventData).
                 events = SseParser.Create(stream, static (_, data) => EventData.Rent(data)).EnumerateAsync(streamLifetime.Token).GetAsyncEnumerator(streamLifetime.Token);
