@@ -476,9 +476,14 @@ internal sealed partial class PushChannel : IPushChannel
         return TimeSpan.FromMilliseconds(ceiling * (0.5 + (Random.Shared.NextDouble() / 2)));
     }
 
-    /// <summary>Whether a connection's end also ends the channel: the server closed the session, or another client took it.</summary>
+    /// <summary>
+    /// Whether a connection's end also ends the channel: the server closed the session (a <c>close</c> frame with 1000),
+    /// or another client took it (4409, also the long-polling 409). A bare WebSocket Close 1000 without the frame, as
+    /// a proxy or load balancer closing an idle socket sends, is a lost connection (protocol §9.1): the client resumes.
+    /// </summary>
     private static bool IsFinal(ConnectionEnd end) =>
-        end.Kind == ConnectionEndKind.ClosedByPeer && end.Code is PushCloseCode.Normal or PushCloseCode.Superseded or PushCloseCode.Unauthorized;
+        end.Kind == ConnectionEndKind.ClosedByPeer
+        && (end.Code is PushCloseCode.Superseded or PushCloseCode.Unauthorized || (end.Code == PushCloseCode.Normal && end.FromFrame));
 
     /// <summary>
     /// Ends the session for this channel: sends still waiting fail, <see cref="ReadAllAsync"/> ends. In

@@ -647,6 +647,40 @@ public sealed class HostileServerTests
     }
 
     [Fact]
+    public async Task HostileServer_bare_websocket_close_1000_without_close_frame_is_a_lost_connection()
+    {
+        // Protocol 9.1: a WebSocket Close without a 'close' frame never ends a session (a proxy closing an idle socket).
+        var connects = 0;
+        await using var server = await FakePushServer.StartAsync(app =>
+        {
+            FakePushServer.MapNegotiate(app, () => FakePushServer.NegotiateJson());
+            FakePushServer.MapWebSocket(app, async (ws, ctx) =>
+            {
+                if (Interlocked.Increment(ref connects) == 1)
+                {
+                    await ws.CloseOutputAsync(WebSocketCloseStatus.NormalClosure, "proxy idle", CancellationToken.None);
+                }
+
+                while (await FakePushServer.ReceiveTextAsync(ws, ctx.RequestAborted) is not null)
+                {
+                }
+            });
+        });
+        await using var ch = Client(server, "websocket");
+        var changed = new TaskCompletionSource<PushChannelState>(TaskCreationOptions.RunContinuationsAsynchronously);
+        ch.StateChanged += (_, e) =>
+        {
+            if (e.PreviousState == PushChannelState.Connected)
+            {
+                changed.TrySetResult(e.CurrentState);
+            }
+        };
+        await ch.ConnectAsync().WaitAsync(T);
+        var state = await changed.Task.WaitAsync(T);
+        Assert.True(state == PushChannelState.Reconnecting, $"A bare WebSocket Close 1000 (no PushKit close frame) moved the channel to {state}.");
+    }
+
+    [Fact]
     public async Task HostileServer_sse_stream_that_stalls_after_open_is_dropped_by_heartbeat()
     {
         await using var server = await FakePushServer.StartAsync(app =>
