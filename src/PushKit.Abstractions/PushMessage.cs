@@ -11,7 +11,9 @@ namespace PushKit;
 /// </summary>
 /// <remarks>
 /// A message is immutable once created, so one instance can be sent to many sessions; its wire encoding
-/// is computed once and shared by every recipient.
+/// is computed once and shared by every recipient. The payload memory and the headers dictionary are not copied:
+/// do not change the array or dictionary a message was made from once it may have been sent (what goes on the wire
+/// is then undefined).
 /// </remarks>
 public sealed class PushMessage
 {
