@@ -66,6 +66,45 @@ public class HostingTests
     }
 
     [Fact]
+    public async Task Keyed_clients_talk_to_their_own_servers_and_are_validated_at_start()
+    {
+        var first = new Collector();
+        var second = new Collector();
+        await using var a = await PushTestServer.StartAsync(push => push.AddCollector(first));
+        await using var b = await PushTestServer.StartAsync(push => push.AddCollector(second));
+
+        var host = Host.CreateApplicationBuilder();
+        host.Logging.ClearProviders();
+        host.Services.AddKeyedPushKitClient("a", o => o.Url = a.BaseUrl);
+        host.Services.AddKeyedPushKitClient("b", o =>
+        {
+            o.Url = b.BaseUrl;
+            o.Headers["X-Tenant"] = "b";
+        });
+        using var app = host.Build();
+        await app.StartAsync().WaitAsync(TestTimeouts.Default);
+        var toA = app.Services.GetRequiredKeyedService<IPushChannel>("a");
+        var toB = app.Services.GetRequiredKeyedService<IPushChannel>("b");
+        Assert.NotSame(toA, toB);
+        Assert.Same(toA, app.Services.GetRequiredKeyedService<IPushChannel>("a"));
+
+        await toA.ConnectAsync().WaitAsync(TestTimeouts.Default);
+        await toB.ConnectAsync().WaitAsync(TestTimeouts.Default);
+        await toA.SendStringAsync("to a").AsTask().WaitAsync(TestTimeouts.Default);
+        await toB.SendStringAsync("to b").AsTask().WaitAsync(TestTimeouts.Default);
+        Assert.Equal("to a", Assert.Single(await first.TakeAsync(1)).GetString());
+        Assert.Equal("to b", Assert.Single(await second.TakeAsync(1)).GetString());
+        await app.StopAsync().WaitAsync(TestTimeouts.Default);
+
+        var invalid = Host.CreateApplicationBuilder();
+        invalid.Logging.ClearProviders();
+        invalid.Services.AddKeyedPushKitClient("c", o => o.AckTimeout = TimeSpan.Zero);
+        using var invalidApp = invalid.Build();
+        var error = await Assert.ThrowsAsync<OptionsValidationException>(() => invalidApp.StartAsync().WaitAsync(TestTimeouts.Default));
+        Assert.Contains("Url", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task MapPushKit_without_AddPushKit_explains_what_is_missing()
     {
         var builder = WebApplication.CreateSlimBuilder();
