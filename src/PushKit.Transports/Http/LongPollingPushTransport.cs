@@ -42,6 +42,9 @@ internal sealed class LongPollingPushTransport : IPushTransport
         private readonly Uri _pollUrl = context.GetEndpointUrl("poll", webSocket: false);
         private readonly Uri _sendUrl = context.GetEndpointUrl("send", webSocket: false);
         private const int ReadChunk = 16 * 1024;
+
+        // An empty answer faster than this was not held: the server (or a proxy) is not long-polling.
+        private static readonly TimeSpan QuickPoll = TimeSpan.FromMilliseconds(500);
         private readonly CancellationTokenSource _lifetime = new();
 
         public string TransportName => PushProtocol.Transports.LongPolling;
@@ -111,10 +114,13 @@ internal sealed class LongPollingPushTransport : IPushTransport
         public async ValueTask<PushReceiveResult> ReceiveAsync(IBufferWriter<byte> destination, CancellationToken cancellationToken = default)
         {
             var token = LinkedToken(cancellationToken);
+            // Empty answers in a row that came at once (see below).
             var quickEmpties = 0;
             while (true)
             {
-                var polledAt = context.Options.TimeProvider.GetTimestamp();
+                // Real time, as the socket's own waits: this guards against a server that does not hold polls, and
+                // a test's frozen clock (PushClientOptions.TimeProvider) must neither trip it nor stall it.
+                var polledAt = TimeProvider.System.GetTimestamp();
                 using var response = await PollAsync(token).ConfigureAwait(false);
                 if (response.StatusCode == HttpStatusCode.Conflict)
                 {
@@ -152,9 +158,12 @@ internal sealed class LongPollingPushTransport : IPushTransport
                 {
                     // The poll timed out with nothing to say: poll again. An empty answer that came at once, again and
                     // again, is a server or proxy that does not hold polls: back off rather than spin.
-                    if (context.Options.TimeProvider.GetElapsedTime(polledAt) < TimeSpan.FromMilliseconds(500) && ++quickEmpties > 2)
+                    // (A held poll that ends empty is the normal case and starts the count again.)
+                    quickEmpties = TimeProvider.System.GetElapsedTime(polledAt) < QuickPoll ? quickEmpties + 1 : 0;
+                    if (quickEmpties > 2)
                     {
-                        await Task.Delay(TimeSpan.FromMilliseconds(Math.Min(5_000, 100 << Math.Min(quickEmpties - 3, 6))), context.Options.TimeProvider, token).ConfigureAwait(false);
+                        var backoff = TimeSpan.FromMilliseconds(Math.Min(5_000, 100 << Math.Min(quickEmpties - 3, 6)));
+                        await Task.Delay(backoff, TimeProvider.System, token).ConfigureAwait(false);
                     }
 
                     continue;
