@@ -63,9 +63,10 @@ public interface IPushChannel : IAsyncDisposable
     ValueTask SendAsync(PushMessage message, CancellationToken cancellationToken = default);
 
     /// <summary>
-    /// Reads the messages the peer sends, in order, each exactly once. The sequence ends when the channel closes, or
-    /// goes <see cref="PushChannelState.Disconnected"/> after a connection (a sequence started after that reads the
-    /// next session's messages). Read from one consumer at a time: concurrent readers share the messages between them.
+    /// Reads the messages the peer sends, in order, each exactly once. The sequence ends, once it has yielded what was
+    /// received, when the channel closes or goes <see cref="PushChannelState.Disconnected"/> after a connection; after
+    /// the next <see cref="ConnectAsync"/>, a new sequence yields what was received and not yet read, then the new
+    /// session's messages. Read from one consumer at a time: concurrent readers share the messages between them.
     /// </summary>
     /// <param name="cancellationToken">Stops the enumeration.</param>
     IAsyncEnumerable<PushMessage> ReadAllAsync(CancellationToken cancellationToken = default);

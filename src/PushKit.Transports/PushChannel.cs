@@ -17,6 +17,7 @@ internal sealed partial class PushChannel : IPushChannel
 {
     private static readonly TimeSpan s_closeWait = TimeSpan.FromSeconds(5);
     private static readonly TimeSpan s_shortLived = TimeSpan.FromSeconds(5);
+    private const int MaxNegotiateResponseBytes = 64 * 1024;
     private const long MinHeartbeatIntervalMs = 100;
     private const long MaxHeartbeatIntervalMs = 3_600_000;
 
@@ -60,7 +61,6 @@ internal sealed partial class PushChannel : IPushChannel
         {
             // SSE streams and long-polls are long-lived; every request has its own cancellation instead.
             Timeout = Timeout.InfiniteTimeSpan,
-            MaxResponseContentBufferSize = 64 * 1024,
         };
 
         // The WebSocket handshake goes through the same connection pool, so it reuses the connection the negotiate
@@ -104,6 +104,7 @@ internal sealed partial class PushChannel : IPushChannel
     public async Task ConnectAsync(CancellationToken cancellationToken = default)
     {
         string? previous;
+        PushChannelState before;
         lock (_gate)
         {
             if (_state == PushChannelState.Closed)
@@ -114,33 +115,33 @@ internal sealed partial class PushChannel : IPushChannel
             if (_connectStarted)
             {
                 throw new InvalidOperationException(
-                    $"ConnectAsync was called already and the channel is {_state}: it reconnects by itself. Call ConnectAsync again only once it is Disconnected.");
+                    _state is PushChannelState.Connecting or PushChannelState.Disconnected
+                        ? "ConnectAsync is already in progress on this channel."
+                        : $"ConnectAsync was called already and the channel is {_state}: it reconnects by itself. Call ConnectAsync again only once it is Disconnected.");
             }
 
+            // Connecting from here, under the lock: a concurrent ConnectAsync sees it and is refused.
             _connectStarted = true;
+            before = _state;
+            _state = PushChannelState.Connecting;
             previous = _session?.SessionId;
+
+            if (_inbound.IsCompleted)
+            {
+                // The channel gave its session up and ReadAllAsync ended: the next session gets a new queue, which
+                // starts with whatever the old one still held (received and acknowledged, but not yet read).
+                var fresh = new ReceiveQueue(_options.ReceiveQueueCapacity);
+                _inbound.MoveRemainingTo(fresh);
+                Volatile.Write(ref _inbound, fresh);
+            }
         }
 
-        SetState(PushChannelState.Connecting, null, null, null);
+        RaiseStateChanged(before, PushChannelState.Connecting, null, null, null, sessionReset: false);
+        IPushTransportConnection connection;
+        string reason;
         try
         {
-            var (connection, reason) = await OpenAttemptAsync(resume: false, cancellationToken).ConfigureAwait(false);
-            _run = RunLoopAsync(connection);
-            if (previous is null)
-            {
-                SetState(PushChannelState.Connected, null, reason, null);
-            }
-            else
-            {
-                // The channel had given its session up (Disconnected): this is a new session, and the application must
-                // know that what the old one had not delivered is gone.
-                SetState(
-                    PushChannelState.Connected,
-                    null,
-                    $"Not resumed: session {previous} was given up when the channel went Disconnected; started session {SessionId}. Messages sent to the old session and not yet received are lost. {reason}",
-                    null,
-                    sessionReset: true);
-            }
+            (connection, reason) = await OpenAttemptAsync(resume: false, cancellationToken).ConfigureAwait(false);
         }
         catch (Exception ex)
         {
@@ -149,6 +150,26 @@ internal sealed partial class PushChannel : IPushChannel
             SetState(PushChannelState.Disconnected, null, ex.Message, ex, connectAgain: true);
             throw;
         }
+
+        // Connected before the connection's run starts: a connection that ends at once then moves the channel on from
+        // Connected, rather than being overwritten by it.
+        if (previous is null)
+        {
+            SetState(PushChannelState.Connected, null, reason, null);
+        }
+        else
+        {
+            // The channel had given its session up (Disconnected): this is a new session, and the application must
+            // know that what the old one had not delivered is gone.
+            SetState(
+                PushChannelState.Connected,
+                null,
+                $"Not resumed: session {previous} was given up when the channel went Disconnected; started session {SessionId}. Messages sent to the old session and not yet received are lost. {reason}",
+                null,
+                sessionReset: true);
+        }
+
+        _run = RunLoopAsync(connection);
     }
 
     /// <summary>
@@ -266,7 +287,7 @@ internal sealed partial class PushChannel : IPushChannel
                     : $"Connected over {transport.Name}; skipped {string.Join("; ", failures)}.";
                 return (connection, reason);
             }
-            catch (Exception ex) when (ex is PushConnectException or HttpRequestException or IOException or System.Net.WebSockets.WebSocketException)
+            catch (Exception ex) when (ex is PushConnectException or HttpRequestException or IOException or System.Net.WebSockets.WebSocketException or PushProtocolException)
             {
                 if (ex is PushConnectException { ErrorCode: PushErrorCodes.SessionNotFound })
                 {
@@ -316,7 +337,8 @@ internal sealed partial class PushChannel : IPushChannel
         HttpResponseMessage response;
         try
         {
-            response = await _http.SendAsync(request, cancellationToken).ConfigureAwait(false);
+            // Headers first: the body is read below, bounded, whatever its status (a huge or endless body costs nothing).
+            response = await _http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cancellationToken).ConfigureAwait(false);
         }
         catch (HttpRequestException ex)
         {
@@ -330,7 +352,8 @@ internal sealed partial class PushChannel : IPushChannel
                 throw await Http.HttpTransportHelpers.ToExceptionAsync(response, $"Negotiation with {url.Uri}", cancellationToken).ConfigureAwait(false);
             }
 
-            var body = await response.Content.ReadAsByteArrayAsync(cancellationToken).ConfigureAwait(false);
+            var body = await Http.HttpTransportHelpers.ReadAtMostAsync(response.Content, MaxNegotiateResponseBytes, cancellationToken).ConfigureAwait(false)
+                ?? throw new PushConnectException($"The negotiate response from {url.Uri} is larger than {MaxNegotiateResponseBytes / 1024} KiB; a PushKit server's is under 1 KiB.", (int)response.StatusCode, null);
 
             NegotiateResponse? negotiated;
             try
@@ -486,28 +509,21 @@ internal sealed partial class PushChannel : IPushChannel
         && (end.Code is PushCloseCode.Superseded or PushCloseCode.Unauthorized || (end.Code == PushCloseCode.Normal && end.FromFrame));
 
     /// <summary>
-    /// Ends the session for this channel: sends still waiting fail, <see cref="ReadAllAsync"/> ends. In
-    /// <see cref="PushChannelState.Disconnected"/> the channel may connect again, to a new session, with a new
-    /// receive queue for the readers that come after.
+    /// Ends the session for this channel: sends still waiting fail, <see cref="ReadAllAsync"/> ends once it has read
+    /// what was received. In <see cref="PushChannelState.Disconnected"/> the channel may connect again, to a new
+    /// session (ConnectAsync then gives it a new receive queue, starting with what this one still holds).
     /// </summary>
     private void Finish(PushChannelState state, PushCloseCode? code, string reason, Exception error)
     {
         DeliveryEngine? engine;
-        ReceiveQueue ended;
-        var again = state == PushChannelState.Disconnected;
         lock (_gate)
         {
             engine = _engine;
-            ended = _inbound;
-            if (again && _state != PushChannelState.Closed)
-            {
-                Volatile.Write(ref _inbound, new ReceiveQueue(_options.ReceiveQueueCapacity));
-            }
         }
 
         engine?.Shutdown(code ?? PushCloseCode.Normal, reason, error as PushChannelClosedException ?? new PushChannelClosedException(reason, code, error));
-        ended.Complete();
-        SetState(state, code, reason, error, connectAgain: again);
+        Volatile.Read(ref _inbound).Complete();
+        SetState(state, code, reason, error, connectAgain: state == PushChannelState.Disconnected);
     }
 
     internal static ResiliencePipeline CreateDefaultReconnectPipeline(PushClientOptions options)
@@ -691,8 +707,22 @@ internal sealed partial class PushChannel : IPushChannel
             _state = state;
         }
 
+        RaiseStateChanged(previous, state, code, reason, exception, sessionReset);
+    }
+
+    private void RaiseStateChanged(PushChannelState previous, PushChannelState state, PushCloseCode? code, string? reason, Exception? exception, bool sessionReset)
+    {
         Log.StateChanged(_logger, SessionId, previous, state, reason);
-        StateChanged?.Invoke(this, new PushChannelStateChangedEventArgs(previous, state, code, reason, exception, sessionReset));
+        try
+        {
+            StateChanged?.Invoke(this, new PushChannelStateChangedEventArgs(previous, state, code, reason, exception, sessionReset));
+        }
+        catch (Exception ex)
+        {
+            // The application's handler is not the channel's business: it must not leave a live connection marked
+            // Disconnected (its exception would reach ConnectAsync's failure path) or stop a run loop.
+            Log.StateHandlerFailed(_logger, SessionId, state, ex);
+        }
     }
 
     private static partial class Log
@@ -720,5 +750,8 @@ internal sealed partial class PushChannel : IPushChannel
 
         [LoggerMessage(107, LogLevel.Error, "Session {SessionId}: reconnecting gave up: {Reason}")]
         public static partial void ReconnectGaveUp(ILogger logger, string? sessionId, string reason);
+
+        [LoggerMessage(108, LogLevel.Error, "Session {SessionId}: a StateChanged handler threw on the change to {State}; the channel carries on")]
+        public static partial void StateHandlerFailed(ILogger logger, string? sessionId, PushChannelState state, Exception exception);
     }
 }

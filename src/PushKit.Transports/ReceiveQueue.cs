@@ -68,6 +68,30 @@ internal sealed class ReceiveQueue
         }
     }
 
+    /// <summary>Whether <see cref="Complete"/> was called.</summary>
+    public bool IsCompleted => _completed;
+
+    /// <summary>
+    /// Moves the messages still queued, in order, to <paramref name="destination"/> (a new, larger or equal queue). A
+    /// reader still draining this queue concurrently takes each message or leaves it to the move, never both.
+    /// </summary>
+    public void MoveRemainingTo(ReceiveQueue destination)
+    {
+        while (_items.TryDequeue(out var message))
+        {
+            Interlocked.Decrement(ref _count);
+            destination.AddAccepted(message);
+        }
+    }
+
+    private void AddAccepted(PushMessage message)
+    {
+        // Past the bound if need be: these were accepted (and acknowledged) already.
+        Interlocked.Increment(ref _count);
+        _items.Enqueue(message);
+        _available.Set();
+    }
+
     /// <summary>No more messages: readers finish once the queue is empty; waiting writers fail.</summary>
     public void Complete()
     {

@@ -214,6 +214,44 @@ public sealed class HostileServerTests
     }
 
     [Fact]
+    public async Task HostileServer_negotiate_error_with_a_large_body_keeps_its_status_code()
+    {
+        await using var server = await FakePushServer.StartAsync(app => app.MapPost("/push/negotiate", async ctx =>
+        {
+            ctx.Response.StatusCode = 401;
+            var chunk = Encoding.ASCII.GetBytes(new string('x', 1024 * 1024));
+            for (var i = 0; i < 50 && !ctx.RequestAborted.IsCancellationRequested; i++)
+            {
+                await ctx.Response.Body.WriteAsync(chunk, ctx.RequestAborted);
+            }
+        }));
+        await using var ch = new PushChannelBuilder().WithUrl(server.BaseUrl).Build();
+        var before = GC.GetTotalAllocatedBytes(precise: true);
+        var error = await Assert.ThrowsAsync<PushConnectException>(() => ch.ConnectAsync().WaitAsync(T));
+        var allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
+        Assert.Equal(401, error.StatusCode);
+        Assert.True(allocated < 8L * 1024 * 1024, $"{allocated / (1024 * 1024)} MB allocated for a 50 MB error body.");
+    }
+
+    [Fact]
+    public async Task HostileServer_sse_stream_whose_first_event_is_too_big_counts_as_sse_not_working()
+    {
+        await using var server = await FakePushServer.StartAsync(app =>
+        {
+            FakePushServer.MapNegotiate(app, () => FakePushServer.NegotiateJson(transports: "[\"sse\"]"));
+            app.MapGet("/push/sse", async ctx =>
+            {
+                ctx.Response.ContentType = "text/event-stream";
+                await ctx.Response.WriteAsync(": " + new string('p', 8 * 1024) + "\n\nevent: open\ndata: {}\n\n");
+                await Task.Delay(Timeout.Infinite, ctx.RequestAborted);
+            });
+        });
+        await using var ch = Client(server, "sse", o => o.MaxMessageBytes = 1024);
+        var error = await Assert.ThrowsAsync<PushConnectException>(() => ch.ConnectAsync().WaitAsync(T));
+        Assert.Contains("sse", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task HostileServer_negotiate_200MB_body_is_not_buffered_whole()
     {
         // A real negotiate response is ~400 bytes. This one pads an (ignorable) unknown field to 200 MB.

@@ -82,7 +82,7 @@ internal static class HttpTransportHelpers
     private const int MaxErrorBodyBytes = 64 * 1024;
 
     /// <summary>The content's bytes when there are at most <paramref name="limit"/> of them; null when there are more.</summary>
-    private static async Task<byte[]?> ReadAtMostAsync(HttpContent content, int limit, CancellationToken cancellationToken)
+    internal static async Task<byte[]?> ReadAtMostAsync(HttpContent content, int limit, CancellationToken cancellationToken)
     {
         var stream = await content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
         await using (stream.ConfigureAwait(false))
