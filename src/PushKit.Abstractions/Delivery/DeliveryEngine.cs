@@ -21,6 +21,13 @@ namespace PushKit.Delivery;
 internal sealed partial class DeliveryEngine
 {
     private const int BatchTargetBytes = 64 * 1024;
+
+    // The largest control frame with its line feed: an error frame naming an unknown type of 64 characters, each escaped
+    // as \uXXXX, is under 500 bytes; a pong or ping is 16.
+    private const int MaxControlFrameBytes = 512;
+
+    // A skip or ack frame at the largest sequence number, with its line feed.
+    private const int MaxSequenceFrameBytes = 42;
     private static readonly TimeSpan s_closeGrace = TimeSpan.FromSeconds(2);
     private static readonly TimeSpan s_drainTimeout = TimeSpan.FromSeconds(5);
 
@@ -873,14 +880,17 @@ internal sealed partial class DeliveryEngine
         var reader = run.Deliveries!.Reader;
         try
         {
-            while (await reader.WaitToReadAsync(token).ConfigureAwait(false))
+            while (Volatile.Read(ref _terminal) is null && await reader.WaitToReadAsync(token).ConfigureAwait(false))
             {
                 // Delivering is raised before a frame leaves the queue and lowered only after its delivery is
                 // recorded: the read loop's inline fast path relies on that to never overtake this loop.
                 run.Delivering = true;
                 try
                 {
-                    while (reader.TryRead(out var frame))
+                    // Stopped (the connection ended) or shut down (the session ended): what is still queued is not
+                    // handed over, nor acknowledged; a handler that ignores its token must not be handed the rest of
+                    // the queue after the connection, or the session, is over.
+                    while (!token.IsCancellationRequested && Volatile.Read(ref _terminal) is null && reader.TryRead(out var frame))
                     {
                         if (frame.Type == FrameType.Skip)
                         {
@@ -1172,7 +1182,10 @@ internal sealed partial class DeliveryEngine
     private void FillBatch(Run run, PooledBufferWriter output)
     {
         var limit = Math.Min(PeerMaxMessageBytes, BatchTargetBytes);
-        while (run.TryDequeueControl(out var control))
+
+        // Control frames stop where the next one could overflow the batch (leaving room for a skip and an ack); the
+        // rest go in the next batch. The first always fits: the peer's limit is at least 1024 bytes.
+        while (output.WrittenCount + MaxControlFrameBytes + (2 * MaxSequenceFrameBytes) <= limit && run.TryDequeueControl(out var control))
         {
             control.Write(output);
             output.Write("\n"u8);

@@ -13,6 +13,9 @@ internal sealed partial class PushSession : IPushSession
 {
     private static readonly TimeSpan s_supersedeWait = TimeSpan.FromSeconds(1);
 
+    // How long an ended session's connection may take to deliver its close before it is cut (protocol 5.6: about 2 s).
+    private static readonly TimeSpan s_endCut = TimeSpan.FromSeconds(3);
+
     private readonly PushSessionManager _manager;
     private readonly byte[] _secretHash;
     private readonly SemaphoreSlim _connectionLock = new(1, 1);
@@ -479,13 +482,35 @@ internal sealed partial class PushSession : IPushSession
         Engine.Shutdown(code, reason, new PushChannelClosedException($"Session {SessionId} ended: {reason}", code), retryAfterMs);
         Volatile.Read(ref _inbound)?.Writer.TryComplete();
         bool connected;
+        Task<ConnectionEnd>? live;
         lock (_stateGate)
         {
             // A connection being attached removes the session when it has delivered the close (RunConnectionAsync).
             connected = _run is not null || _attaching > 0;
+            live = _run;
+        }
+
+        if (live is not null && Volatile.Read(ref _connection) is { } connection and not Connections.LongPollingServerConnection)
+        {
+            // A client that does not read blocks the write loop, so the close frame never goes out, and if it keeps
+            // sending (pings) its connection never times out either: cut it when the close does not finish in time.
+            // (A long-polling connection waits for a poll to collect the close and has its own abandonment watchdog.)
+            _ = CutIfStuckAsync(live, connection);
         }
 
         _manager.OnSessionEnded(this, code, remove: !connected);
+    }
+
+    private static async Task CutIfStuckAsync(Task<ConnectionEnd> run, IPushTransportConnection connection)
+    {
+        try
+        {
+            await run.WaitAsync(s_endCut, TimeProvider.System, CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            connection.Abort();
+        }
     }
 
     private async ValueTask DeliverAsync(PushMessage message, CancellationToken cancellationToken)
