@@ -44,4 +44,25 @@ public class SseTakeoverTests
         Assert.Equal(HttpStatusCode.NoContent, post.StatusCode);
         Assert.Equal("up", Assert.Single(await collector.TakeAsync(1)).GetString());
     }
+
+    [Fact]
+    public async Task An_idle_stream_carries_keep_alive_comments()
+    {
+        await using var server = await PushTestServer.StartAsync(options: o => o.SseKeepAliveInterval = TimeSpan.FromMilliseconds(100));
+        var (sessionId, secret, _) = await server.NegotiateRawAsync();
+        var sseUrl = new Uri($"{server.BaseUrl}/sse?session={sessionId}&secret={Uri.EscapeDataString(secret)}");
+        using var http = new HttpClient();
+        using var response = await http.GetAsync(sseUrl, HttpCompletionOption.ResponseHeadersRead).WaitAsync(TestTimeouts.Default);
+        using var reader = new StreamReader(await response.Content.ReadAsStreamAsync());
+        var keepAlives = 0;
+        while (keepAlives < 3)
+        {
+            var line = await reader.ReadLineAsync().WaitAsync(TestTimeouts.Default);
+            Assert.NotNull(line);
+            if (line == ": keep-alive")
+            {
+                keepAlives++;
+            }
+        }
+    }
 }

@@ -80,13 +80,27 @@ internal sealed class SseServerConnection : HttpServerConnection
 
     private async Task WriteKeepAliveAsync()
     {
+        // A write in progress keeps the stream busy already; and one that is stuck (a client that reads nothing) must
+        // not collect a waiting keep-alive every interval until the connection ends.
+        if (!_writeLock.Wait(0))
+        {
+            return;
+        }
+
         try
         {
-            await WriteLockedAsync(KeepAlive.ToArray(), _aborted).ConfigureAwait(false);
+            if (!IsDead)
+            {
+                await _response.BodyWriter.WriteAsync(KeepAlive.ToArray(), _aborted).ConfigureAwait(false);
+            }
         }
         catch (Exception ex) when (ex is IOException or OperationCanceledException or ObjectDisposedException or InvalidOperationException)
         {
             // The client is gone; the session's read side notices through RequestAborted.
+        }
+        finally
+        {
+            _writeLock.Release();
         }
     }
 
