@@ -55,6 +55,43 @@ public class DeliveryEngineTests
     }
 
     [Fact]
+    public async Task Pings_and_unknown_frames_from_a_peer_that_reads_nothing_queue_at_most_one_pong_and_sixteen_errors()
+    {
+        var (a, _) = InMemoryConnection.CreatePair();
+        var end = new End("end");
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        a.SendGate = gate.Task;
+        var run = end.Engine.RunAsync(a);
+
+        // A hundred batches, each a ping and an unknown frame, while this side cannot write; then a message, so that
+        // its delivery says every batch before it was read.
+        for (var i = 0; i < 100; i++)
+        {
+            a.Inject("{\"type\":\"ping\"}\n{\"type\":\"future\"}\n");
+        }
+
+        a.Inject("{\"type\":\"msg\",\"seq\":1,\"data\":\"last\"}\n");
+        Assert.Equal(["last"], await end.ReadAsync(1));
+
+        gate.SetResult();
+        using var cts = new CancellationTokenSource(s_timeout);
+        while (!a.Sent.ToArray().Any(batch => batch.Contains("\"type\":\"ack\"", StringComparison.Ordinal)))
+        {
+            await Task.Delay(10, cts.Token);
+        }
+
+        var lines = a.Sent.ToArray().SelectMany(batch => batch.Split('\n')).ToArray();
+        var pongs = lines.Count(l => l.Contains("\"type\":\"pong\"", StringComparison.Ordinal));
+        var errors = lines.Count(l => l.Contains("\"type\":\"error\"", StringComparison.Ordinal));
+
+        // The first batch's answers may have been taken by the write that then waited; the rest are capped.
+        Assert.InRange(pongs, 1, 2);
+        Assert.InRange(errors, 1, 17);
+        end.Engine.CloseConnection(PushCloseCode.Normal, "done");
+        await run.WaitAsync(s_timeout).ContinueWith(_ => { }, TaskScheduler.Default);
+    }
+
+    [Fact]
     public async Task Unacknowledged_messages_are_replayed_on_the_next_connection_and_duplicates_dropped()
     {
         var left = new End("left");

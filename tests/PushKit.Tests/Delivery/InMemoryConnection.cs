@@ -30,11 +30,24 @@ internal sealed class InMemoryConnection : IPushTransportConnection
     /// <summary>When set, every send fails with this (a transport whose peer is gone).</summary>
     public Exception? SendFailure { get; set; }
 
-    public ValueTask SendAsync(ReadOnlyMemory<byte> frames, CancellationToken cancellationToken = default)
+    /// <summary>When set, every send first waits for it (a peer that reads nothing, until it is completed).</summary>
+    public Task? SendGate { get; set; }
+
+    public async ValueTask SendAsync(ReadOnlyMemory<byte> frames, CancellationToken cancellationToken = default)
+    {
+        if (SendGate is { } gate)
+        {
+            await gate.WaitAsync(cancellationToken);
+        }
+
+        SendCore(frames);
+    }
+
+    private void SendCore(ReadOnlyMemory<byte> frames)
     {
         if (SendFailure is { } failure)
         {
-            return ValueTask.FromException(failure);
+            throw failure;
         }
 
         lock (Sent)
@@ -43,7 +56,6 @@ internal sealed class InMemoryConnection : IPushTransportConnection
         }
 
         _peer._incoming.Writer.TryWrite(frames.ToArray());
-        return ValueTask.CompletedTask;
     }
 
     public async ValueTask<PushReceiveResult> ReceiveAsync(IBufferWriter<byte> destination, CancellationToken cancellationToken = default)
