@@ -65,4 +65,32 @@ public class SseTakeoverTests
             }
         }
     }
+
+    [Fact]
+    public async Task A_stream_that_ends_without_taking_over_gives_the_POSTs_back_to_the_live_stream()
+    {
+        var collector = new Collector();
+        await using var server = await PushTestServer.StartAsync(push => push.AddCollector(collector));
+        var (sessionId, secret, _) = await server.NegotiateRawAsync();
+        var session = (PushSession)server.Sessions.FindSession(sessionId)!;
+        var sseUrl = new Uri($"{server.BaseUrl}/sse?session={sessionId}&secret={Uri.EscapeDataString(secret)}");
+        using var http = new HttpClient();
+        using var live = await http.GetAsync(sseUrl, HttpCompletionOption.ResponseHeadersRead).WaitAsync(TestTimeouts.Default);
+        await Eventually.TrueAsync(() => session.Transport == "sse");
+        var liveStream = session.HttpConnection;
+
+        // A second stream attached itself for POSTs (as the endpoint does before its 'open' event), and its request
+        // ended before it took over: what the endpoint does then must hand the POSTs back.
+        var abandoned = new PushKit.Server.Connections.SseServerConnection(new Microsoft.AspNetCore.Http.DefaultHttpContext(), TimeSpan.FromMinutes(1), TimeProvider.System);
+        session.SetHttpConnection(abandoned);
+        abandoned.Abort();
+        session.ReleaseHttpConnection(abandoned);
+        Assert.Same(liveStream, session.HttpConnection);
+
+        using var post = await http.PostAsync(
+            new Uri($"{server.BaseUrl}/send?session={sessionId}&secret={Uri.EscapeDataString(secret)}"),
+            new StringContent("{\"type\":\"msg\",\"seq\":1,\"data\":\"up\"}")).WaitAsync(TestTimeouts.Default);
+        Assert.Equal(HttpStatusCode.NoContent, post.StatusCode);
+        Assert.Equal("up", Assert.Single(await collector.TakeAsync(1)).GetString());
+    }
 }

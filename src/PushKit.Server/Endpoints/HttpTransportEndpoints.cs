@@ -33,16 +33,24 @@ internal static partial class HttpTransportEndpoints
         {
             // Attached before the 'open' event goes out, so a POST that follows it at once finds the connection.
             session.SetHttpConnection(connection);
-            await connection.StartAsync(options.SseRetryHint).ConfigureAwait(false);
-
-            // A browser's EventSource reconnects with the id of the last message it processed: that is an ack.
-            if (long.TryParse(context.Request.Headers["Last-Event-ID"], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var lastEventId)
-                && lastEventId > 0)
+            try
             {
-                session.Engine.AcknowledgeUpTo(lastEventId);
-            }
+                await connection.StartAsync(options.SseRetryHint).ConfigureAwait(false);
 
-            await session.RunConnectionAsync(connection, context.RequestAborted).ConfigureAwait(false);
+                // A browser's EventSource reconnects with the id of the last message it processed: that is an ack.
+                if (long.TryParse(context.Request.Headers["Last-Event-ID"], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var lastEventId)
+                    && lastEventId > 0)
+                {
+                    session.Engine.AcknowledgeUpTo(lastEventId);
+                }
+
+                await session.RunConnectionAsync(connection, context.RequestAborted).ConfigureAwait(false);
+            }
+            finally
+            {
+                connection.Abort();
+                session.ReleaseHttpConnection(connection);
+            }
         }
     }
 

@@ -155,6 +155,25 @@ internal sealed partial class PushSession : IPushSession
 
     internal void SetHttpConnection(Connections.HttpServerConnection connection) => Volatile.Write(ref _httpConnection, connection);
 
+    /// <summary>
+    /// An SSE stream's request is over: if it still holds the session's POSTs but another connection carries the
+    /// session, that connection gets them back. A stream whose client went away before it could take over (during its
+    /// <c>open</c> event, or while it waited to take over) would otherwise leave every POST refused with 409 until
+    /// the live stream's heartbeat timed out.
+    /// </summary>
+    internal void ReleaseHttpConnection(Connections.HttpServerConnection ended)
+    {
+        lock (_stateGate)
+        {
+            if (ReferenceEquals(_httpConnection, ended)
+                && Volatile.Read(ref _connection) is Connections.HttpServerConnection { IsDead: false } live
+                && !ReferenceEquals(live, ended))
+            {
+                _httpConnection = live;
+            }
+        }
+    }
+
     /// <summary>Returns the live long-polling connection, or attaches <paramref name="created"/> when there is none.</summary>
     /// <param name="create">Creates the connection.</param>
     /// <param name="forceNew">The client opens a new connection (after a loss): the previous one is ended so that the new one replays.</param>
