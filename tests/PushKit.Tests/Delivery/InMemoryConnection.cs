@@ -33,10 +33,14 @@ internal sealed class InMemoryConnection : IPushTransportConnection
     /// <summary>When set, every send first waits for it (a peer that reads nothing, until it is completed).</summary>
     public Task? SendGate { get; set; }
 
+    /// <summary>Completed when a send first waits for <see cref="SendGate"/>.</summary>
+    public TaskCompletionSource SendWaiting { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
     public async ValueTask SendAsync(ReadOnlyMemory<byte> frames, CancellationToken cancellationToken = default)
     {
         if (SendGate is { } gate)
         {
+            SendWaiting.TrySetResult();
             await gate.WaitAsync(cancellationToken);
         }
 
