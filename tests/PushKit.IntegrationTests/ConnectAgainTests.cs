@@ -9,6 +9,14 @@ namespace PushKit.IntegrationTests;
 /// </summary>
 public class ConnectAgainTests
 {
+    /// <summary>A WebSocket client through <paramref name="proxy"/> that does not reconnect by itself.</summary>
+    private static Task<IPushChannel> ConnectWithoutAutoReconnectAsync(PushTestServer server, ChaosProxy proxy) =>
+        server.ConnectClientAsync("websocket", o =>
+        {
+            o.Url = proxy.PushUrl;
+            o.AutoReconnect = false;
+        });
+
     [Theory]
     [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
     public async Task After_giving_up_ConnectAsync_starts_a_new_session_and_says_so(string transport)
@@ -64,11 +72,7 @@ public class ConnectAgainTests
     {
         await using var server = await PushTestServer.StartAsync();
         await using var proxy = new ChaosProxy(server.Root);
-        var client = await server.ConnectClientAsync("websocket", o =>
-        {
-            o.Url = proxy.PushUrl;
-            o.AutoReconnect = false;
-        });
+        var client = await ConnectWithoutAutoReconnectAsync(server, proxy);
         var stream = client.ReadAllAsync();
         var reading = Task.Run(async () =>
         {
@@ -95,11 +99,7 @@ public class ConnectAgainTests
     {
         await using var server = await PushTestServer.StartAsync();
         await using var proxy = new ChaosProxy(server.Root);
-        var client = await server.ConnectClientAsync("websocket", o =>
-        {
-            o.Url = proxy.PushUrl;
-            o.AutoReconnect = false;
-        });
+        var client = await ConnectWithoutAutoReconnectAsync(server, proxy);
         var session = server.Sessions.FindSession(client.SessionId!)!;
 
         // Each send completes when the client has acknowledged it: it is in the client's receive queue, unread.
