@@ -304,9 +304,10 @@ public sealed class HostileServerTests
         });
         await using var ch = Client(server, "websocket", o => o.TimeProvider = time);
         var reconnecting = Next(ch, PushChannelState.Reconnecting);
-        await ch.ConnectAsync().WaitAsync(T);
-        time.ForgetTimers();
+
+        // Watched from before the connect: the server closes at once, so the wait may start before ConnectAsync returns.
         var capped = time.WaitForTimerAsync(PushChannel.MaxRetryAfter);
+        await ch.ConnectAsync().WaitAsync(T);
         await reconnecting.WaitAsync(T);
 
         // The client waits the ceiling (its timer exists), not 24.8 days; once it has passed, it comes back.
