@@ -30,8 +30,9 @@ internal sealed partial class PushChannel : IPushChannel
     private readonly HttpMessageHandler _handler;
     private readonly HttpClient _http;
     private readonly HttpMessageInvoker _invoker;
-    // Replaced when the channel goes Disconnected for good (its readers end), so that a later ConnectAsync starts
-    // afresh; each session's engine delivers into the queue that was current when the session started.
+    // Completed when the channel goes Disconnected or Closed (its readers end); a later ConnectAsync replaces it with a
+    // new queue that starts with what was left unread. Each session's engine delivers into the queue that was current
+    // when the session started.
     private ReceiveQueue _inbound;
     private readonly object _gate = new();
     private PushChannelState _state = PushChannelState.Disconnected;
@@ -115,7 +116,7 @@ internal sealed partial class PushChannel : IPushChannel
             if (_connectStarted)
             {
                 throw new InvalidOperationException(
-                    _state is PushChannelState.Connecting or PushChannelState.Disconnected
+                    _state == PushChannelState.Connecting
                         ? "ConnectAsync is already in progress on this channel."
                         : $"ConnectAsync was called already and the channel is {_state}: it reconnects by itself. Call ConnectAsync again only once it is Disconnected.");
             }

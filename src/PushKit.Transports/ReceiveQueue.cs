@@ -37,9 +37,7 @@ internal sealed class ReceiveQueue
             return false;
         }
 
-        Interlocked.Increment(ref _count);
-        _items.Enqueue(message);
-        _available.Set();
+        AddAccepted(message);
         return true;
     }
 
@@ -84,9 +82,9 @@ internal sealed class ReceiveQueue
         }
     }
 
+    /// <summary>Queues <paramref name="message"/> without checking the bound (the caller did, or it was accepted already).</summary>
     private void AddAccepted(PushMessage message)
     {
-        // Past the bound if need be: these were accepted (and acknowledged) already.
         Interlocked.Increment(ref _count);
         _items.Enqueue(message);
         _available.Set();

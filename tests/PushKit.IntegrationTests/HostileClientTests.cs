@@ -302,7 +302,7 @@ public sealed class HostileClientTests(ITestOutputHelper output)
         await using var raw = await server.ConnectRawAsync();
         for (var i = 1; i <= 50; i++)
         {
-            await server.Sender.SendToSessionAsync(raw.SessionId, PushMessage.FromString($"m{i}"));
+            await server.Sender.SendToSessionAsync(raw.SessionId, PushMessage.FromString($"m{i}")).AsTask().WaitAsync(T);
         }
 
         var seen = 0;
@@ -379,7 +379,7 @@ public sealed class HostileClientTests(ITestOutputHelper output)
         var first = await RawSocket.ConnectAsync(server.WebSocketUrl(id, secret), id, secret);
         for (var i = 1; i <= 5; i++)
         {
-            await server.Sender.SendToSessionAsync(id, PushMessage.FromString($"m{i}"));
+            await server.Sender.SendToSessionAsync(id, PushMessage.FromString($"m{i}")).AsTask().WaitAsync(T);
         }
 
         var seen = 0;

@@ -48,7 +48,6 @@ internal static partial class HttpTransportEndpoints
             }
             finally
             {
-                connection.Abort();
                 session.ReleaseHttpConnection(connection);
             }
         }
