@@ -17,6 +17,10 @@ internal sealed class WebSocketTransportConnection : IPushTransportConnection, I
     private readonly WebSocket _socket;
     private readonly int _maxReceiveBytes;
 
+    // The rest of a message refused as too big is still to come: the next receive skips it (the engine's drain reads
+    // on to the peer's close after the refusal, and would otherwise refuse the same message again and give up).
+    private bool _skipRestOfMessage;
+
     public WebSocketTransportConnection(WebSocket socket, int maxReceiveBytes)
     {
         _socket = socket;
@@ -36,6 +40,23 @@ internal sealed class WebSocketTransportConnection : IPushTransportConnection, I
     {
         try
         {
+            if (_skipRestOfMessage)
+            {
+                var sink = destination.GetMemory(ReadChunk);
+                ValueWebSocketReceiveResult skipped;
+                do
+                {
+                    skipped = await _socket.ReceiveAsync(sink, cancellationToken).ConfigureAwait(false);
+                    if (skipped.MessageType == WebSocketMessageType.Close)
+                    {
+                        return Closed();
+                    }
+                }
+                while (!skipped.EndOfMessage);
+
+                _skipRestOfMessage = false;
+            }
+
             // Wait for the next message with a zero-byte read, so that an idle connection holds no buffer: the
             // buffer kept from the last batch goes back to the pool unless the next message is already here.
             var next = _socket.ReceiveAsync(Memory<byte>.Empty, cancellationToken);
@@ -69,6 +90,7 @@ internal sealed class WebSocketTransportConnection : IPushTransportConnection, I
                 total += result.Count;
                 if (total > _maxReceiveBytes)
                 {
+                    _skipRestOfMessage = !result.EndOfMessage;
                     throw new PushProtocolException(
                         PushCloseCode.MessageTooBig,
                         $"A WebSocket message exceeded the limit of {_maxReceiveBytes} bytes.");
