@@ -6,8 +6,9 @@ namespace PushKit.Server;
 /// </summary>
 /// <remarks>
 /// Messages from one session are handled one at a time, in order. A message is acknowledged to the client when
-/// every handler has returned; an exception from a handler is logged and the message still counts as delivered
-/// (it is not redelivered, so one bad message cannot block a session).
+/// every handler has returned; an exception from a handler is logged, the handlers registered after it still run,
+/// and the message still counts as delivered (it is not redelivered, so one bad message cannot block a session; the
+/// client's send succeeds).
 /// </remarks>
 public abstract class PushHandler
 {
@@ -16,7 +17,13 @@ public abstract class PushHandler
     /// <param name="cancellationToken">Signals that the connection ended.</param>
     public virtual ValueTask OnSessionStartedAsync(IPushSession session, CancellationToken cancellationToken) => default;
 
-    /// <summary>Called for each message a client sends, in order, exactly once.</summary>
+    /// <summary>Called for each message a client sends, in order, once.</summary>
+    /// <remarks>
+    /// When the connection ends during the call, <paramref name="cancellationToken"/> is cancelled. A call that then
+    /// throws <see cref="OperationCanceledException"/> does not count: the client replays the message after it
+    /// reconnects, and it is handled again. A call that returns counts, as does one that throws for another reason.
+    /// Make handlers that do external work idempotent if they can be interrupted half-way.
+    /// </remarks>
     /// <param name="session">The sending session.</param>
     /// <param name="message">The message.</param>
     /// <param name="cancellationToken">Signals that the connection ended.</param>

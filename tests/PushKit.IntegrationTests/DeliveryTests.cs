@@ -1,5 +1,7 @@
 using System.Text;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Testing;
 using PushKit.IntegrationTests.Infrastructure;
 using PushKit.Server;
 
@@ -353,6 +355,33 @@ public class DeliveryTests
         Assert.True(await server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString("after")).AsTask().WaitAsync(TestTimeouts.Default));
         Assert.Equal("after", Assert.Single(await received).GetString());
         Assert.Equal(PushChannelState.Connected, client.State);
+    }
+
+    [Fact]
+    public async Task A_handler_that_throws_is_logged_by_name_the_next_handler_still_runs_and_the_send_succeeds()
+    {
+        var collector = new Collector();
+        await using var server = await PushTestServer.StartAsync(
+            push => push.AddHandler<ThrowingOnMessageHandler>().AddCollector(collector),
+            configureBuilder: b => b.Services.AddFakeLogging());
+        var logs = server.Services.GetFakeLogCollector();
+        var client = await server.ConnectClientAsync();
+
+        await client.SendStringAsync("bad for the first handler").AsTask().WaitAsync(TestTimeouts.Default);
+        Assert.Equal("bad for the first handler", Assert.Single(await collector.TakeAsync(1)).GetString());
+
+        var error = Assert.Single(logs.GetSnapshot(), r => r.Id.Id == 23);
+        Assert.Equal(LogLevel.Error, error.Level);
+        Assert.Contains(nameof(ThrowingOnMessageHandler), error.Message, StringComparison.Ordinal);
+        Assert.Contains(nameof(PushHandler.OnMessageAsync), error.Message, StringComparison.Ordinal);
+        Assert.IsType<InvalidOperationException>(error.Exception);
+        Assert.Equal(PushChannelState.Connected, client.State);
+    }
+
+    private sealed class ThrowingOnMessageHandler : PushHandler
+    {
+        public override ValueTask OnMessageAsync(IPushSession session, PushMessage message, CancellationToken cancellationToken) =>
+            throw new InvalidOperationException("The handler's own bug.");
     }
 
     private sealed class TimingOutOnStartHandler : PushHandler

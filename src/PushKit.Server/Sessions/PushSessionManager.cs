@@ -166,7 +166,7 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
             }
             catch (Exception ex) when (ex is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
             {
-                Log.HandlerFailed(_logger, session.SessionId, nameof(PushHandler.OnSessionStartedAsync), ex);
+                Log.HandlerFailed(_logger, session.SessionId, handler.GetType().Name, nameof(PushHandler.OnSessionStartedAsync), ex);
             }
         }
     }
@@ -183,7 +183,7 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
             catch (Exception ex) when (ex is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
             {
                 // Logged, not retried: a message that makes a handler throw must not block the session forever.
-                Log.HandlerFailed(_logger, session.SessionId, nameof(PushHandler.OnMessageAsync), ex);
+                Log.HandlerFailed(_logger, session.SessionId, handler.GetType().Name, nameof(PushHandler.OnMessageAsync), ex);
             }
         }
     }
@@ -218,7 +218,7 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
                 }
                 catch (Exception ex)
                 {
-                    Log.HandlerFailed(_logger, session.SessionId, nameof(PushHandler.OnSessionEndedAsync), ex);
+                    Log.HandlerFailed(_logger, session.SessionId, handler.GetType().Name, nameof(PushHandler.OnSessionEndedAsync), ex);
                 }
             }
         }
@@ -276,7 +276,7 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
         [LoggerMessage(22, LogLevel.Debug, "Session {SessionId} ended ({CloseCode})")]
         public static partial void SessionEnded(ILogger logger, string sessionId, PushCloseCode closeCode);
 
-        [LoggerMessage(23, LogLevel.Error, "Session {SessionId}: a handler's {Method} threw")]
-        public static partial void HandlerFailed(ILogger logger, string sessionId, string method, Exception exception);
+        [LoggerMessage(23, LogLevel.Error, "Session {SessionId}: handler {Handler}'s {Method} threw")]
+        public static partial void HandlerFailed(ILogger logger, string sessionId, string handler, string method, Exception exception);
     }
 }
