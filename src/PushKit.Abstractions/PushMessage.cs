@@ -75,6 +75,10 @@ public sealed class PushMessage
         new(JsonSerializer.SerializeToUtf8Bytes(value, options ?? s_webDefaults), JsonContentType) { Topic = topic };
 
     /// <summary>Creates a JSON message by serializing <paramref name="value"/> with source-generated metadata.</summary>
+    /// <remarks>
+    /// The context's options decide the property names: give it <c>[JsonSourceGenerationOptions(JsonSerializerDefaults.Web)]</c>
+    /// to write camelCase as the overload without metadata does, so that either overload reads what the other wrote.
+    /// </remarks>
     /// <typeparam name="T">The value's type.</typeparam>
     /// <param name="value">The value to serialize.</param>
     /// <param name="typeInfo">The source-generated type metadata.</param>
@@ -95,6 +99,11 @@ public sealed class PushMessage
         JsonSerializer.Deserialize<T>(Payload.Span, options ?? s_webDefaults);
 
     /// <summary>Deserializes the payload as JSON with source-generated metadata.</summary>
+    /// <remarks>
+    /// The context's options decide how property names match: a context without
+    /// <c>[JsonSourceGenerationOptions(JsonSerializerDefaults.Web)]</c> is case-sensitive PascalCase and leaves the
+    /// properties of a camelCase payload (what the overload without metadata writes) at their defaults, without error.
+    /// </remarks>
     /// <typeparam name="T">The target type.</typeparam>
     /// <param name="typeInfo">The source-generated type metadata.</param>
     /// <exception cref="JsonException">The payload is not valid JSON for <typeparamref name="T"/>.</exception>
