@@ -363,12 +363,12 @@ internal sealed partial class PushChannel : IPushChannel
             }
             catch (JsonException ex)
             {
-                throw new PushConnectException($"The negotiate response from {url.Uri} is not valid JSON: {ex.Message}", ex);
+                throw new PushConnectException(NotNegotiate(url.Uri, response, $"it is not valid JSON ({ex.Message})"), (int)response.StatusCode, null, ex);
             }
 
             if (negotiated is null || string.IsNullOrEmpty(negotiated.SessionId) || string.IsNullOrEmpty(negotiated.ResumeSecret) || negotiated.Transports is null)
             {
-                throw new PushConnectException($"The negotiate response from {url.Uri} lacks a session id, a resume secret or the list of transports.");
+                throw new PushConnectException(NotNegotiate(url.Uri, response, "it lacks a session id, a resume secret or the list of transports"), (int)response.StatusCode, null);
             }
 
             if (negotiated.ProtocolVersion != PushProtocol.Version)
@@ -390,6 +390,12 @@ internal sealed partial class PushChannel : IPushChannel
             return negotiated;
         }
     }
+
+    // Something other than PushKit answered with success: usually an app's catch-all route (a single-page app's
+    // fallback page) at a path where MapPushKit is not.
+    private static string NotNegotiate(Uri url, HttpResponseMessage response, string why) =>
+        $"{url} answered HTTP {(int)response.StatusCode} {response.Content.Headers.ContentType?.MediaType ?? "without a content type"}, " +
+        $"not a PushKit negotiate response: {why}. Check that the channel's URL has the path the server passes to MapPushKit (for example \"/push\").";
 
     /// <summary>
     /// Carries the session over one connection after another: when a connection is lost, reconnects through the

@@ -5,6 +5,7 @@ using System.Text.Encodings.Web;
 using System.Text.Json;
 using Microsoft.AspNetCore.Authentication;
 using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -137,6 +138,25 @@ public class HostingTests
         await server.Sender.SendToSessionAsync(channel.SessionId!, PushMessage.FromJson(new Note("to DI")));
         Assert.Equal(new Note("to DI"), (await channel.ReadAsync(1)).Single().GetJson<Note>());
         await channel.DisposeAsync();
+    }
+
+    [Theory]
+    [InlineData("/app/page", "text/html")]
+    [InlineData("/api/other", "application/json")]
+    public async Task A_connect_to_an_address_that_a_catch_all_route_answers_fails_clearly_and_says_what_to_check(string path, string contentType)
+    {
+        // A single-page app's fallback answers every path with its page (200 text/html), an API with some JSON.
+        await using var server = await PushTestServer.StartAsync(configureApp: app => app.MapFallback(() =>
+            contentType == "text/html" ? Results.Content("<html><body>app</body></html>", contentType) : Results.Json(new { items = Array.Empty<int>() })));
+        var client = new PushChannelBuilder().WithUrl(new Uri(server.Root, path)).Build();
+        var error = await Assert.ThrowsAsync<PushConnectException>(() => client.ConnectAsync().WaitAsync(TestTimeouts.Default));
+        Assert.Equal(200, error.StatusCode);
+        Assert.Contains(new Uri(server.Root, path + "/negotiate").ToString(), error.Message, StringComparison.Ordinal);
+        Assert.Contains(contentType, error.Message, StringComparison.Ordinal);
+        Assert.Contains("not a PushKit negotiate response", error.Message, StringComparison.Ordinal);
+        Assert.Contains("MapPushKit", error.Message, StringComparison.Ordinal);
+        Assert.Equal(PushChannelState.Disconnected, client.State);
+        await client.DisposeAsync();
     }
 
     [Fact]
