@@ -19,7 +19,11 @@ public interface IPushChannel : IAsyncDisposable
     /// <summary>The current state.</summary>
     PushChannelState State { get; }
 
-    /// <summary>Raised after <see cref="State"/> changes, with the reason. Handlers run synchronously: keep them short.</summary>
+    /// <summary>
+    /// Raised after <see cref="State"/> changes, with the reason. Handlers run synchronously: keep them short. Changes
+    /// are reported one at a time, to every handler, in the order they happened: a change made while another is being
+    /// reported (by a handler that closes the channel, say) is reported once that one is done.
+    /// </summary>
     event EventHandler<PushChannelStateChangedEventArgs>? StateChanged;
 
     /// <summary>
@@ -41,7 +45,7 @@ public interface IPushChannel : IAsyncDisposable
     /// </remarks>
     /// <param name="cancellationToken">Cancels the attempt.</param>
     /// <exception cref="PushException">Negotiation or the connection failed; the message says why.</exception>
-    /// <exception cref="PushChannelClosedException">The channel is closed.</exception>
+    /// <exception cref="PushChannelClosedException">The channel is closed, or was closed (<see cref="CloseAsync"/>, disposal) before the connect completed.</exception>
     /// <exception cref="InvalidOperationException">The channel is connecting, connected or reconnecting already.</exception>
     /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled.</exception>
     Task ConnectAsync(CancellationToken cancellationToken = default);
@@ -71,7 +75,10 @@ public interface IPushChannel : IAsyncDisposable
     /// <param name="cancellationToken">Stops the enumeration.</param>
     IAsyncEnumerable<PushMessage> ReadAllAsync(CancellationToken cancellationToken = default);
 
-    /// <summary>Closes the channel and its session normally. Unacknowledged sends fail with <see cref="PushChannelClosedException"/>.</summary>
+    /// <summary>
+    /// Closes the channel and its session normally. Unacknowledged sends fail with <see cref="PushChannelClosedException"/>,
+    /// and so does a <see cref="ConnectAsync"/> in progress; a reconnect in progress stops.
+    /// </summary>
     /// <param name="cancellationToken">Abandons a graceful close and aborts the connection.</param>
     Task CloseAsync(CancellationToken cancellationToken = default);
 }

@@ -13,7 +13,7 @@ using PushKit.Protocol;
 namespace PushKit.Client;
 
 /// <summary>The client's <see cref="IPushChannel"/>: negotiates a session, opens a transport, runs the delivery engine.</summary>
-internal sealed partial class PushChannel : IPushChannel
+internal sealed partial class PushChannel : IPushChannel, IDisposable
 {
     private static readonly TimeSpan s_closeWait = TimeSpan.FromSeconds(5);
     private static readonly TimeSpan s_shortLived = TimeSpan.FromSeconds(5);
@@ -47,6 +47,15 @@ internal sealed partial class PushChannel : IPushChannel
     private int _closeStarted;
     private readonly TaskCompletionSource _closed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly CancellationTokenSource _lifetime = new();
+
+    // Taken once: usable after _lifetime is disposed (a connect that finishes after DisposeAsync still reads it).
+    private readonly CancellationToken _lifetimeToken;
+
+    // State changes not yet reported, in the order they happened (queued under _gate), and whether a thread is
+    // reporting them: a handler that changes the state again (CloseAsync from a Connected handler) has its change
+    // reported after the current one, to every subscriber, rather than nested inside it.
+    private readonly Queue<PushChannelStateChangedEventArgs> _pendingChanges = new();
+    private bool _reporting;
     private readonly ResiliencePipeline _reconnect;
 
     public PushChannel(PushClientOptions options, ILoggerFactory loggerFactory)
@@ -69,6 +78,7 @@ internal sealed partial class PushChannel : IPushChannel
         _invoker = new HttpMessageInvoker(_handler, disposeHandler: false);
         _inbound = new ReceiveQueue(options.ReceiveQueueCapacity);
         _reconnect = options.ReconnectPipeline ?? CreateDefaultReconnectPipeline(options);
+        _lifetimeToken = _lifetime.Token;
     }
 
     public event EventHandler<PushChannelStateChangedEventArgs>? StateChanged;
@@ -125,6 +135,7 @@ internal sealed partial class PushChannel : IPushChannel
             _connectStarted = true;
             before = _state;
             _state = PushChannelState.Connecting;
+            _pendingChanges.Enqueue(new PushChannelStateChangedEventArgs(before, PushChannelState.Connecting, null, null, null, false));
             previous = _session?.SessionId;
 
             if (_inbound.IsCompleted)
@@ -137,32 +148,40 @@ internal sealed partial class PushChannel : IPushChannel
             }
         }
 
-        RaiseStateChanged(before, PushChannelState.Connecting, null, null, null, sessionReset: false);
+        ReportStateChanges();
         IPushTransportConnection connection;
         string reason;
         try
         {
-            (connection, reason) = await OpenAttemptAsync(resume: false, cancellationToken).ConfigureAwait(false);
+            // CloseAsync and DisposeAsync stop a connect in progress too.
+            using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _lifetimeToken);
+            (connection, reason) = await OpenAttemptAsync(resume: false, linked.Token).ConfigureAwait(false);
         }
         catch (Exception ex)
         {
             // The channel stays usable: ConnectAsync may be called again (a DI singleton must not be stuck).
             Log.ConnectFailed(_logger, _options.Url, ex.Message);
             SetState(PushChannelState.Disconnected, null, ex.Message, ex, connectAgain: true);
+            if (State == PushChannelState.Closed && !cancellationToken.IsCancellationRequested && ex is not PushChannelClosedException)
+            {
+                throw new PushChannelClosedException("The channel was closed while connecting.", PushCloseCode.Normal, ex);
+            }
+
             throw;
         }
 
         // Connected before the connection's run starts: a connection that ends at once then moves the channel on from
         // Connected, rather than being overwritten by it.
+        bool connected;
         if (previous is null)
         {
-            SetState(PushChannelState.Connected, null, reason, null);
+            connected = SetState(PushChannelState.Connected, null, reason, null);
         }
         else
         {
             // The channel had given its session up (Disconnected): this is a new session, and the application must
             // know that what the old one had not delivered is gone.
-            SetState(
+            connected = SetState(
                 PushChannelState.Connected,
                 null,
                 $"Not resumed: session {previous} was given up when the channel went Disconnected; started session {SessionId}. Messages sent to the old session and not yet received are lost. {reason}",
@@ -170,7 +189,12 @@ internal sealed partial class PushChannel : IPushChannel
                 sessionReset: true);
         }
 
+        // Closed just as the connection opened: the run tells the server (the engine is shut down) and lets go of it.
         _run = RunLoopAsync(connection);
+        if (!connected)
+        {
+            throw new PushChannelClosedException("The channel was closed while connecting.", PushCloseCode.Normal);
+        }
     }
 
     /// <summary>
@@ -212,6 +236,13 @@ internal sealed partial class PushChannel : IPushChannel
     private async Task<(IPushTransportConnection Connection, string Reason)> StartNewSessionAsync(CancellationToken cancellationToken)
     {
         var negotiated = await NegotiateAsync(cancellationToken).ConfigureAwait(false);
+
+        // Closed while negotiating: the new session is not connected to (the server lets it expire unused).
+        if (State == PushChannelState.Closed)
+        {
+            throw new PushChannelClosedException("The channel was closed while connecting.", PushCloseCode.Normal);
+        }
+
         var inbound = Volatile.Read(ref _inbound);
         var engine = new DeliveryEngine("client " + negotiated.SessionId, negotiated.Limits.MaxMessageBytes, inbound.WriteAsync, _logger)
         {
@@ -228,11 +259,23 @@ internal sealed partial class PushChannel : IPushChannel
         var (connection, reason) = await OpenTransportsAsync(negotiated, cancellationToken).ConfigureAwait(false);
 
         DeliveryEngine? previous;
+        bool closed;
         lock (_gate)
         {
+            // Closed meanwhile: CloseAsync shut down the engine it found, so this one must not take its place.
+            closed = _state == PushChannelState.Closed;
             previous = _engine;
-            _engine = engine;
-            _session = negotiated;
+            if (!closed)
+            {
+                _engine = engine;
+                _session = negotiated;
+            }
+        }
+
+        if (closed)
+        {
+            await connection.DisposeAsync().ConfigureAwait(false);
+            throw new PushChannelClosedException("The channel was closed while connecting.", PushCloseCode.Normal);
         }
 
         // Sends the old session never confirmed go to the new one, in order, with their message ids, so the server
@@ -404,7 +447,7 @@ internal sealed partial class PushChannel : IPushChannel
     /// </summary>
     private async Task RunLoopAsync(IPushTransportConnection connection)
     {
-        var lifetime = _lifetime.Token;
+        var lifetime = _lifetimeToken;
         var connectedAt = _options.TimeProvider.GetTimestamp();
         var shortLived = 0;
         while (true)
@@ -559,7 +602,7 @@ internal sealed partial class PushChannel : IPushChannel
         lock (_gate)
         {
             engine = _engine ?? throw (_state == PushChannelState.Closed
-                ? new PushChannelClosedException("The channel is closed.")
+                ? new PushChannelClosedException("The channel is closed.", PushCloseCode.Normal)
                 : new InvalidOperationException("The channel is not connected: call ConnectAsync first."));
         }
 
@@ -619,17 +662,37 @@ internal sealed partial class PushChannel : IPushChannel
         {
             DeliveryEngine? engine;
             Task? run;
+            bool changed;
+            PushChannelState before;
             lock (_gate)
             {
+                // Closed and the engine taken at once: a session that starts after this does not install its engine.
                 engine = _engine;
                 run = _run;
+                before = _state;
+                changed = _state != PushChannelState.Closed;
+                if (changed)
+                {
+                    _pendingChanges.Enqueue(new PushChannelStateChangedEventArgs(_state, PushChannelState.Closed, PushCloseCode.Normal, "Closed by the application.", null, false));
+                    _state = PushChannelState.Closed;
+                }
             }
 
-            SetState(PushChannelState.Closed, PushCloseCode.Normal, "Closed by the application.", null);
+            // Shut down before the change is reported: a send from a Closed handler is refused, not sent.
             engine?.Shutdown(PushCloseCode.Normal, "The client closed the channel.", new PushChannelClosedException("The channel was closed by the application.", PushCloseCode.Normal));
+            ReportStateChanges();
 
-            // Stops a reconnect in progress; a live connection first gets its close frame out (the engine's grace period).
-            _lifetime.CancelAfter(TimeSpan.FromSeconds(2));
+            if (before is PushChannelState.Connecting or PushChannelState.Reconnecting)
+            {
+                // No live connection to tell: stop the connect or reconnect in progress now, rather than let it
+                // negotiate or resume on the server after the close.
+                await _lifetime.CancelAsync().ConfigureAwait(false);
+            }
+            else
+            {
+                // A live connection first gets its close frame out (the engine's grace period).
+                _lifetime.CancelAfter(TimeSpan.FromSeconds(2));
+            }
             if (run is not null)
             {
                 try
@@ -661,6 +724,9 @@ internal sealed partial class PushChannel : IPushChannel
         }
     }
 
+    /// <summary>For a container disposed synchronously: closes the channel as <see cref="DisposeAsync"/> does, and waits for it.</summary>
+    public void Dispose() => DisposeAsync().AsTask().GetAwaiter().GetResult();
+
     public async ValueTask DisposeAsync()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0)
@@ -690,7 +756,8 @@ internal sealed partial class PushChannel : IPushChannel
 
     // connectAgain: the change ends this channel's connecting (Disconnected), and ConnectAsync may be called again.
     // It is set with the state, under the same lock, so that no ConnectAsync can start in between.
-    private void SetState(PushChannelState state, PushCloseCode? code, string? reason, Exception? exception, bool sessionReset = false, bool connectAgain = false)
+    // Returns whether the channel is in <paramref name="state"/> now (false when it was Closed first).
+    private bool SetState(PushChannelState state, PushCloseCode? code, string? reason, Exception? exception, bool sessionReset = false, bool connectAgain = false)
     {
         PushChannelState previous;
         lock (_gate)
@@ -698,7 +765,7 @@ internal sealed partial class PushChannel : IPushChannel
             previous = _state;
             if (previous == PushChannelState.Closed)
             {
-                return;
+                return state == PushChannelState.Closed;
             }
 
             if (connectAgain)
@@ -708,27 +775,56 @@ internal sealed partial class PushChannel : IPushChannel
 
             if (previous == state)
             {
-                return;
+                return true;
             }
 
             _state = state;
+
+            // Queued under the lock that made the change, so changes are reported in the order they happened.
+            _pendingChanges.Enqueue(new PushChannelStateChangedEventArgs(previous, state, code, reason, exception, sessionReset));
         }
 
-        RaiseStateChanged(previous, state, code, reason, exception, sessionReset);
+        ReportStateChanges();
+        return true;
     }
 
-    private void RaiseStateChanged(PushChannelState previous, PushChannelState state, PushCloseCode? code, string? reason, Exception? exception, bool sessionReset)
+    /// <summary>
+    /// Reports the queued state changes, one at a time and in order. A change made by a handler (or by another thread
+    /// while one is being reported) is reported by the thread already reporting, once the current one is done.
+    /// </summary>
+    private void ReportStateChanges()
     {
-        Log.StateChanged(_logger, SessionId, previous, state, reason);
-        try
+        while (true)
         {
-            StateChanged?.Invoke(this, new PushChannelStateChangedEventArgs(previous, state, code, reason, exception, sessionReset));
-        }
-        catch (Exception ex)
-        {
-            // The application's handler is not the channel's business: it must not leave a live connection marked
-            // Disconnected (its exception would reach ConnectAsync's failure path) or stop a run loop.
-            Log.StateHandlerFailed(_logger, SessionId, state, ex);
+            PushChannelStateChangedEventArgs change;
+            lock (_gate)
+            {
+                if (_reporting || !_pendingChanges.TryDequeue(out change!))
+                {
+                    return;
+                }
+
+                _reporting = true;
+            }
+
+            try
+            {
+                Log.StateChanged(_logger, SessionId, change.PreviousState, change.CurrentState, change.Reason);
+                StateChanged?.Invoke(this, change);
+            }
+            catch (Exception ex)
+            {
+                // The application's handler is not the channel's business: it must not leave a live connection marked
+                // Disconnected (its exception would reach ConnectAsync's failure path) or stop a run loop.
+                Log.StateHandlerFailed(_logger, SessionId, change.CurrentState, ex);
+            }
+            finally
+            {
+                lock (_gate)
+                {
+                    _reporting = false;
+                }
+            }
         }
     }
 
