@@ -338,21 +338,23 @@ internal sealed partial class PushSession : IPushSession
         {
             Task<ConnectionEnd> run;
 
-            // The application hears of the session before its first message can arrive.
-            if (Interlocked.Exchange(ref _startNotified, 1) == 0 && State != PushChannelState.Closed)
-            {
-                // The handler may want to know how the client came (it is cleared below if no run follows).
-                lock (_stateGate)
-                {
-                    _transport = connection.TransportName;
-                }
-
-                await _manager.OnSessionStartedAsync(this, cancellationToken).ConfigureAwait(false);
-            }
-
             await _connectionLock.WaitAsync(cancellationToken).ConfigureAwait(false);
             try
             {
+                // The application hears of the session before its first message can arrive. Under the connection
+                // lock: a connection that arrives meanwhile waits, then takes over from this one, rather than carrying
+                // the session first and being superseded by this older one when the handler returns.
+                if (Interlocked.Exchange(ref _startNotified, 1) == 0 && State != PushChannelState.Closed)
+                {
+                    // The handler may want to know how the client came (it is cleared below if no run follows).
+                    lock (_stateGate)
+                    {
+                        _transport = connection.TransportName;
+                    }
+
+                    await _manager.OnSessionStartedAsync(this, cancellationToken).ConfigureAwait(false);
+                }
+
                 if (State == PushChannelState.Closed)
                 {
                     // The session ended while this connection was being set up. Its engine is shut down (or is about to
@@ -446,14 +448,25 @@ internal sealed partial class PushSession : IPushSession
                     // The client closed its channel: the session is over, nothing will resume it.
                     End(PushCloseCode.Normal, end.Reason ?? "The client closed the session.");
                 }
-                else if (State != PushChannelState.Closed)
+                else
                 {
+                    // Checked again under the lock: a newer connection may have taken the session over since this
+                    // run was cleared, and its Connected must not be overwritten (nor its session expire under it).
+                    var disconnected = false;
                     lock (_stateGate)
                     {
-                        _disconnectedAt = _manager.TimeProvider.GetTimestamp();
+                        if (_run is null && _state == PushChannelState.Connected)
+                        {
+                            _state = PushChannelState.Disconnected;
+                            _disconnectedAt = _manager.TimeProvider.GetTimestamp();
+                            disconnected = true;
+                        }
                     }
 
-                    SetState(PushChannelState.Disconnected, end.Code, end.Reason);
+                    if (disconnected)
+                    {
+                        RaiseStateChanged(new PushChannelStateChangedEventArgs(PushChannelState.Connected, PushChannelState.Disconnected, end.Code, end.Reason));
+                    }
                 }
             }
 
@@ -570,8 +583,22 @@ internal sealed partial class PushSession : IPushSession
             _state = state;
         }
 
-        StateChanged?.Invoke(this, new PushChannelStateChangedEventArgs(previous, state, code, reason));
+        RaiseStateChanged(new PushChannelStateChangedEventArgs(previous, state, code, reason));
         return true;
+    }
+
+    private void RaiseStateChanged(PushChannelStateChangedEventArgs change)
+    {
+        try
+        {
+            StateChanged?.Invoke(this, change);
+        }
+        catch (Exception ex)
+        {
+            // The application's handler: its failure must not stop the session's end (nor the sweep that ends it,
+            // whose failure stops the host), nor leave a connection attached with nobody to await its run.
+            Log.StateChangedHandlerFailed(_logger, SessionId, ex);
+        }
     }
 
     private static partial class Log
@@ -584,6 +611,9 @@ internal sealed partial class PushSession : IPushSession
 
         [LoggerMessage(13, LogLevel.Warning, "Session {SessionId} ended as a slow consumer: {Detail}")]
         public static partial void SlowConsumer(ILogger logger, string sessionId, string detail);
+
+        [LoggerMessage(14, LogLevel.Error, "Session {SessionId}: a StateChanged handler threw")]
+        public static partial void StateChangedHandlerFailed(ILogger logger, string sessionId, Exception exception);
 
         [LoggerMessage(11, LogLevel.Debug, "Session {SessionId}: connection ended ({Kind}, {CloseCode}, {Reason})")]
         public static partial void ConnectionEnded(ILogger logger, string sessionId, ConnectionEndKind kind, PushCloseCode? closeCode, string? reason);
