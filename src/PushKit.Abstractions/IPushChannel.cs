@@ -57,7 +57,7 @@ public interface IPushChannel : IAsyncDisposable
     /// <param name="message">The message.</param>
     /// <param name="cancellationToken">Stops the wait for the acknowledgement; the message stays queued.</param>
     /// <exception cref="ArgumentNullException"><paramref name="message"/> is null.</exception>
-    /// <exception cref="InvalidOperationException">A client channel that was never connected: call <see cref="ConnectAsync"/> first.</exception>
+    /// <exception cref="InvalidOperationException">A client channel that was never connected, or whose first <see cref="ConnectAsync"/> has not completed yet.</exception>
     /// <exception cref="PushAckTimeoutException">No acknowledgement arrived within the acknowledgement timeout.</exception>
     /// <exception cref="PushChannelClosedException">The channel is closed, or closed before the acknowledgement arrived.</exception>
     /// <exception cref="PushMessageTooLargeException">The encoded message exceeds the peer's size limit; nothing was sent.</exception>

@@ -160,7 +160,15 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
         catch (Exception ex)
         {
             // The channel stays usable: ConnectAsync may be called again (a DI singleton must not be stuck).
-            Log.ConnectFailed(_logger, _options.Url, ex.Message);
+            if (ex is OperationCanceledException && cancellationToken.IsCancellationRequested)
+            {
+                Log.ConnectCancelled(_logger, _options.Url);
+            }
+            else
+            {
+                Log.ConnectFailed(_logger, _options.Url, ex.Message);
+            }
+
             SetState(PushChannelState.Disconnected, null, ex.Message, ex, connectAgain: true);
             if (State == PushChannelState.Closed && !cancellationToken.IsCancellationRequested && ex is not PushChannelClosedException)
             {
@@ -228,7 +236,7 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
         }
         catch (OperationCanceledException ex) when (timeout.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
         {
-            throw new PushConnectException($"Connecting to {_options.Url} did not complete within {_options.ConnectTimeout}.", ex);
+            throw new PushConnectException($"Connecting to {_options.Url} did not complete within {_options.ConnectTimeout} (PushClientOptions.ConnectTimeout).", ex);
         }
     }
 
@@ -353,7 +361,7 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
         }
 
         throw new PushConnectException(
-            $"No transport could connect to {_options.Url}. Tried: {string.Join("; ", failures.Select(f => f.TrimEnd('.')))}.",
+            $"No transport could connect to {_options.Url}. Tried: {string.Join("; ", failures.Select(f => f.TrimEnd('.')))}. The server offers: {(session.Transports.Count == 0 ? "none" : string.Join(", ", session.Transports))}.",
             null,
             null);
     }
@@ -386,7 +394,7 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
         }
         catch (HttpRequestException ex)
         {
-            throw new PushConnectException($"Negotiation with {url.Uri} failed: {ex.Message}", ex);
+            throw new PushConnectException($"Negotiation with {url.Uri} failed: {ex.Message}{NegotiateFailureHint(ex)}", ex);
         }
 
         using (response)
@@ -432,6 +440,18 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
 
             return negotiated;
         }
+    }
+
+    // What a new user most often needs to hear after a failed negotiate request.
+    private static string NegotiateFailureHint(HttpRequestException ex)
+    {
+        if (ex.InnerException is System.Net.Sockets.SocketException { SocketErrorCode: System.Net.Sockets.SocketError.ConnectionRefused })
+        {
+            return " Is the server running, and listening at that address and port?";
+        }
+
+        var innermost = ex.GetBaseException();
+        return innermost != ex && !ex.Message.Contains(innermost.Message, StringComparison.Ordinal) ? $" ({innermost.Message})" : "";
     }
 
     // Something other than PushKit answered with success: usually an app's catch-all route (a single-page app's
@@ -603,7 +623,9 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
         {
             engine = _engine ?? throw (_state == PushChannelState.Closed
                 ? new PushChannelClosedException("The channel is closed.", PushCloseCode.Normal)
-                : new InvalidOperationException("The channel is not connected: call ConnectAsync first."));
+                : new InvalidOperationException(_state == PushChannelState.Connecting
+                    ? "The channel is still connecting: wait for ConnectAsync to complete before sending."
+                    : "The channel is not connected: call ConnectAsync first."));
         }
 
         if (_options.AssignMessageIds && message.Id is null)
@@ -853,6 +875,9 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
 
         [LoggerMessage(107, LogLevel.Error, "Session {SessionId}: reconnecting gave up: {Reason}")]
         public static partial void ReconnectGaveUp(ILogger logger, string? sessionId, string reason);
+
+        [LoggerMessage(109, LogLevel.Debug, "Connecting to {Url} was cancelled by the caller")]
+        public static partial void ConnectCancelled(ILogger logger, Uri? url);
 
         [LoggerMessage(108, LogLevel.Error, "Session {SessionId}: a StateChanged handler threw on the change to {State}; the channel carries on")]
         public static partial void StateHandlerFailed(ILogger logger, string? sessionId, PushChannelState state, Exception exception);

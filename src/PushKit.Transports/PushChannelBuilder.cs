@@ -18,6 +18,8 @@ public sealed class PushChannelBuilder
 
     /// <summary>Sets the server's PushKit base URL (what the server passed to <c>MapPushKit</c>).</summary>
     /// <param name="url">An absolute http(s) or ws(s) URL, for example <c>https://example.com/push</c>.</param>
+    /// <exception cref="ArgumentNullException"><paramref name="url"/> is null.</exception>
+    /// <exception cref="ArgumentException"><paramref name="url"/> is not an absolute http, https, ws or wss URL.</exception>
     public PushChannelBuilder WithUrl(string url)
     {
         ArgumentNullException.ThrowIfNull(url);

@@ -1,0 +1,87 @@
+using System.Net;
+using System.Net.Sockets;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Testing;
+using PushKit.Client;
+using PushKit.IntegrationTests.Infrastructure;
+
+namespace PushKit.IntegrationTests;
+
+/// <summary>The errors a new user meets first say what to check (getting-started §3.5).</summary>
+public class ConnectErrorMessageTests
+{
+    [Fact]
+    public async Task A_connect_to_a_port_nobody_listens_on_asks_whether_the_server_is_running()
+    {
+        // A port that was free a moment ago: connections to it are refused.
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        var port = ((IPEndPoint)listener.LocalEndpoint).Port;
+        listener.Stop();
+
+        await using var client = new PushChannelBuilder().WithUrl($"http://127.0.0.1:{port}/push").Build();
+        var error = await Assert.ThrowsAsync<PushConnectException>(() => client.ConnectAsync().WaitAsync(TestTimeouts.Default));
+        Assert.Contains($"Negotiation with http://127.0.0.1:{port}/push/negotiate failed", error.Message, StringComparison.Ordinal);
+        Assert.Contains("Is the server running", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_client_limited_to_transports_the_server_does_not_offer_is_told_what_the_server_offers()
+    {
+        await using var server = await PushTestServer.StartAsync(options: o =>
+        {
+            o.Transports.Clear();
+            o.Transports.Add("longpolling");
+        });
+        var client = server.CreateClient(o =>
+        {
+            o.Transports.Clear();
+            o.Transports.Add(PushTransports.WebSocket);
+        });
+        var error = await Assert.ThrowsAsync<PushConnectException>(() => client.ConnectAsync().WaitAsync(TestTimeouts.Default));
+        Assert.Contains("websocket: not offered by the server", error.Message, StringComparison.Ordinal);
+        Assert.Contains("The server offers: longpolling.", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_send_while_the_first_connect_is_in_progress_says_to_wait_for_it()
+    {
+        var gate = new RequestGate("/push/negotiate");
+        await using var server = await PushTestServer.StartAsync(configureApp: gate.Install);
+        var client = server.CreateClient();
+        gate.Arm();
+        var connect = client.ConnectAsync();
+        await gate.Arrived.Task.WaitAsync(TestTimeouts.Default);
+
+        var refused = await Assert.ThrowsAsync<InvalidOperationException>(() => client.SendStringAsync("too early").AsTask());
+        Assert.Contains("still connecting: wait for ConnectAsync to complete", refused.Message, StringComparison.Ordinal);
+
+        gate.Release.TrySetResult();
+        await connect.WaitAsync(TestTimeouts.Default);
+        await client.SendStringAsync("in time").AsTask().WaitAsync(TestTimeouts.Default);
+    }
+
+    [Fact]
+    public async Task A_connect_cancelled_by_the_caller_is_logged_as_a_cancellation_not_a_failure()
+    {
+        var gate = new RequestGate("/push/negotiate");
+        await using var server = await PushTestServer.StartAsync(configureApp: gate.Install);
+        var logs = new FakeLogCollector();
+        using var loggerFactory = LoggerFactory.Create(b => b.SetMinimumLevel(LogLevel.Debug).AddProvider(new FakeLoggerProvider(logs)));
+        await using var client = new PushChannelBuilder().WithUrl(server.BaseUrl).WithLogging(loggerFactory).Build();
+        gate.Arm();
+        using var cancel = new CancellationTokenSource();
+        var connect = client.ConnectAsync(cancel.Token);
+        await gate.Arrived.Task.WaitAsync(TestTimeouts.Default);
+
+        await cancel.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => connect.WaitAsync(TestTimeouts.Default));
+        gate.Release.TrySetResult();
+
+        var records = logs.GetSnapshot();
+        Assert.DoesNotContain(records, r => r.Id.Id == 102);
+        var cancelled = Assert.Single(records, r => r.Id.Id == 109);
+        Assert.Equal(LogLevel.Debug, cancelled.Level);
+        Assert.Equal(PushChannelState.Disconnected, client.State);
+    }
+}
