@@ -81,6 +81,28 @@ public class SessionConcurrencyTests
     }
 
     [Fact]
+    public async Task A_connection_replaced_before_it_took_over_does_not_supersede_the_one_that_replaced_it()
+    {
+        // Two opening polls at once: the second aborts the first before either has the session, and may reach the
+        // session first. The first, already dead, must then not take the session from the live one.
+        await using var server = await PushTestServer.StartAsync();
+        var (id, secret, _) = await server.NegotiateRawAsync();
+        await using var live = await RawSocket.ConnectAsync(server.WebSocketUrl(id, secret), id, secret);
+        var session = (PushSession)server.Sessions.FindSession(id)!;
+        await Eventually.TrueAsync(() => session.State == PushChannelState.Connected);
+
+        var replaced = new PushKit.Server.Connections.LongPollingServerConnection(session.Engine.PeerMaxMessageBytes, TimeSpan.FromSeconds(1), TimeProvider.System);
+        replaced.Abort();
+        var end = await session.RunConnectionAsync(replaced, CancellationToken.None).WaitAsync(TestTimeouts.Default);
+
+        Assert.Equal(PushKit.Delivery.ConnectionEndKind.Lost, end.Kind);
+        await live.SendAsync("{\"type\":\"ping\"}");
+        Assert.Contains("pong", await live.ReceiveContainingAsync("pong"), StringComparison.Ordinal);
+        Assert.Equal(PushChannelState.Connected, session.State);
+        Assert.Equal("websocket", session.Transport);
+    }
+
+    [Fact]
     public async Task A_StateChanged_handler_that_throws_when_a_session_expires_stops_neither_the_expiry_nor_the_host()
     {
         var time = new FakeTimeProvider(DateTimeOffset.UtcNow);

@@ -341,6 +341,13 @@ internal sealed partial class PushSession : IPushSession
             await _connectionLock.WaitAsync(cancellationToken).ConfigureAwait(false);
             try
             {
+                if (connection is Connections.HttpServerConnection { IsDead: true })
+                {
+                    // Replaced before it could take over (a second open=1 poll, a stream whose client left): the
+                    // newer connection may have taken the lock first, and this older one must not supersede it.
+                    return new ConnectionEnd(ConnectionEndKind.Lost, null, "Replaced by a newer connection before it took over.");
+                }
+
                 // The application hears of the session before its first message can arrive. Under the connection
                 // lock: a connection that arrives meanwhile waits, then takes over from this one, rather than carrying
                 // the session first and being superseded by this older one when the handler returns.
