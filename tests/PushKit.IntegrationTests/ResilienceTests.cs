@@ -418,10 +418,12 @@ public class SessionLifetimeTests
         var capped = delays.TakeLast(6).Count(d => d == 30.0);
         Assert.True(capped >= 3, $"far past the cap, most delays should be exactly 30 s: {shown}");
 
-        // Jittered: below the cap the delays are not the bare doubling 1, 2, 4, 8, 16 s, and no two are alike.
-        // (Above the cap many delays are exactly 30 s, so counting distinct values over all twelve would be luck.)
+        // Jittered: below the cap the delays are not the bare doubling 1, 2, 4, 8, 16 s, and they vary. Not "no two
+        // alike": the timers' due times are whole milliseconds, so two of five jittered delays a few seconds long
+        // coincide now and then (1.99 s twice failed a CI-like run). (Above the cap many delays are exactly 30 s, so
+        // counting distinct values over all twelve would be luck.)
         var early = delays.Take(5).ToArray();
         Assert.NotEqual([1.0, 2.0, 4.0, 8.0, 16.0], early);
-        Assert.True(early.Distinct().Count() == early.Length, $"jitter should vary the delays: {shown}");
+        Assert.True(early.Distinct().Count() >= early.Length - 1, $"jitter should vary the delays: {shown}");
     }
 }
