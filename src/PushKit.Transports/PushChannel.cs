@@ -160,7 +160,7 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
         catch (Exception ex)
         {
             // The channel stays usable: ConnectAsync may be called again (a DI singleton must not be stuck).
-            if (ex is OperationCanceledException && cancellationToken.IsCancellationRequested)
+            if ((ex is OperationCanceledException && cancellationToken.IsCancellationRequested) || State == PushChannelState.Closed)
             {
                 Log.ConnectCancelled(_logger, _options.Url);
             }
@@ -180,6 +180,13 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
 
         // Connected before the connection's run starts: a connection that ends at once then moves the channel on from
         // Connected, rather than being overwritten by it.
+        // The run is published first, so that a close made while Connected is reported (a Connected handler's) waits for it.
+        var runStarted = new TaskCompletionSource<Task>(TaskCreationOptions.RunContinuationsAsynchronously);
+        lock (_gate)
+        {
+            _run = runStarted.Task.Unwrap();
+        }
+
         bool connected;
         if (previous is null)
         {
@@ -198,7 +205,7 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
         }
 
         // Closed just as the connection opened: the run tells the server (the engine is shut down) and lets go of it.
-        _run = RunLoopAsync(connection);
+        runStarted.SetResult(RunLoopAsync(connection));
         if (!connected)
         {
             throw new PushChannelClosedException("The channel was closed while connecting.", PushCloseCode.Normal);
@@ -243,6 +250,11 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
     /// <summary>Negotiates a new session, moves any unacknowledged sends over to it, and opens a transport.</summary>
     private async Task<(IPushTransportConnection Connection, string Reason)> StartNewSessionAsync(CancellationToken cancellationToken)
     {
+        if (State == PushChannelState.Closed)
+        {
+            throw new PushChannelClosedException("The channel was closed while connecting.", PushCloseCode.Normal);
+        }
+
         var negotiated = await NegotiateAsync(cancellationToken).ConfigureAwait(false);
 
         // Closed while negotiating: the new session is not connected to (the server lets it expire unused).
@@ -533,6 +545,11 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
             {
                 return;
             }
+            catch (Exception) when (State == PushChannelState.Closed)
+            {
+                // Closed by the application while reconnecting: nothing gave up.
+                return;
+            }
             catch (Exception ex)
             {
                 Log.ReconnectGaveUp(_logger, SessionId, ex.Message);
@@ -603,7 +620,8 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
         {
             builder.AddRetry(new RetryStrategyOptions
             {
-                ShouldHandle = new PredicateBuilder().Handle<Exception>(ex => ex is not OperationCanceledException),
+                // Not retried: a cancellation, and the channel's own close (a reconnect that finds the channel closed).
+                ShouldHandle = new PredicateBuilder().Handle<Exception>(ex => ex is not (OperationCanceledException or PushChannelClosedException)),
                 BackoffType = DelayBackoffType.Exponential,
                 UseJitter = true,
                 Delay = options.ReconnectDelay,
@@ -704,10 +722,11 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
             engine?.Shutdown(PushCloseCode.Normal, "The client closed the channel.", new PushChannelClosedException("The channel was closed by the application.", PushCloseCode.Normal));
             ReportStateChanges();
 
-            if (before is PushChannelState.Connecting or PushChannelState.Reconnecting)
+            if (before is PushChannelState.Connecting)
             {
-                // No live connection to tell: stop the connect or reconnect in progress now, rather than let it
-                // negotiate or resume on the server after the close.
+                // The first connect has no session on the server to tell: stop it now, rather than let it negotiate
+                // after the close. (A reconnect resumes a session the server still holds: it gets the grace below, so
+                // that the resumed connection carries the close to the server; it starts no new session meanwhile.)
                 await _lifetime.CancelAsync().ConfigureAwait(false);
             }
             else
@@ -876,7 +895,7 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
         [LoggerMessage(107, LogLevel.Error, "Session {SessionId}: reconnecting gave up: {Reason}")]
         public static partial void ReconnectGaveUp(ILogger logger, string? sessionId, string reason);
 
-        [LoggerMessage(109, LogLevel.Debug, "Connecting to {Url} was cancelled by the caller")]
+        [LoggerMessage(109, LogLevel.Debug, "Connecting to {Url} was cancelled (by the caller's token, or by closing the channel)")]
         public static partial void ConnectCancelled(ILogger logger, Uri? url);
 
         [LoggerMessage(108, LogLevel.Error, "Session {SessionId}: a StateChanged handler threw on the change to {State}; the channel carries on")]

@@ -172,6 +172,65 @@ public class ChannelLifecycleTests
 
     [Theory]
     [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
+    public async Task A_close_from_the_Connected_handler_of_the_first_connect_ends_the_session_on_the_server(string transport)
+    {
+        var collector = new Collector();
+        await using var server = await PushTestServer.StartAsync(push => push.AddCollector(collector));
+        var client = server.CreateClient(o =>
+        {
+            o.Transports.Clear();
+            o.Transports.Add(Transports.ByName(transport));
+        });
+        Task? close = null;
+        client.StateChanged += (_, e) =>
+        {
+            if (e.CurrentState == PushChannelState.Connected)
+            {
+                close = client.CloseAsync();
+            }
+        };
+
+        try
+        {
+            await client.ConnectAsync().WaitAsync(TestTimeouts.Default);
+        }
+        catch (PushChannelClosedException)
+        {
+        }
+
+        await close!.WaitAsync(TestTimeouts.Default);
+
+        // The server hears the close (1000) rather than losing the connection and keeping the session to expire.
+        Assert.Equal(PushCloseCode.Normal, await collector.Ended.Task.WaitAsync(TestTimeouts.Default));
+    }
+
+    [Fact]
+    public async Task A_close_while_resuming_a_session_the_server_still_holds_ends_that_session_on_the_server()
+    {
+        var collector = new Collector();
+        var gate = new RequestGate("/push/ws");
+        await using var server = await PushTestServer.StartAsync(push => push.AddCollector(collector), configureApp: gate.Install);
+        var client = server.CreateClient(WebSocketOnly);
+        await client.ConnectAsync().WaitAsync(TestTimeouts.Default);
+        var session = (PushKit.Server.Sessions.PushSession)server.Sessions.FindSession(client.SessionId!)!;
+
+        // The server drops the connection with "come back"; the client's resume is held in its handshake.
+        var reconnecting = client.NextStateAsync(PushChannelState.Reconnecting);
+        gate.Arm();
+        session.Engine.CloseConnection(PushCloseCode.Overloaded, "come back later");
+        await reconnecting.WaitAsync(TestTimeouts.Default);
+        await gate.Arrived.Task.WaitAsync(TestTimeouts.Default);
+
+        var closing = client.CloseAsync();
+        gate.Release.TrySetResult();
+        await closing.WaitAsync(TestTimeouts.Default);
+
+        // The resumed connection carries the close: the session ends now, not when its resume window runs out.
+        Assert.Equal(PushCloseCode.Normal, await collector.Ended.Task.WaitAsync(TestTimeouts.Default));
+    }
+
+    [Theory]
+    [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
     public async Task A_send_from_the_Closed_handler_is_refused_and_never_reaches_the_server(string transport)
     {
         var collector = new Collector();
