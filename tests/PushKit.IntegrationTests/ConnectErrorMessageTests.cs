@@ -13,11 +13,10 @@ public class ConnectErrorMessageTests
     [Fact]
     public async Task A_connect_to_a_port_nobody_listens_on_asks_whether_the_server_is_running()
     {
-        // A port that was free a moment ago: connections to it are refused.
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        var port = ((IPEndPoint)listener.LocalEndpoint).Port;
-        listener.Stop();
+        // A port held by a socket that does not listen: connections to it are refused, and no other test can take it.
+        using var holder = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        holder.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        var port = ((IPEndPoint)holder.LocalEndPoint!).Port;
 
         await using var client = new PushChannelBuilder().WithUrl($"http://127.0.0.1:{port}/push").Build();
         var error = await Assert.ThrowsAsync<PushConnectException>(() => client.ConnectAsync().WaitAsync(TestTimeouts.Default));
