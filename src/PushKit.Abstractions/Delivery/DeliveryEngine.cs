@@ -470,6 +470,14 @@ internal sealed partial class DeliveryEngine
             // Shut down while this connection was being set up: the peer hears why, as a connection that was live at
             // the time did, rather than finding the session gone when it comes back.
             await SendFinalCloseAsync(connection, finalClose, cancellationToken).ConfigureAwait(false);
+            if (connection is WebSocketTransportConnection)
+            {
+                // Let the peer answer before the connection is dropped: torn down at once, with the peer's data unread,
+                // the TCP connection can be reset and the close frame lost on the way (the peer then sees a lost
+                // connection and keeps the session).
+                await AwaitPeerCloseAsync(connection, cancellationToken).ConfigureAwait(false);
+            }
+
             return new ConnectionEnd(ConnectionEndKind.ClosedLocally, finalClose.Code, finalClose.Reason, finalClose.RetryAfterMs);
         }
 
@@ -1095,6 +1103,26 @@ internal sealed partial class DeliveryEngine
     }
 
     /// <summary>Sends the close frame of a shut-down engine on a connection that arrived too late, and closes it.</summary>
+    /// <summary>Reads and discards until the peer's close, for at most the close grace period.</summary>
+    private static async Task AwaitPeerCloseAsync(IPushTransportConnection connection, CancellationToken cancellationToken)
+    {
+        // Socket-level grace: real time, whatever clock the session runs on.
+        using var grace = new CancellationTokenSource(s_closeGrace, TimeProvider.System);
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, grace.Token);
+        var scratch = new ArrayBufferWriter<byte>(1024);
+        try
+        {
+            while (!(await connection.ReceiveAsync(scratch, linked.Token).ConfigureAwait(false)).IsClosed)
+            {
+                scratch.ResetWrittenCount();
+            }
+        }
+        catch (Exception ex) when (ex is not OutOfMemoryException)
+        {
+            // The grace period ended, or the peer is gone: the connection is done either way.
+        }
+    }
+
     private async Task SendFinalCloseAsync(IPushTransportConnection connection, FinalClose close, CancellationToken cancellationToken)
     {
         var output = new ArrayBufferWriter<byte>(128);
