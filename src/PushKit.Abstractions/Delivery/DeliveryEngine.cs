@@ -475,7 +475,10 @@ internal sealed partial class DeliveryEngine
                 // Let the peer answer before the connection is dropped: torn down at once, with the peer's data unread,
                 // the TCP connection can be reset and the close frame lost on the way (the peer then sees a lost
                 // connection and keeps the session).
-                await AwaitPeerCloseAsync(connection, cancellationToken).ConfigureAwait(false);
+                // Socket-level grace: real time, whatever clock the session runs on.
+                using var grace = new CancellationTokenSource(s_closeGrace, TimeProvider.System);
+                using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, grace.Token);
+                await DrainAsync(connection, linked.Token).ConfigureAwait(false);
             }
 
             return new ConnectionEnd(ConnectionEndKind.ClosedLocally, finalClose.Code, finalClose.Reason, finalClose.RetryAfterMs);
@@ -586,7 +589,7 @@ internal sealed partial class DeliveryEngine
 
         if (drain)
         {
-            await DrainAsync(run).ConfigureAwait(false);
+            await DrainAsync(run.Connection, run.Token).ConfigureAwait(false);
         }
 
         lock (_gate)
@@ -602,15 +605,15 @@ internal sealed partial class DeliveryEngine
     }
 
     /// <summary>
-    /// After closing for a protocol violation, reads and discards until the peer answers the close (or the grace
-    /// period ends), so that the close frame is not lost to a connection reset.
+    /// After sending a close, reads and discards until the peer answers it (or <paramref name="token"/> ends the wait:
+    /// the grace period), so that the close frame is not lost to a connection reset.
     /// </summary>
-    private static async Task DrainAsync(Run run)
+    private static async Task DrainAsync(IPushTransportConnection connection, CancellationToken token)
     {
         var scratch = new ArrayBufferWriter<byte>(4096);
         try
         {
-            while (!(await run.Connection.ReceiveAsync(scratch, run.Token).ConfigureAwait(false)).IsClosed)
+            while (!(await connection.ReceiveAsync(scratch, token).ConfigureAwait(false)).IsClosed)
             {
                 scratch.ResetWrittenCount();
             }
@@ -1103,26 +1106,6 @@ internal sealed partial class DeliveryEngine
     }
 
     /// <summary>Sends the close frame of a shut-down engine on a connection that arrived too late, and closes it.</summary>
-    /// <summary>Reads and discards until the peer's close, for at most the close grace period.</summary>
-    private static async Task AwaitPeerCloseAsync(IPushTransportConnection connection, CancellationToken cancellationToken)
-    {
-        // Socket-level grace: real time, whatever clock the session runs on.
-        using var grace = new CancellationTokenSource(s_closeGrace, TimeProvider.System);
-        using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, grace.Token);
-        var scratch = new ArrayBufferWriter<byte>(1024);
-        try
-        {
-            while (!(await connection.ReceiveAsync(scratch, linked.Token).ConfigureAwait(false)).IsClosed)
-            {
-                scratch.ResetWrittenCount();
-            }
-        }
-        catch (Exception ex) when (ex is not OutOfMemoryException)
-        {
-            // The grace period ended, or the peer is gone: the connection is done either way.
-        }
-    }
-
     private async Task SendFinalCloseAsync(IPushTransportConnection connection, FinalClose close, CancellationToken cancellationToken)
     {
         var output = new ArrayBufferWriter<byte>(128);
