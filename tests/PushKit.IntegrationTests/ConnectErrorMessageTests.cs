@@ -52,7 +52,7 @@ public class ConnectErrorMessageTests
         var connect = client.ConnectAsync();
         await gate.Arrived.Task.WaitAsync(TestTimeouts.Default);
 
-        var refused = await Assert.ThrowsAsync<InvalidOperationException>(() => client.SendStringAsync("too early").AsTask());
+        var refused = await Assert.ThrowsAsync<InvalidOperationException>(() => client.SendStringAsync("too early").AsTask().WaitAsync(TestTimeouts.Default));
         Assert.Contains("still connecting: wait for ConnectAsync to complete", refused.Message, StringComparison.Ordinal);
 
         gate.Release.TrySetResult();
