@@ -63,6 +63,13 @@ internal sealed partial class PushSender(PushSessionManager sessions) : IPushSen
     /// <returns>True when queued, false when the session is skipped, null when it must be waited for.</returns>
     private bool? TryEnqueueNow(PushSession session, PushMessage message)
     {
+        if (session.HasEnded)
+        {
+            // An ended session may stay in the store a while (holding its close for a returning client): skipped
+            // without the exception its engine would throw.
+            return false;
+        }
+
         try
         {
             return session.TryEnqueueNow(message) ? true : null;

@@ -21,7 +21,7 @@ internal static partial class HttpTransportEndpoints
             return;
         }
 
-        var session = await SessionAuthenticator.AuthenticateAsync(context, sessions).ConfigureAwait(false);
+        var session = await SessionAuthenticator.AuthenticateAsync(context, sessions, connecting: true).ConfigureAwait(false);
         if (session is null)
         {
             return;
@@ -66,11 +66,14 @@ internal static partial class HttpTransportEndpoints
             return;
         }
 
-        if (session.State == PushChannelState.Closed)
+        if (session.State == PushChannelState.Closed && (!session.HoldsClose || HasCloseToCollect(session)))
         {
             await PollEndedAsync(context, session).ConfigureAwait(false);
             return;
         }
+
+        // (A session that holds its close for a returning client, with no connection left to collect it from, gets a
+        // new connection below: it carries the close, and the client's next poll collects it.)
 
         // A poll may carry the client's ack (how far it has received): applied before the poll takes its next batch.
         var (open, ack) = ReadPollQuery(context.Request.QueryString.Value);
@@ -113,7 +116,7 @@ internal static partial class HttpTransportEndpoints
     {
         // An ended session's last long-polling connection holds its close frame, or is about to (the session ends at
         // once, its connection's write loop writes the frame a moment later): hand it over once.
-        if (session.HttpConnection is LongPollingServerConnection ending && (ending.HasPending || !ending.IsDead))
+        if (HasCloseToCollect(session) && session.HttpConnection is LongPollingServerConnection ending)
         {
             await ending.PollAsync(context).ConfigureAwait(false);
             return;
@@ -122,6 +125,10 @@ internal static partial class HttpTransportEndpoints
         await HttpErrors.WriteAsync(context, StatusCodes.Status404NotFound, PushErrorCodes.SessionNotFound,
             "No such session: it never existed, expired or was closed. Negotiate a new one.").ConfigureAwait(false);
     }
+
+    /// <summary>Whether an ended session's last long-polling connection has (or is about to have) its close for a poll.</summary>
+    private static bool HasCloseToCollect(PushSession session) =>
+        session.HttpConnection is LongPollingServerConnection ending && (ending.HasPending || !ending.IsDead);
 
     /// <summary>
     /// The poll's own query parameters, read in place: <c>open=1</c> and <c>ack=N</c> (0 when absent or not a positive

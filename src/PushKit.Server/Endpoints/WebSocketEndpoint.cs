@@ -25,7 +25,7 @@ internal static class WebSocketEndpoint
             return;
         }
 
-        var session = await SessionAuthenticator.AuthenticateAsync(context, sessions).ConfigureAwait(false);
+        var session = await SessionAuthenticator.AuthenticateAsync(context, sessions, connecting: true).ConfigureAwait(false);
         if (session is null)
         {
             return;
@@ -43,7 +43,11 @@ internal static class SessionAuthenticator
     /// <param name="context">The request.</param>
     /// <param name="sessions">The sessions.</param>
     /// <param name="allowEnded">Also return a session that has ended but is still delivering its close.</param>
-    public static async ValueTask<PushSession?> AuthenticateAsync(HttpContext context, PushSessionManager sessions, bool allowEnded = false)
+    /// <param name="connecting">
+    /// The request opens a connection: also return a session that the server ended and that holds its close for the
+    /// client (<see cref="PushSession.HoldsClose"/>), so that the connection carries that close.
+    /// </param>
+    public static async ValueTask<PushSession?> AuthenticateAsync(HttpContext context, PushSessionManager sessions, bool allowEnded = false, bool connecting = false)
     {
         // The query is read in place rather than through Request.Query, which would build a dictionary for every
         // POST (an ack mostly) and keep it for the whole life of a long-lived connection.
@@ -72,7 +76,7 @@ internal static class SessionAuthenticator
         }
 
         var session = sessions.Find(sessionId);
-        if (session is null || (session.State == PushChannelState.Closed && !allowEnded))
+        if (session is null || (session.State == PushChannelState.Closed && !allowEnded && !(connecting && session.HoldsClose)))
         {
             await HttpErrors.WriteAsync(context, StatusCodes.Status404NotFound, PushErrorCodes.SessionNotFound,
                 "No such session: it never existed, expired or was closed. Negotiate a new one.").ConfigureAwait(false);

@@ -31,6 +31,12 @@ internal sealed partial class PushSession : IPushSession
     private string? _transport;
     private System.Collections.Concurrent.ConcurrentDictionary<object, object?>? _items;
     private int _startNotified;
+
+    // Set when the server ended the session (application close, slow consumer): the session stays findable, holding
+    // only its close, for a client that comes back within the resume window. Without it, that client would find no
+    // session and quietly start a new one, as if the server had never ended this one. (A bool fits the padding after
+    // the ints above: it costs an idle connection nothing.)
+    private bool _holdsClose;
     private IPushTransportConnection? _connection;
     private Connections.HttpServerConnection? _httpConnection;
 
@@ -150,6 +156,15 @@ internal sealed partial class PushSession : IPushSession
         }
     }
 
+    /// <summary>
+    /// Whether the session was ended by the server and is kept, for the rest of the resume window, so that a client
+    /// coming back hears the close it missed (1000 or 4429) instead of 404.
+    /// </summary>
+    internal bool HoldsClose => Volatile.Read(ref _holdsClose);
+
+    /// <summary>Whether the session has ended: a hint without a lock, for a broadcast to skip it cheaply.</summary>
+    internal bool HasEnded => Volatile.Read(ref Unsafe.As<PushChannelState, int>(ref _state)) == (int)PushChannelState.Closed;
+
     /// <summary>The session's latest SSE or long-polling connection, which POSTs to <c>{base}/send</c> feed.</summary>
     internal Connections.HttpServerConnection? HttpConnection => Volatile.Read(ref _httpConnection);
 
@@ -198,10 +213,11 @@ internal sealed partial class PushSession : IPushSession
                 replaced = live;
             }
 
-            if (_state == PushChannelState.Closed)
+            if (_state == PushChannelState.Closed && !_holdsClose)
             {
                 // Ended since the poll looked: a new connection would have nothing to carry but a close, and nothing
-                // would keep the session findable for the poll that collects it.
+                // would keep the session findable for the poll that collects it. (A session that holds its close for
+                // a returning client is kept until a connection has carried it.)
                 created = false;
                 return null;
             }
@@ -280,7 +296,7 @@ internal sealed partial class PushSession : IPushSession
     private PushChannelClosedException EndAsSlowConsumer(PushBufferFullException ex)
     {
         Log.SlowConsumer(_logger, SessionId, ex.Message);
-        End(PushCloseCode.Overloaded, "The client does not keep up: its buffer of unacknowledged messages is full.");
+        End(PushCloseCode.Overloaded, "The client does not keep up: its buffer of unacknowledged messages is full.", holdClose: true);
         return new PushChannelClosedException($"Session {SessionId} was ended: {ex.Message}", PushCloseCode.Overloaded, ex);
     }
 
@@ -304,7 +320,7 @@ internal sealed partial class PushSession : IPushSession
 
     public Task CloseAsync(CancellationToken cancellationToken = default)
     {
-        End(PushCloseCode.Normal, "The server closed the session.");
+        End(PushCloseCode.Normal, "The server closed the session.", holdClose: true);
         return Task.CompletedTask;
     }
 
@@ -334,6 +350,10 @@ internal sealed partial class PushSession : IPushSession
         // Set once the connection carries the session (counted in the metrics until it ends).
         var counted = false;
         long connectedAt = 0;
+
+        // Whether this connection told its client that the session ended (a session that holds its close keeps it
+        // until one has).
+        var carriedClose = false;
         try
         {
             Task<ConnectionEnd> run;
@@ -364,9 +384,10 @@ internal sealed partial class PushSession : IPushSession
 
                 if (State == PushChannelState.Closed)
                 {
-                    // The session ended while this connection was being set up. Its engine is shut down (or is about to
-                    // be, and then closes this connection itself): it sends the close the session ended with, so the
-                    // client hears 1000 after an application close, not that its session has vanished. In the moment
+                    // The session ended while this connection was being set up, or before it came and the session
+                    // held its close for it (HoldsClose). Its engine is shut down (or is about to be, and then closes
+                    // this connection itself): it sends the close the session ended with, so the client hears 1000
+                    // after an application close, not that its session has vanished. In the moment
                     // before the engine is shut down, a previous connection may still be live: it is about to be
                     // closed, so wait for that first (the engine takes one live connection at a time).
                     Task<ConnectionEnd>? previous;
@@ -436,6 +457,7 @@ internal sealed partial class PushSession : IPushSession
 
             var end = await run.ConfigureAwait(false);
             counted = false;
+            carriedClose = end.Kind == ConnectionEndKind.ClosedLocally && Engine.IsClosed;
             _manager.Metrics.ConnectionEnded(connection.TransportName, connectedAt, end.Kind);
             var stillCurrent = false;
             lock (_stateGate)
@@ -491,7 +513,13 @@ internal sealed partial class PushSession : IPushSession
             lock (_stateGate)
             {
                 _attaching--;
-                remove = _state == PushChannelState.Closed && _run is null && _attaching == 0;
+                remove = _state == PushChannelState.Closed && _run is null && _attaching == 0 && (carriedClose || !_holdsClose);
+                if (_state == PushChannelState.Closed && _holdsClose && !carriedClose)
+                {
+                    // The close may not have reached the client: keep it for a whole resume window from now.
+                    _disconnectedAt = _manager.TimeProvider.GetTimestamp();
+                }
+
                 if (_run is null)
                 {
                     // No connection carries the session (this one never became its run, or has ended).
@@ -509,12 +537,32 @@ internal sealed partial class PushSession : IPushSession
     }
 
     /// <summary>Ends the session for good: fails unacknowledged sends, closes the connection, removes the session.</summary>
-    public void End(PushCloseCode code, string reason)
+    /// <param name="code">Why, as the client hears it.</param>
+    /// <param name="reason">Why, in words.</param>
+    /// <param name="holdClose">
+    /// The server ended the session: keep it, holding only its close, until a connection has carried that close to
+    /// the client or the resume window has passed (<see cref="ForgetIfDue"/>).
+    /// </param>
+    public void End(PushCloseCode code, string reason, bool holdClose = false)
     {
-        if (!SetState(PushChannelState.Closed, code, reason))
+        PushChannelState previous;
+        lock (_stateGate)
         {
-            return;
+            previous = _state;
+            if (previous == PushChannelState.Closed)
+            {
+                return;
+            }
+
+            _state = PushChannelState.Closed;
+            if (holdClose)
+            {
+                Volatile.Write(ref _holdsClose, true);
+                _disconnectedAt = _manager.TimeProvider.GetTimestamp();
+            }
         }
+
+        RaiseStateChanged(new PushChannelStateChangedEventArgs(previous, PushChannelState.Closed, code, reason));
 
         // An overloaded session's client is asked to wait a little before it comes back with a new one.
         int? retryAfterMs = code == PushCloseCode.Overloaded ? 5_000 : null;
@@ -537,7 +585,28 @@ internal sealed partial class PushSession : IPushSession
             _ = CutIfStuckAsync(live, connection);
         }
 
-        _manager.OnSessionEnded(this, code, remove: !connected);
+        _manager.OnSessionEnded(this, code, remove: !connected && !holdClose);
+    }
+
+    /// <summary>
+    /// Removes a session that holds its close (<see cref="HoldsClose"/>) once no connection is carrying it and the
+    /// resume window has passed since it ended or since its last connection did: a client that has not come back by
+    /// then treats its session as gone anyway.
+    /// </summary>
+    /// <returns>Whether the session was removed.</returns>
+    internal bool ForgetIfDue(TimeSpan resumeWindow)
+    {
+        lock (_stateGate)
+        {
+            if (_state != PushChannelState.Closed || !_holdsClose || _run is not null || _attaching > 0
+                || _manager.TimeProvider.GetElapsedTime(_disconnectedAt) <= resumeWindow)
+            {
+                return false;
+            }
+        }
+
+        _manager.Remove(this);
+        return true;
     }
 
     private static async Task CutIfStuckAsync(Task<ConnectionEnd> run, IPushTransportConnection connection)

@@ -132,12 +132,22 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
 
     public IEnumerable<PushSession> ForUser(string userId) => _store.ForUser(userId);
 
-    /// <summary>Ends the sessions that have had no connection for longer than the resume window.</summary>
+    /// <summary>
+    /// Ends the sessions that have had no connection for longer than the resume window, and forgets the ended ones that
+    /// held their close that long (<see cref="PushSession.HoldsClose"/>).
+    /// </summary>
     public int ExpireIdleSessions()
     {
         var expired = 0;
         foreach (var session in _store.All())
         {
+            if (session.HasEnded)
+            {
+                // Ended already: what is left is a close held for a returning client, forgotten after the window.
+                session.ForgetIfDue(Options.ResumeWindow);
+                continue;
+            }
+
             var since = session.DisconnectedAt;
             if (since != 0 && TimeProvider.GetElapsedTime(since) > Options.ResumeWindow)
             {

@@ -1,0 +1,159 @@
+using System.Net;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Time.Testing;
+using PushKit.IntegrationTests.Infrastructure;
+using PushKit.Server;
+using PushKit.Server.Sessions;
+
+namespace PushKit.IntegrationTests;
+
+/// <summary>
+/// A session the server ends while its client is away (between connections) keeps its close for the rest of the
+/// resume window: the client that comes back hears 1000 (or 4429) instead of finding no session and quietly starting
+/// a new one, as if the server had never ended it.
+/// </summary>
+public class HeldCloseTests
+{
+    [Theory]
+    [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
+    public async Task A_client_that_comes_back_after_the_server_closed_its_session_is_closed_not_given_a_new_session(string transport)
+    {
+        var time = new FakeTimeProvider();
+        var collector = new Collector();
+        await using var server = await PushTestServer.StartAsync(
+            push => push.AddCollector(collector),
+            o => o.ResumeWindow = TimeSpan.FromMinutes(2),
+            configureBuilder: b => b.Services.AddSingleton<TimeProvider>(time));
+        await using var proxy = new ChaosProxy(server.Root);
+        var client = await server.ConnectClientAsync(transport, o =>
+        {
+            o.Url = proxy.PushUrl;
+            o.ReconnectDelay = TimeSpan.FromMilliseconds(20);
+            o.MaxReconnectDelay = TimeSpan.FromMilliseconds(200);
+            o.ConnectTimeout = TimeSpan.FromSeconds(3);
+        });
+        var sessionId = client.SessionId!;
+        var session = server.Sessions.FindSession(sessionId)!;
+        var manager = server.Services.GetRequiredService<PushSessionManager>();
+
+        // The client is away: its connection is cut and it cannot get back yet.
+        proxy.RefuseNew = true;
+        var reconnecting = client.NextStateAsync(PushChannelState.Reconnecting);
+        proxy.CutAll();
+        await reconnecting.WaitAsync(TestTimeouts.Default);
+        await WaitForDisconnectedAsync(session, time);
+
+        // Meanwhile the application closes the session (a user logged out elsewhere, an administrator's kick).
+        await session.CloseAsync();
+        Assert.Equal(PushCloseCode.Normal, await collector.Ended.Task.WaitAsync(TestTimeouts.Default));
+        Assert.Null(server.Sessions.FindSession(sessionId));
+
+        // The client ends up Closed with 1000, on its own session; it used to get 404, start a new session and report
+        // Connected with IsSessionReset.
+        var outcome = new TaskCompletionSource<PushChannelStateChangedEventArgs>(TaskCreationOptions.RunContinuationsAsynchronously);
+        client.StateChanged += (_, e) =>
+        {
+            if (e.CurrentState == PushChannelState.Closed || e.IsSessionReset)
+            {
+                outcome.TrySetResult(e);
+            }
+        };
+        proxy.RefuseNew = false;
+
+        var end = await outcome.Task.WaitAsync(TestTimeouts.Default);
+        Assert.False(end.IsSessionReset, "the client started a new session: " + end.Reason);
+        Assert.Equal(PushChannelState.Closed, end.CurrentState);
+        Assert.Equal(PushCloseCode.Normal, end.CloseCode);
+        Assert.Equal(sessionId, client.SessionId);
+
+        // Once a connection has carried the close, the session is gone: a later attempt gets 404.
+        await Eventually.TrueAsync(() => manager.Find(sessionId) is null);
+        Assert.Empty(manager.All());
+    }
+
+    [Fact]
+    public async Task A_held_close_is_forgotten_when_the_resume_window_has_passed()
+    {
+        var time = new FakeTimeProvider();
+        await using var server = await PushTestServer.StartAsync(
+            options: o => o.ResumeWindow = TimeSpan.FromMinutes(2),
+            configureBuilder: b => b.Services.AddSingleton<TimeProvider>(time));
+        var manager = server.Services.GetRequiredService<PushSessionManager>();
+        var (sessionId, _, _) = await server.NegotiateRawAsync();
+        var session = manager.Find(sessionId)!;
+
+        await session.CloseAsync();
+
+        // Held, but hidden from the application: it has ended.
+        Assert.Same(session, manager.Find(sessionId));
+        Assert.Null(server.Sessions.FindSession(sessionId));
+        Assert.Empty(server.Sessions.GetSessions());
+        Assert.Equal(0, await server.Sender.BroadcastAsync(PushMessage.FromString("to nobody")).AsTask().WaitAsync(TestTimeouts.Default));
+
+        time.Advance(TimeSpan.FromMinutes(1));
+        Assert.Equal(0, manager.ExpireIdleSessions());
+        Assert.Same(session, manager.Find(sessionId));
+
+        time.Advance(TimeSpan.FromMinutes(1) + TimeSpan.FromSeconds(1));
+        manager.ExpireIdleSessions();
+        Assert.Null(manager.Find(sessionId));
+    }
+
+    [Fact]
+    public async Task A_client_that_comes_back_after_its_session_ended_as_a_slow_consumer_hears_4429_with_its_retry_hint_once()
+    {
+        await using var server = await PushTestServer.StartAsync(options: o =>
+        {
+            o.MaxBufferedMessagesPerSession = 2;
+            o.BufferFullPolicy = PushBufferFullPolicy.Disconnect;
+        });
+        var manager = server.Services.GetRequiredService<PushSessionManager>();
+        var (sessionId, secret, _) = await server.NegotiateRawAsync();
+
+        // Never connected: the session's buffer fills up and the session ends as a slow consumer.
+        for (var i = 0; i < 3; i++)
+        {
+            await server.Sender.BroadcastAsync(PushMessage.FromString("m" + i)).AsTask().WaitAsync(TestTimeouts.Default);
+        }
+
+        await using (var socket = await RawSocket.ConnectAsync(server.WebSocketUrl(sessionId, secret), sessionId, secret))
+        {
+            var (status, closeFrame) = await socket.ReceiveCloseAsync();
+            Assert.Equal((int)PushCloseCode.Overloaded, status);
+            Assert.Contains("\"code\":4429", closeFrame, StringComparison.Ordinal);
+            Assert.Contains("\"retryAfterMs\":5000", closeFrame, StringComparison.Ordinal);
+        }
+
+        // Told once: the session is gone afterwards.
+        await Eventually.TrueAsync(() => manager.Find(sessionId) is null);
+        using var request = new HttpRequestMessage(HttpMethod.Get, new Uri(server.BaseUrl + $"/sse?session={Uri.EscapeDataString(sessionId)}&secret={Uri.EscapeDataString(secret)}"));
+        using var response = await server.Http.SendAsync(request).WaitAsync(TestTimeouts.Default);
+        Assert.Equal(HttpStatusCode.NotFound, response.StatusCode);
+    }
+
+    [Fact]
+    public async Task A_client_that_closed_its_own_session_leaves_nothing_held()
+    {
+        var collector = new Collector();
+        await using var server = await PushTestServer.StartAsync(push => push.AddCollector(collector));
+        var manager = server.Services.GetRequiredService<PushSessionManager>();
+        var client = await server.ConnectClientAsync("websocket");
+        var sessionId = client.SessionId!;
+
+        await client.CloseAsync().WaitAsync(TestTimeouts.Default);
+
+        Assert.Equal(PushCloseCode.Normal, await collector.Ended.Task.WaitAsync(TestTimeouts.Default));
+        await Eventually.TrueAsync(() => manager.Find(sessionId) is null);
+    }
+
+    private static async Task WaitForDisconnectedAsync(IPushSession session, FakeTimeProvider time)
+    {
+        // A reset socket is noticed at once; long-polling when polls stop coming, which the fake clock hurries.
+        if (session.State != PushChannelState.Disconnected)
+        {
+            time.Advance(TimeSpan.FromSeconds(40));
+        }
+
+        await Eventually.TrueAsync(() => session.State == PushChannelState.Disconnected);
+    }
+}
