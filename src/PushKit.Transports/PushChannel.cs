@@ -58,6 +58,9 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
     private bool _reporting;
     private readonly ResiliencePipeline _reconnect;
 
+    // Numbers the attempts of the reconnect under way, for the log (one run loop at a time uses it).
+    private int _reconnectAttempt;
+
     public PushChannel(PushClientOptions options, ILoggerFactory loggerFactory)
     {
         // A snapshot: the builder (or the DI options) may go on being changed, or build other channels.
@@ -226,20 +229,20 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
             {
                 try
                 {
-                    var (connection, reason) = await OpenTransportsAsync(session, linked.Token).ConfigureAwait(false);
+                    var (connection, reason) = await OpenTransportsAsync(session, resume, linked.Token).ConfigureAwait(false);
                     return (connection, "Resumed: " + reason);
                 }
                 catch (PushConnectException ex) when (ex.ErrorCode == PushErrorCodes.SessionNotFound)
                 {
                     // The server no longer has the session (expired, or the server restarted): start a new one.
                     Log.SessionNotResumed(_logger, session.SessionId, ex.Message);
-                    var (connection, reason) = await StartNewSessionAsync(linked.Token).ConfigureAwait(false);
+                    var (connection, reason) = await StartNewSessionAsync(resume, linked.Token).ConfigureAwait(false);
                     _pendingSessionReset = true;
                     return (connection, $"Not resumed: session {session.SessionId} is gone on the server ({PushErrorCodes.SessionNotFound}); started session {SessionId}. Messages sent to the old session and not yet received are lost. {reason}");
                 }
             }
 
-            return await StartNewSessionAsync(linked.Token).ConfigureAwait(false);
+            return await StartNewSessionAsync(resume, linked.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException ex) when (timeout.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
         {
@@ -248,7 +251,9 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
     }
 
     /// <summary>Negotiates a new session, moves any unacknowledged sends over to it, and opens a transport.</summary>
-    private async Task<(IPushTransportConnection Connection, string Reason)> StartNewSessionAsync(CancellationToken cancellationToken)
+    /// <param name="reconnecting">Part of a reconnect attempt, which logs its own failure (see <see cref="OpenTransportsAsync"/>).</param>
+    /// <param name="cancellationToken">Ends the attempt.</param>
+    private async Task<(IPushTransportConnection Connection, string Reason)> StartNewSessionAsync(bool reconnecting, CancellationToken cancellationToken)
     {
         if (State == PushChannelState.Closed)
         {
@@ -276,7 +281,7 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
             // Received messages go straight into the receive queue while it has room.
             TryDeliverInline = inbound.TryWrite,
         };
-        var (connection, reason) = await OpenTransportsAsync(negotiated, cancellationToken).ConfigureAwait(false);
+        var (connection, reason) = await OpenTransportsAsync(negotiated, reconnecting, cancellationToken).ConfigureAwait(false);
 
         DeliveryEngine? previous;
         bool closed;
@@ -310,8 +315,16 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
     }
 
     /// <summary>Opens the first transport, in the client's order of preference, that the server offers and that works.</summary>
-    private async Task<(IPushTransportConnection Connection, string Reason)> OpenTransportsAsync(NegotiateResponse session, CancellationToken cancellationToken)
+    /// <param name="session">The session to open a connection for.</param>
+    /// <param name="reconnecting">
+    /// Part of a reconnect attempt: each skipped transport is logged at Debug, because the attempt's failure is logged
+    /// once, with every transport's reason (event 110); a server that stays away would otherwise add a line per
+    /// transport per attempt at Information.
+    /// </param>
+    /// <param name="cancellationToken">Ends the attempt.</param>
+    private async Task<(IPushTransportConnection Connection, string Reason)> OpenTransportsAsync(NegotiateResponse session, bool reconnecting, CancellationToken cancellationToken)
     {
+        var skippedLevel = reconnecting ? LogLevel.Debug : LogLevel.Information;
         var context = new PushTransportContext
         {
             BaseUrl = _options.Url!,
@@ -332,7 +345,7 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
             if (!session.Transports.Contains(transport.Name))
             {
                 failures.Add($"{transport.Name}: not offered by the server");
-                Log.TransportSkipped(_logger, transport.Name, "not offered by the server");
+                Log.TransportSkipped(_logger, skippedLevel, transport.Name, "not offered by the server");
                 continue;
             }
 
@@ -359,7 +372,7 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
                 }
 
                 failures.Add($"{transport.Name}: {ex.Message}");
-                Log.TransportSkipped(_logger, transport.Name, ex.Message);
+                Log.TransportSkipped(_logger, skippedLevel, transport.Name, ex.Message);
             }
         }
 
@@ -536,8 +549,9 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
                     await Task.Delay(ShortLivedBackoff(shortLived), _options.TimeProvider, lifetime).ConfigureAwait(false);
                 }
 
+                _reconnectAttempt = 0;
                 (connection, openedReason) = await _reconnect.ExecuteAsync(
-                    static async (state, token) => await state.OpenAttemptAsync(resume: true, token).ConfigureAwait(false),
+                    static async (state, token) => await state.ReconnectAttemptAsync(token).ConfigureAwait(false),
                     this,
                     lifetime).ConfigureAwait(false);
             }
@@ -561,6 +575,24 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
             var reset = _pendingSessionReset;
             _pendingSessionReset = false;
             SetState(PushChannelState.Connected, null, openedReason, null, reset);
+        }
+    }
+
+    /// <summary>
+    /// One attempt of the reconnect pipeline. Its failure is logged once, numbered, with every transport's reason: with
+    /// any pipeline (the application's own included), a server that stays away shows as one line per attempt.
+    /// </summary>
+    private async Task<(IPushTransportConnection Connection, string Reason)> ReconnectAttemptAsync(CancellationToken cancellationToken)
+    {
+        var attempt = ++_reconnectAttempt;
+        try
+        {
+            return await OpenAttemptAsync(resume: true, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (!cancellationToken.IsCancellationRequested && State != PushChannelState.Closed)
+        {
+            Log.ReconnectAttemptFailed(_logger, SessionId, attempt, ex.Message);
+            throw;
         }
     }
 
@@ -874,8 +906,11 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
         [LoggerMessage(100, LogLevel.Information, "Session {SessionId} connected over {Transport}")]
         public static partial void Connected(ILogger logger, string sessionId, string transport);
 
-        [LoggerMessage(101, LogLevel.Information, "Transport {Transport} skipped: {Reason}")]
-        public static partial void TransportSkipped(ILogger logger, string transport, string reason);
+        [LoggerMessage(EventId = 101, Message = "Transport {Transport} skipped: {Reason}")]
+        public static partial void TransportSkipped(ILogger logger, LogLevel level, string transport, string reason);
+
+        [LoggerMessage(110, LogLevel.Information, "Session {SessionId}: reconnect attempt {Attempt} failed: {Reason}")]
+        public static partial void ReconnectAttemptFailed(ILogger logger, string? sessionId, int attempt, string reason);
 
         [LoggerMessage(102, LogLevel.Warning, "Connecting to {Url} failed: {Reason}")]
         public static partial void ConnectFailed(ILogger logger, Uri? url, string reason);

@@ -83,4 +83,54 @@ public class ConnectErrorMessageTests
         Assert.Equal(LogLevel.Debug, cancelled.Level);
         Assert.Equal(PushChannelState.Disconnected, client.State);
     }
+
+    [Fact]
+    public async Task A_server_that_stays_away_shows_as_one_numbered_line_per_reconnect_attempt()
+    {
+        await using var server = await PushTestServer.StartAsync();
+        await using var proxy = new ChaosProxy(server.Root);
+        var logs = new FakeLogCollector();
+        using var loggerFactory = LoggerFactory.Create(b => b.SetMinimumLevel(LogLevel.Debug).AddProvider(new FakeLoggerProvider(logs)));
+        await using var client = new PushChannelBuilder()
+            .WithUrl(proxy.PushUrl)
+            .WithLogging(loggerFactory)
+            .Configure(o =>
+            {
+                o.ReconnectDelay = TimeSpan.FromMilliseconds(20);
+                o.MaxReconnectDelay = TimeSpan.FromMilliseconds(100);
+            })
+            .Build();
+        await client.ConnectAsync().WaitAsync(TestTimeouts.Default);
+        var sessionId = client.SessionId!;
+
+        // Away twice: the attempts of each outage are numbered from 1.
+        for (var outage = 0; outage < 2; outage++)
+        {
+            logs.Clear();
+            proxy.RefuseNew = true;
+            var reconnecting = client.NextStateAsync(PushChannelState.Reconnecting);
+            proxy.CutAll();
+            await reconnecting.WaitAsync(TestTimeouts.Default);
+            await Eventually.TrueAsync(() => logs.GetSnapshot().Count(r => r.Id.Id == 110) >= 3);
+            var connected = client.NextStateAsync(PushChannelState.Connected);
+            proxy.RefuseNew = false;
+            await connected.WaitAsync(TestTimeouts.Default);
+
+            var records = logs.GetSnapshot();
+            var attempts = records.Where(r => r.Id.Id == 110).ToList();
+            Assert.Equal([1, 2, 3], attempts.Take(3).Select(r => Convert.ToInt32(r.StructuredState!.Single(p => p.Key == "Attempt").Value, System.Globalization.CultureInfo.InvariantCulture)));
+            Assert.All(attempts, r =>
+            {
+                Assert.Equal(LogLevel.Information, r.Level);
+                Assert.Contains($"Session {sessionId}: reconnect attempt", r.Message, StringComparison.Ordinal);
+                Assert.Contains("No transport could connect", r.Message, StringComparison.Ordinal);
+            });
+
+            // Each transport's refusal is in the attempt's line; on its own it is a Debug detail.
+            Assert.Contains(records, r => r.Id.Id == 101);
+            Assert.All(records.Where(r => r.Id.Id == 101), r => Assert.Equal(LogLevel.Debug, r.Level));
+        }
+
+        Assert.Equal(sessionId, client.SessionId);
+    }
 }
