@@ -13,6 +13,12 @@ namespace PushKit.Server;
 public abstract class PushHandler
 {
     /// <summary>Called when a session connects for the first time.</summary>
+    /// <remarks>
+    /// The connection already carries the session during the call: messages sent to <paramref name="session"/> go out
+    /// at once, so the handler can await an acknowledged <see cref="IPushChannel.SendAsync"/> (a welcome, the history).
+    /// The client's messages are handled only after the call has returned (or thrown: an exception is logged, and the
+    /// session goes on).
+    /// </remarks>
     /// <param name="session">The session; its <see cref="IPushChannel.Transport"/> names the transport of that first connection.</param>
     /// <param name="cancellationToken">Signals that the connection ended.</param>
     public virtual ValueTask OnSessionStartedAsync(IPushSession session, CancellationToken cancellationToken) => default;

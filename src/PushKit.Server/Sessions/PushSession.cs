@@ -32,6 +32,10 @@ internal sealed partial class PushSession : IPushSession
     private System.Collections.Concurrent.ConcurrentDictionary<object, object?>? _items;
     private int _startNotified;
 
+    // Open while the start handler runs: the connection already carries the session (the handler's own sends go out
+    // and are acknowledged), but the client's messages wait until the handler has returned.
+    private TaskCompletionSource? _startGate;
+
     // Set when the server ended the session (application close, slow consumer): the session stays findable, holding
     // only its close, for a client that comes back within the resume window. Without it, that client would find no
     // session and quietly start a new one, as if the server had never ended this one. (A bool fits the padding after
@@ -354,6 +358,9 @@ internal sealed partial class PushSession : IPushSession
         // Whether this connection told its client that the session ended (a session that holds its close keeps it
         // until one has).
         var carriedClose = false;
+
+        // Set when this connection is the session's first, and the application's start handlers run on it.
+        TaskCompletionSource? startGate = null;
         try
         {
             Task<ConnectionEnd> run;
@@ -366,20 +373,6 @@ internal sealed partial class PushSession : IPushSession
                     // Replaced before it could take over (a second open=1 poll, a stream whose client left): the
                     // newer connection may have taken the lock first, and this older one must not supersede it.
                     return new ConnectionEnd(ConnectionEndKind.Lost, null, "Replaced by a newer connection before it took over.");
-                }
-
-                // The application hears of the session before its first message can arrive. Under the connection
-                // lock: a connection that arrives meanwhile waits, then takes over from this one, rather than carrying
-                // the session first and being superseded by this older one when the handler returns.
-                if (Interlocked.Exchange(ref _startNotified, 1) == 0 && State != PushChannelState.Closed)
-                {
-                    // The handler may want to know how the client came (it is cleared below if no run follows).
-                    lock (_stateGate)
-                    {
-                        _transport = connection.TransportName;
-                    }
-
-                    await _manager.OnSessionStartedAsync(this, cancellationToken).ConfigureAwait(false);
                 }
 
                 if (State == PushChannelState.Closed)
@@ -438,6 +431,15 @@ internal sealed partial class PushSession : IPushSession
                         Volatile.Write(ref _httpConnection, stream);
                     }
 
+                    // The first connection to carry the session tells the application (below, after the lock). Its
+                    // gate is shut before the run starts, so that no client message is handled before the handler
+                    // has returned.
+                    if (Interlocked.Exchange(ref _startNotified, 1) == 0 && _manager.HasHandlers)
+                    {
+                        startGate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                        Volatile.Write(ref _startGate, startGate);
+                    }
+
                     run = Engine.RunAsync(connection, cancellationToken);
                     connectedAt = _manager.Metrics.ConnectionStarted(connection.TransportName);
                     counted = true;
@@ -453,6 +455,21 @@ internal sealed partial class PushSession : IPushSession
             finally
             {
                 _connectionLock.Release();
+            }
+
+            if (startGate is not null)
+            {
+                // Outside the connection lock, while the connection runs: the handler may await an acknowledged send
+                // to this session (a welcome, the history), and a newer connection may take over meanwhile.
+                try
+                {
+                    await _manager.OnSessionStartedAsync(this, cancellationToken).ConfigureAwait(false);
+                }
+                finally
+                {
+                    Volatile.Write(ref _startGate, null);
+                    startGate.TrySetResult();
+                }
             }
 
             var end = await run.ConfigureAwait(false);
@@ -623,6 +640,12 @@ internal sealed partial class PushSession : IPushSession
 
     private async ValueTask DeliverAsync(PushMessage message, CancellationToken cancellationToken)
     {
+        if (Volatile.Read(ref _startGate) is { } startGate)
+        {
+            // The start handler is still running: it has finished before the first client message is handled.
+            await startGate.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+
         // Idempotent sends: a message id applied before in this scope is acknowledged but not applied again. The id
         // is recorded only once the message was handed over: if that is interrupted, the replay must still count.
         var recent = message.Id is null ? null : _manager.RecentIds(this);

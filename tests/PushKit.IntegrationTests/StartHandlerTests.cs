@@ -1,0 +1,81 @@
+using Microsoft.Extensions.DependencyInjection;
+using PushKit.IntegrationTests.Infrastructure;
+using PushKit.Server;
+using PushKit.Server.Sessions;
+
+namespace PushKit.IntegrationTests;
+
+/// <summary>
+/// <see cref="PushHandler.OnSessionStartedAsync"/> runs while the session's first connection already carries it: the
+/// handler can await an acknowledged send (a welcome, the history), and the client's messages wait until it returns.
+/// </summary>
+public class StartHandlerTests
+{
+    [Theory]
+    [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
+    public async Task A_start_handler_can_await_an_acknowledged_send_to_its_session(string transport)
+    {
+        var welcome = new WelcomeHandler.Outcome();
+        await using var server = await PushTestServer.StartAsync(
+            push =>
+            {
+                push.Services.AddSingleton(welcome);
+                push.AddHandler<WelcomeHandler>();
+            },
+            // The send used to wait for its ack until this timed out: the connection started only after the handler.
+            o => o.AckTimeout = TimeSpan.FromSeconds(10));
+
+        var client = await server.ConnectClientAsync(transport);
+
+        var received = await client.ReadAsync(1);
+        Assert.Equal("welcome", received[0].GetString());
+        await welcome.Sent.Task.WaitAsync(TestTimeouts.Default);
+    }
+
+    [Theory]
+    [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
+    public async Task A_client_message_that_arrives_during_the_start_handler_is_handled_after_it_returns(string transport)
+    {
+        var hold = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var collector = new Collector { HoldStart = hold };
+        await using var server = await PushTestServer.StartAsync(push => push.AddCollector(collector));
+        var client = server.CreateClient(o =>
+        {
+            o.Transports.Clear();
+            o.Transports.Add(Transports.ByName(transport));
+        });
+        await client.ConnectAsync().WaitAsync(TestTimeouts.Default);
+        var session = (PushSession)await collector.Started.Task.WaitAsync(TestTimeouts.Default);
+
+        // The message reaches the session while the start handler still runs, and waits there.
+        var send = client.SendStringAsync("first").AsTask();
+        await Eventually.TrueAsync(() => session.Engine.ReceivedThrough >= 1);
+        Assert.Equal(0, collector.Count);
+        Assert.False(send.IsCompleted);
+
+        hold.SetResult();
+        await send.WaitAsync(TestTimeouts.Default);
+        Assert.Equal(["first"], (await collector.TakeAsync(1)).Select(m => m.GetString()));
+    }
+
+    private sealed class WelcomeHandler(WelcomeHandler.Outcome outcome) : PushHandler
+    {
+        public override async ValueTask OnSessionStartedAsync(IPushSession session, CancellationToken cancellationToken)
+        {
+            try
+            {
+                await session.SendAsync(PushMessage.FromString("welcome"), cancellationToken);
+                outcome.Sent.TrySetResult();
+            }
+            catch (Exception ex)
+            {
+                outcome.Sent.TrySetException(ex);
+            }
+        }
+
+        public sealed class Outcome
+        {
+            public TaskCompletionSource Sent { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        }
+    }
+}
