@@ -360,7 +360,7 @@ internal sealed partial class PushSession : IPushSession
         var carriedClose = false;
 
         // Set when this connection is the session's first, and the application's start handlers run on it.
-        TaskCompletionSource? startGate = null;
+        var notifyStart = false;
         try
         {
             Task<ConnectionEnd> run;
@@ -436,8 +436,8 @@ internal sealed partial class PushSession : IPushSession
                     // has returned.
                     if (Interlocked.Exchange(ref _startNotified, 1) == 0 && _manager.HasHandlers)
                     {
-                        startGate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-                        Volatile.Write(ref _startGate, startGate);
+                        notifyStart = true;
+                        Volatile.Write(ref _startGate, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
                     }
 
                     run = Engine.RunAsync(connection, cancellationToken);
@@ -457,19 +457,12 @@ internal sealed partial class PushSession : IPushSession
                 _connectionLock.Release();
             }
 
-            if (startGate is not null)
+            if (notifyStart)
             {
-                // Outside the connection lock, while the connection runs: the handler may await an acknowledged send
-                // to this session (a welcome, the history), and a newer connection may take over meanwhile.
-                try
-                {
-                    await _manager.OnSessionStartedAsync(this, cancellationToken).ConfigureAwait(false);
-                }
-                finally
-                {
-                    Volatile.Write(ref _startGate, null);
-                    startGate.TrySetResult();
-                }
+                // Beside the connection's run, not before it: the handler may await an acknowledged send to this
+                // session (a welcome, the history), and a newer connection may take over meanwhile. (Not awaited here:
+                // an await would grow the state machine that every idle connection keeps.)
+                _ = NotifyStartedAsync(cancellationToken);
             }
 
             var end = await run.ConfigureAwait(false);
@@ -635,6 +628,25 @@ internal sealed partial class PushSession : IPushSession
         catch (TimeoutException)
         {
             connection.Abort();
+        }
+    }
+
+    /// <summary>Runs the application's start handlers, then lets the client's messages through.</summary>
+    private async Task NotifyStartedAsync(CancellationToken cancellationToken)
+    {
+        // Off the attaching request's thread: the handlers' synchronous part must not delay the connection.
+        await Task.Yield();
+        try
+        {
+            await _manager.OnSessionStartedAsync(this, cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            // The first connection ended during the handler: its messages are replayed on the next one.
+        }
+        finally
+        {
+            Interlocked.Exchange(ref _startGate, null)?.TrySetResult();
         }
     }
 
