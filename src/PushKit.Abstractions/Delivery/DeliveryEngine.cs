@@ -1046,14 +1046,17 @@ internal sealed partial class DeliveryEngine
                 }
 
                 await ring.ConfigureAwait(false);
-                if (ackDelay > TimeSpan.Zero && OnlyAnAckIsDue(run))
-                {
-                    await HoldAckAsync(run, ackDelay).ConfigureAwait(false);
-                }
 
                 // Flush everything that is due, in batches.
                 while (true)
                 {
+                    // Checked before every batch, not only after a wake: an ack that fell due while the previous batch
+                    // was being sent (an SSE POST takes a round trip) is held like any other, not sent at once.
+                    if (ackDelay > TimeSpan.Zero && OnlyAnAckIsDue(run))
+                    {
+                        await HoldAckAsync(run, ackDelay).ConfigureAwait(false);
+                    }
+
                     output.Reset();
                     FillBatch(run, output);
                     if (output.WrittenCount == 0)
