@@ -17,7 +17,9 @@ public abstract class PushHandler
     /// The connection already carries the session during the call: messages sent to <paramref name="session"/> go out
     /// at once, so the handler can await an acknowledged <see cref="IPushChannel.SendAsync"/> (a welcome, the history).
     /// The client's messages are handled only after the call has returned (or thrown: an exception is logged, and the
-    /// session goes on).
+    /// session goes on); if the call closed the session, they are not handed over. While they wait, the connection
+    /// queues at most 64 of them and then stops reading (acknowledgements included): an acknowledged send awaited here
+    /// while the client has sent more than that completes only at <c>AckTimeout</c>.
     /// </remarks>
     /// <param name="session">The session; its <see cref="IPushChannel.Transport"/> names the transport of that first connection.</param>
     /// <param name="cancellationToken">Signals that the connection ended.</param>

@@ -364,7 +364,7 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
                     : $"Connected over {transport.Name}; skipped {string.Join("; ", failures)}.";
                 return (connection, reason);
             }
-            catch (Exception ex) when (ex is PushConnectException or HttpRequestException or IOException or System.Net.WebSockets.WebSocketException or PushProtocolException)
+            catch (Exception ex) when (ex is PushConnectException or HttpRequestException or IOException or System.Net.Sockets.SocketException or System.Net.WebSockets.WebSocketException or PushProtocolException)
             {
                 if (ex is PushConnectException { ErrorCode: PushErrorCodes.SessionNotFound })
                 {

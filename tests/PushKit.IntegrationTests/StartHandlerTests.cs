@@ -58,6 +58,35 @@ public class StartHandlerTests
         Assert.Equal(["first"], (await collector.TakeAsync(1)).Select(m => m.GetString()));
     }
 
+    [Theory]
+    [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
+    public async Task A_client_message_waiting_for_a_start_handler_that_turns_the_client_away_is_never_handled(string transport)
+    {
+        var hold = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var collector = new Collector { HoldStart = hold };
+        await using var server = await PushTestServer.StartAsync(push => push.AddCollector(collector));
+        var client = server.CreateClient(o =>
+        {
+            o.Transports.Clear();
+            o.Transports.Add(Transports.ByName(transport));
+        });
+        var closed = client.NextStateAsync(PushChannelState.Closed);
+        await client.ConnectAsync().WaitAsync(TestTimeouts.Default);
+        var session = (PushSession)await collector.Started.Task.WaitAsync(TestTimeouts.Default);
+        _ = client.SendStringAsync("first").AsTask();
+        await Eventually.TrueAsync(() => session.Engine.ReceivedThrough >= 1);
+
+        // The handler turns the client away, then returns.
+        await session.CloseAsync();
+        hold.SetResult();
+
+        Assert.Equal(PushCloseCode.Normal, (await closed.WaitAsync(TestTimeouts.Default)).CloseCode);
+
+        // Once the connection's run is over, its deliveries are too: the message was not handed over.
+        await Eventually.TrueAsync(() => session.CurrentRun is null);
+        Assert.Equal(0, collector.Count);
+    }
+
     private sealed class WelcomeHandler(WelcomeHandler.Outcome outcome) : PushHandler
     {
         public override async ValueTask OnSessionStartedAsync(IPushSession session, CancellationToken cancellationToken)

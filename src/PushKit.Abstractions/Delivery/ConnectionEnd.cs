@@ -23,7 +23,11 @@ internal enum ConnectionEndKind
 /// session: a WebSocket Close without a status (1005, a browser's <c>ws.close()</c>) reaches .NET as 1000, so a
 /// WebSocket status of 1000 alone cannot be told from a close that must leave the session resumable.
 /// </param>
-internal sealed record ConnectionEnd(ConnectionEndKind Kind, PushCloseCode? Code, string? Reason, int? RetryAfterMs = null, Exception? Error = null, bool FromFrame = false)
+/// <param name="CloseAnswered">
+/// This side sent a close and the peer closed the connection after it: the close reached the peer. (Without an answer
+/// it may not have: an HTTP transport's peer never answers, and a cut connection cannot.)
+/// </param>
+internal sealed record ConnectionEnd(ConnectionEndKind Kind, PushCloseCode? Code, string? Reason, int? RetryAfterMs = null, Exception? Error = null, bool FromFrame = false, bool CloseAnswered = false)
 {
     public override string ToString() => $"{Kind} {Code?.ToString() ?? "-"} {Reason}";
 }

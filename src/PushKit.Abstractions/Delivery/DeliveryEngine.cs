@@ -470,6 +470,7 @@ internal sealed partial class DeliveryEngine
             // Shut down while this connection was being set up: the peer hears why, as a connection that was live at
             // the time did, rather than finding the session gone when it comes back.
             await SendFinalCloseAsync(connection, finalClose, cancellationToken).ConfigureAwait(false);
+            var answered = false;
             if (connection is WebSocketTransportConnection)
             {
                 // Let the peer answer before the connection is dropped: torn down at once, with the peer's data unread,
@@ -478,10 +479,10 @@ internal sealed partial class DeliveryEngine
                 // Socket-level grace: real time, whatever clock the session runs on.
                 using var grace = new CancellationTokenSource(s_closeGrace, TimeProvider.System);
                 using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, grace.Token);
-                await DrainAsync(connection, linked.Token).ConfigureAwait(false);
+                answered = await DrainAsync(connection, linked.Token).ConfigureAwait(false);
             }
 
-            return new ConnectionEnd(ConnectionEndKind.ClosedLocally, finalClose.Code, finalClose.Reason, finalClose.RetryAfterMs);
+            return new ConnectionEnd(ConnectionEndKind.ClosedLocally, finalClose.Code, finalClose.Reason, finalClose.RetryAfterMs, CloseAnswered: answered);
         }
 
         if (replayed > 0)
@@ -536,7 +537,7 @@ internal sealed partial class DeliveryEngine
         if (end.Kind == ConnectionEndKind.ClosedByPeer && run.LocalClose is { SendFrame: true } initiated)
         {
             // This side started the close; the peer's close is only its answer.
-            end = new ConnectionEnd(ConnectionEndKind.ClosedLocally, initiated.Code, initiated.Reason, initiated.RetryAfterMs);
+            end = new ConnectionEnd(ConnectionEndKind.ClosedLocally, initiated.Code, initiated.Reason, initiated.RetryAfterMs, CloseAnswered: true);
         }
 
         // Messages already received are still handed to the application: after an orderly close from the peer the
@@ -608,7 +609,8 @@ internal sealed partial class DeliveryEngine
     /// After sending a close, reads and discards until the peer answers it (or <paramref name="token"/> ends the wait:
     /// the grace period), so that the close frame is not lost to a connection reset.
     /// </summary>
-    private static async Task DrainAsync(IPushTransportConnection connection, CancellationToken token)
+    /// <returns>Whether the peer closed the connection (answered a close), rather than the wait ending otherwise.</returns>
+    private static async Task<bool> DrainAsync(IPushTransportConnection connection, CancellationToken token)
     {
         var scratch = new ArrayBufferWriter<byte>(4096);
         try
@@ -617,10 +619,13 @@ internal sealed partial class DeliveryEngine
             {
                 scratch.ResetWrittenCount();
             }
+
+            return true;
         }
         catch (Exception ex) when (ex is not OutOfMemoryException)
         {
             // Cancelled by the grace period, reset by the peer, or more oversize data: the connection is done either way.
+            return false;
         }
     }
 

@@ -355,8 +355,9 @@ internal sealed partial class PushSession : IPushSession
         var counted = false;
         long connectedAt = 0;
 
-        // Whether this connection told its client that the session ended (a session that holds its close keeps it
-        // until one has).
+        // Whether this connection's client is known to have heard that the session ended: it answered the close (a
+        // WebSocket's close handshake). A session that holds its close keeps it until then, or for the resume window:
+        // on SSE and long-polling, and on a connection cut before the answer, the close may have been lost.
         var carriedClose = false;
 
         // Set when this connection is the session's first, and the application's start handlers run on it.
@@ -467,7 +468,7 @@ internal sealed partial class PushSession : IPushSession
 
             var end = await run.ConfigureAwait(false);
             counted = false;
-            carriedClose = end.Kind == ConnectionEndKind.ClosedLocally && Engine.IsClosed;
+            carriedClose = end.CloseAnswered && Engine.IsClosed;
             _manager.Metrics.ConnectionEnded(connection.TransportName, connectedAt, end.Kind);
             var stillCurrent = false;
             lock (_stateGate)
@@ -550,8 +551,8 @@ internal sealed partial class PushSession : IPushSession
     /// <param name="code">Why, as the client hears it.</param>
     /// <param name="reason">Why, in words.</param>
     /// <param name="holdClose">
-    /// The server ended the session: keep it, holding only its close, until a connection has carried that close to
-    /// the client or the resume window has passed (<see cref="ForgetIfDue"/>).
+    /// The server ended the session: keep it, holding only its close, until the client has answered that close (a
+    /// WebSocket close handshake) or the resume window has passed (<see cref="ForgetIfDue"/>).
     /// </param>
     public void End(PushCloseCode code, string reason, bool holdClose = false)
     {
@@ -644,6 +645,16 @@ internal sealed partial class PushSession : IPushSession
         {
             // The first connection ended during the handler: its messages are replayed on the next one.
         }
+        catch (ObjectDisposedException)
+        {
+            // The host is shutting down and its services are gone.
+        }
+        catch (Exception ex)
+        {
+            // Not a handler's own exception (those are logged one by one): resolving the handlers failed. Nobody awaits
+            // this task, so it is logged here rather than left unobserved.
+            Log.StartHandlersFailed(_logger, SessionId, ex);
+        }
         finally
         {
             Interlocked.Exchange(ref _startGate, null)?.TrySetResult();
@@ -656,6 +667,12 @@ internal sealed partial class PushSession : IPushSession
         {
             // The start handler is still running: it has finished before the first client message is handled.
             await startGate.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+            if (HasEnded)
+            {
+                // The handler turned the client away (or the session ended meanwhile): what the client sent is not
+                // handed over, as for any message still waiting when a session ends.
+                throw new PushChannelClosedException($"Session {SessionId} ended during its start handler.", PushCloseCode.Normal);
+            }
         }
 
         // Idempotent sends: a message id applied before in this scope is acknowledged but not applied again. The id
@@ -722,6 +739,9 @@ internal sealed partial class PushSession : IPushSession
 
         [LoggerMessage(13, LogLevel.Warning, "Session {SessionId} ended as a slow consumer: {Detail}")]
         public static partial void SlowConsumer(ILogger logger, string sessionId, string detail);
+
+        [LoggerMessage(15, LogLevel.Error, "Session {SessionId}: the start handlers could not run")]
+        public static partial void StartHandlersFailed(ILogger logger, string sessionId, Exception exception);
 
         [LoggerMessage(14, LogLevel.Error, "Session {SessionId}: a StateChanged handler threw")]
         public static partial void StateChangedHandlerFailed(ILogger logger, string sessionId, Exception exception);
