@@ -89,7 +89,11 @@ public class HeartbeatTests
 
         // The application is stuck on message 1 while 100 more wait: reading pauses, and that is not silence.
         a.Inject(string.Join("\n", Enumerable.Range(1, 100).Select(i => $"{{\"type\":\"msg\",\"seq\":{i},\"data\":\"m\"}}")));
-        await Eventually.TrueAsync(() => engine.IsReadPaused);
+
+        // Paused for good: message 1 with the application, 2-65 queued (64), 66 waiting for room. Reading can pause
+        // once before that, at 65, when the delivery loop has not yet taken message 1; it resumes a moment later, and
+        // a clock moved by a minute and a half in that moment takes the connection for silent (the flake seen in CI).
+        await Eventually.TrueAsync(() => engine.IsReadPaused && engine.ReceivedThrough == 66);
         time.Advance(s_deadAfter * 3);
 
         // Nothing is to happen here, so there is no event to await: give the heartbeat loop a moment to act wrongly.
