@@ -22,7 +22,10 @@ public abstract class PushHandler
     /// while the client has sent more than that completes only at <c>AckTimeout</c>.
     /// </remarks>
     /// <param name="session">The session; its <see cref="IPushChannel.Transport"/> names the transport of that first connection.</param>
-    /// <param name="cancellationToken">Signals that the connection ended.</param>
+    /// <param name="cancellationToken">
+    /// Signals that the session ended (closed by either side, or expired). A lost or superseded connection does not
+    /// cancel it: the session goes on, and what the handler sends reaches the client's next connection.
+    /// </param>
     public virtual ValueTask OnSessionStartedAsync(IPushSession session, CancellationToken cancellationToken) => default;
 
     /// <summary>Called for each message a client sends, in order, once.</summary>

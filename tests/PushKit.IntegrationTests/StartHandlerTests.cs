@@ -87,6 +87,76 @@ public class StartHandlerTests
         Assert.Equal(0, collector.Count);
     }
 
+    [Fact]
+    public async Task A_start_handler_s_token_is_cancelled_when_the_session_ends_not_when_its_connection_is_lost()
+    {
+        var probe = new TokenProbeHandler.Probe();
+        await using var server = await PushTestServer.StartAsync(push =>
+        {
+            push.Services.AddSingleton(probe);
+            push.AddHandler<TokenProbeHandler>();
+        });
+        var (id, secret, _) = await server.NegotiateRawAsync();
+        var socket = await RawSocket.ConnectAsync(server.WebSocketUrl(id, secret), id, secret);
+        var token = await probe.Token.Task.WaitAsync(TestTimeouts.Default);
+        var session = (PushSession)server.Sessions.FindSession(id)!;
+
+        // The connection is lost: the session goes on, and so does the handler's work.
+        socket.Socket.Abort();
+        await socket.DisposeAsync();
+        await Eventually.TrueAsync(() => session.State == PushChannelState.Disconnected);
+        Assert.False(token.IsCancellationRequested);
+
+        // The session ends: the handler is told to stop.
+        await session.CloseAsync();
+        await probe.Stopped.Task.WaitAsync(TestTimeouts.Default);
+        Assert.True(token.IsCancellationRequested);
+    }
+
+    [Theory]
+    [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
+    public async Task A_start_handler_still_running_when_the_session_ends_is_told_to_stop(string transport)
+    {
+        // On long-polling the handler used to get no token at all (CancellationToken.None).
+        var probe = new TokenProbeHandler.Probe();
+        await using var server = await PushTestServer.StartAsync(push =>
+        {
+            push.Services.AddSingleton(probe);
+            push.AddHandler<TokenProbeHandler>();
+        });
+        var client = await server.ConnectClientAsync(transport);
+        var token = await probe.Token.Task.WaitAsync(TestTimeouts.Default);
+        Assert.False(token.IsCancellationRequested);
+
+        await server.Sessions.FindSession(client.SessionId!)!.CloseAsync();
+
+        await probe.Stopped.Task.WaitAsync(TestTimeouts.Default);
+        Assert.True(token.IsCancellationRequested);
+    }
+
+    private sealed class TokenProbeHandler(TokenProbeHandler.Probe probe) : PushHandler
+    {
+        public override async ValueTask OnSessionStartedAsync(IPushSession session, CancellationToken cancellationToken)
+        {
+            probe.Token.TrySetResult(cancellationToken);
+            try
+            {
+                await Task.Delay(Timeout.Infinite, cancellationToken);
+            }
+            finally
+            {
+                probe.Stopped.TrySetResult();
+            }
+        }
+
+        public sealed class Probe
+        {
+            public TaskCompletionSource<CancellationToken> Token { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+            public TaskCompletionSource Stopped { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        }
+    }
+
     private sealed class WelcomeHandler(WelcomeHandler.Outcome outcome) : PushHandler
     {
         public override async ValueTask OnSessionStartedAsync(IPushSession session, CancellationToken cancellationToken)

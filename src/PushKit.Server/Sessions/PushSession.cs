@@ -32,9 +32,9 @@ internal sealed partial class PushSession : IPushSession
     private System.Collections.Concurrent.ConcurrentDictionary<object, object?>? _items;
     private int _startNotified;
 
-    // Open while the start handler runs: the connection already carries the session (the handler's own sends go out
-    // and are acknowledged), but the client's messages wait until the handler has returned.
-    private TaskCompletionSource? _startGate;
+    // Set while the start handlers run: the connection already carries the session (the handlers' own sends go out
+    // and are acknowledged), but the client's messages wait until they have returned.
+    private StartGate? _startGate;
 
     // Set when the server ended the session (application close, slow consumer): the session stays findable, holding
     // only its close, for a client that comes back within the resume window. Without it, that client would find no
@@ -438,7 +438,7 @@ internal sealed partial class PushSession : IPushSession
                     if (Interlocked.Exchange(ref _startNotified, 1) == 0 && _manager.HasHandlers)
                     {
                         notifyStart = true;
-                        Volatile.Write(ref _startGate, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
+                        Volatile.Write(ref _startGate, new StartGate());
                     }
 
                     run = Engine.RunAsync(connection, cancellationToken);
@@ -463,7 +463,7 @@ internal sealed partial class PushSession : IPushSession
                 // Beside the connection's run, not before it: the handler may await an acknowledged send to this
                 // session (a welcome, the history), and a newer connection may take over meanwhile. (Not awaited here:
                 // an await would grow the state machine that every idle connection keeps.)
-                _ = NotifyStartedAsync(cancellationToken);
+                _ = NotifyStartedAsync();
             }
 
             var end = await run.ConfigureAwait(false);
@@ -579,6 +579,13 @@ internal sealed partial class PushSession : IPushSession
         int? retryAfterMs = code == PushCloseCode.Overloaded ? 5_000 : null;
         Engine.Shutdown(code, reason, new PushChannelClosedException($"Session {SessionId} ended: {reason}", code), retryAfterMs);
         Volatile.Read(ref _inbound)?.Writer.TryComplete();
+        if (Volatile.Read(ref _startGate) is { } startGate)
+        {
+            // Start handlers still running stop their work; cancelled asynchronously, so that no handler code runs here,
+            // on the thread that ended the session.
+            _ = startGate.SessionEnded.CancelAsync();
+        }
+
         bool connected;
         Task<ConnectionEnd>? live;
         lock (_stateGate)
@@ -633,17 +640,18 @@ internal sealed partial class PushSession : IPushSession
     }
 
     /// <summary>Runs the application's start handlers, then lets the client's messages through.</summary>
-    private async Task NotifyStartedAsync(CancellationToken cancellationToken)
+    private async Task NotifyStartedAsync()
     {
         // Off the attaching request's thread: the handlers' synchronous part must not delay the connection.
         await Task.Yield();
+        var cancellationToken = Volatile.Read(ref _startGate)?.SessionEnded.Token ?? CancellationToken.None;
         try
         {
             await _manager.OnSessionStartedAsync(this, cancellationToken).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {
-            // The first connection ended during the handler: its messages are replayed on the next one.
+            // The session ended during the handler.
         }
         catch (ObjectDisposedException)
         {
@@ -659,6 +667,16 @@ internal sealed partial class PushSession : IPushSession
         {
             Interlocked.Exchange(ref _startGate, null)?.TrySetResult();
         }
+    }
+
+    /// <summary>
+    /// The gate client messages wait at while the start handlers run, and the token those handlers get: cancelled when
+    /// the session ends (a connection that is lost or superseded meanwhile does not end their work: the session goes
+    /// on, and what they send reaches the next connection).
+    /// </summary>
+    private sealed class StartGate() : TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)
+    {
+        public CancellationTokenSource SessionEnded { get; } = new();
     }
 
     private async ValueTask DeliverAsync(PushMessage message, CancellationToken cancellationToken)
