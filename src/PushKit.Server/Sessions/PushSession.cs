@@ -36,7 +36,7 @@ internal sealed partial class PushSession : IPushSession
     // and are acknowledged), but the client's messages wait until they have returned.
     private StartGate? _startGate;
 
-    // Set when the server ended the session (application close, slow consumer): the session stays findable, holding
+    // Set when the server application closed the session: the session stays findable, holding
     // only its close, for a client that comes back within the resume window. Without it, that client would find no
     // session and quietly start a new one, as if the server had never ended this one. (A bool fits the padding after
     // the ints above: it costs an idle connection nothing.)
@@ -161,8 +161,8 @@ internal sealed partial class PushSession : IPushSession
     }
 
     /// <summary>
-    /// Whether the session was ended by the server and is kept, for the rest of the resume window, so that a client
-    /// coming back hears the close it missed (1000 or 4429) instead of 404.
+    /// Whether the server application closed the session and it is kept, for the rest of the resume window, so that a
+    /// client coming back hears the 1000 it missed instead of 404.
     /// </summary>
     internal bool HoldsClose => Volatile.Read(ref _holdsClose);
 
@@ -300,7 +300,9 @@ internal sealed partial class PushSession : IPushSession
     private PushChannelClosedException EndAsSlowConsumer(PushBufferFullException ex)
     {
         Log.SlowConsumer(_logger, SessionId, ex.Message);
-        End(PushCloseCode.Overloaded, "The client does not keep up: its buffer of unacknowledged messages is full.", holdClose: true);
+        // Not held: a client that comes back must start a new session anyway, and on SSE and long-polling, where no
+        // answer to the close comes, a held 4429 would meet every resume attempt until the window passed.
+        End(PushCloseCode.Overloaded, "The client does not keep up: its buffer of unacknowledged messages is full.");
         return new PushChannelClosedException($"Session {SessionId} was ended: {ex.Message}", PushCloseCode.Overloaded, ex);
     }
 
