@@ -42,6 +42,10 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
     private bool _connectStarted;
     private string? _transport;
     private NegotiateResponse? _session;
+
+    // A session negotiated by an attempt that then could not open any transport: the next attempt tries it first, so
+    // that a client that keeps failing to connect holds one session on the server, not one per attempt.
+    private NegotiateResponse? _unconnected;
     private bool _pendingSessionReset;
     private int _disposed;
     private int _closeStarted;
@@ -260,7 +264,9 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
             throw new PushChannelClosedException("The channel was closed while connecting.", PushCloseCode.Normal);
         }
 
-        var negotiated = await NegotiateAsync(cancellationToken).ConfigureAwait(false);
+        var negotiated = Interlocked.Exchange(ref _unconnected, null);
+        var reused = negotiated is not null;
+        negotiated ??= await NegotiateAsync(cancellationToken).ConfigureAwait(false);
 
         // Closed while negotiating: the new session is not connected to (the server lets it expire unused).
         if (State == PushChannelState.Closed)
@@ -281,7 +287,22 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
             // Received messages go straight into the receive queue while it has room.
             TryDeliverInline = inbound.TryWrite,
         };
-        var (connection, reason) = await OpenTransportsAsync(negotiated, reconnecting, cancellationToken).ConfigureAwait(false);
+        IPushTransportConnection connection;
+        string reason;
+        try
+        {
+            (connection, reason) = await OpenTransportsAsync(negotiated, reconnecting, cancellationToken).ConfigureAwait(false);
+        }
+        catch (PushConnectException ex) when (reused && ex.ErrorCode == PushErrorCodes.SessionNotFound)
+        {
+            // The session left from an earlier attempt has expired meanwhile: negotiate afresh, in this attempt.
+            return await StartNewSessionAsync(reconnecting, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception) when (State != PushChannelState.Closed)
+        {
+            Volatile.Write(ref _unconnected, negotiated);
+            throw;
+        }
 
         DeliveryEngine? previous;
         bool closed;

@@ -369,10 +369,13 @@ public class HostileHttpClientTests
                 Assert.True(Seq(f!) >= 8, $"seq {Seq(f!)} replayed although Last-Event-ID acknowledged it");
                 Take(f!);
             }
+
+            // Handled while the stream is still open: a stream that ends first ends the connection, and what it had
+            // not yet handed to the application waits for a replay this raw client never makes (seen once under load).
+            await Eventually.TrueAsync(() => collector.Count >= up);
         }
 
         Assert.Equal(Enumerable.Range(1, 12).Select(i => (long)i), received);
-        await Eventually.TrueAsync(() => collector.Count >= up);
         await Task.Delay(300);
         Assert.Equal(Enumerable.Range(1, up).Select(i => $"u{i}"), collector.All.Select(m => m.Message.GetString()));
     }
