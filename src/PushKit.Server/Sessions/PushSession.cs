@@ -221,7 +221,7 @@ internal sealed partial class PushSession : IPushSession
             {
                 // Ended since the poll looked: a new connection would have nothing to carry but a close, and nothing
                 // would keep the session findable for the poll that collects it. (A session that holds its close for
-                // a returning client is kept until a connection has carried it.)
+                // a returning client is kept until the client has answered it or the resume window has passed.)
                 created = false;
                 return null;
             }
@@ -553,8 +553,8 @@ internal sealed partial class PushSession : IPushSession
     /// <param name="code">Why, as the client hears it.</param>
     /// <param name="reason">Why, in words.</param>
     /// <param name="holdClose">
-    /// The server ended the session: keep it, holding only its close, until the client has answered that close (a
-    /// WebSocket close handshake) or the resume window has passed (<see cref="ForgetIfDue"/>).
+    /// The server application closed the session: keep it, holding only its close, until the client has answered that
+    /// close (a WebSocket close handshake) or the resume window has passed (<see cref="ForgetIfDue"/>).
     /// </param>
     public void End(PushCloseCode code, string reason, bool holdClose = false)
     {
@@ -649,7 +649,12 @@ internal sealed partial class PushSession : IPushSession
         var cancellationToken = Volatile.Read(ref _startGate)?.SessionEnded.Token ?? CancellationToken.None;
         try
         {
-            await _manager.OnSessionStartedAsync(this, cancellationToken).ConfigureAwait(false);
+            // Ended already (in the moment since the connection attached): the application is told of the end, not of
+            // a start that came after it.
+            if (!HasEnded)
+            {
+                await _manager.OnSessionStartedAsync(this, cancellationToken).ConfigureAwait(false);
+            }
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {
