@@ -8,9 +8,9 @@ using PushKit.Server.Sessions;
 namespace PushKit.IntegrationTests;
 
 /// <summary>
-/// A session the server ends while its client is away (between connections) keeps its close for the rest of the
-/// resume window: the client that comes back hears 1000 (or 4429) instead of finding no session and quietly starting
-/// a new one, as if the server had never ended it.
+/// A session the server application closes while its client is away (between connections, or cut off before the
+/// close arrived) keeps its close for the rest of the resume window: the client that comes back hears 1000 instead of
+/// finding no session and quietly starting a new one, as if the server had never closed it. (4429 is not held.)
 /// </summary>
 public class HeldCloseTests
 {
@@ -25,23 +25,13 @@ public class HeldCloseTests
             o => o.ResumeWindow = TimeSpan.FromMinutes(2),
             configureBuilder: b => b.Services.AddSingleton<TimeProvider>(time));
         await using var proxy = new ChaosProxy(server.Root);
-        var client = await server.ConnectClientAsync(transport, o =>
-        {
-            o.Url = proxy.PushUrl;
-            o.ReconnectDelay = TimeSpan.FromMilliseconds(20);
-            o.MaxReconnectDelay = TimeSpan.FromMilliseconds(200);
-            o.ConnectTimeout = TimeSpan.FromSeconds(3);
-        });
+        var client = await ConnectThroughAsync(server, proxy, transport);
         var sessionId = client.SessionId!;
         var session = server.Sessions.FindSession(sessionId)!;
         var manager = server.Services.GetRequiredService<PushSessionManager>();
 
         // The client is away: its connection is cut and it cannot get back yet.
-        proxy.RefuseNew = true;
-        var reconnecting = client.NextStateAsync(PushChannelState.Reconnecting);
-        proxy.CutAll();
-        await reconnecting.WaitAsync(TestTimeouts.Default);
-        await WaitForDisconnectedAsync(session, time);
+        await SendAwayAsync(client, proxy, session, time);
 
         // Meanwhile the application closes the session (a user logged out elsewhere, an administrator's kick).
         await session.CloseAsync();
@@ -50,17 +40,10 @@ public class HeldCloseTests
 
         // The client ends up Closed with 1000, on its own session; it used to get 404, start a new session and report
         // Connected with IsSessionReset.
-        var outcome = new TaskCompletionSource<PushChannelStateChangedEventArgs>(TaskCreationOptions.RunContinuationsAsynchronously);
-        client.StateChanged += (_, e) =>
-        {
-            if (e.CurrentState == PushChannelState.Closed || e.IsSessionReset)
-            {
-                outcome.TrySetResult(e);
-            }
-        };
+        var outcome = client.NextChangeAsync(e => e.CurrentState == PushChannelState.Closed || e.IsSessionReset);
         proxy.RefuseNew = false;
 
-        var end = await outcome.Task.WaitAsync(TestTimeouts.Default);
+        var end = await outcome.WaitAsync(TestTimeouts.Default);
         Assert.False(end.IsSessionReset, "the client started a new session: " + end.Reason);
         Assert.Equal(PushChannelState.Closed, end.CurrentState);
         Assert.Equal(PushCloseCode.Normal, end.CloseCode);
@@ -85,13 +68,7 @@ public class HeldCloseTests
         var collector = new Collector();
         await using var server = await PushTestServer.StartAsync(push => push.AddCollector(collector), o => o.ResumeWindow = TimeSpan.FromMinutes(2));
         await using var proxy = new ChaosProxy(server.Root);
-        var client = await server.ConnectClientAsync("websocket", o =>
-        {
-            o.Url = proxy.PushUrl;
-            o.ReconnectDelay = TimeSpan.FromMilliseconds(20);
-            o.MaxReconnectDelay = TimeSpan.FromMilliseconds(200);
-            o.ConnectTimeout = TimeSpan.FromSeconds(3);
-        });
+        var client = await ConnectThroughAsync(server, proxy, "websocket");
         var sessionId = client.SessionId!;
         var session = (PushSession)server.Sessions.FindSession(sessionId)!;
 
@@ -101,18 +78,11 @@ public class HeldCloseTests
         Assert.Equal(PushCloseCode.Normal, await collector.Ended.Task.WaitAsync(TestTimeouts.Default));
         await Eventually.TrueAsync(() => session.CurrentRun is null);
 
-        var outcome = new TaskCompletionSource<PushChannelStateChangedEventArgs>(TaskCreationOptions.RunContinuationsAsynchronously);
-        client.StateChanged += (_, e) =>
-        {
-            if (e.CurrentState == PushChannelState.Closed || e.IsSessionReset)
-            {
-                outcome.TrySetResult(e);
-            }
-        };
+        var outcome = client.NextChangeAsync(e => e.CurrentState == PushChannelState.Closed || e.IsSessionReset);
         proxy.BlackHole = false;
         proxy.CutAll();
 
-        var end = await outcome.Task.WaitAsync(TestTimeouts.Default);
+        var end = await outcome.WaitAsync(TestTimeouts.Default);
         Assert.False(end.IsSessionReset, "the client started a new session: " + end.Reason);
         Assert.Equal(PushCloseCode.Normal, end.CloseCode);
     }
@@ -160,22 +130,12 @@ public class HeldCloseTests
             },
             configureBuilder: b => b.Services.AddSingleton<TimeProvider>(time));
         await using var proxy = new ChaosProxy(server.Root);
-        var client = await server.ConnectClientAsync(transport, o =>
-        {
-            o.Url = proxy.PushUrl;
-            o.ReconnectDelay = TimeSpan.FromMilliseconds(20);
-            o.MaxReconnectDelay = TimeSpan.FromMilliseconds(200);
-            o.ConnectTimeout = TimeSpan.FromSeconds(3);
-        });
+        var client = await ConnectThroughAsync(server, proxy, transport);
         var sessionId = client.SessionId!;
         var session = server.Sessions.FindSession(sessionId)!;
         var manager = server.Services.GetRequiredService<PushSessionManager>();
 
-        proxy.RefuseNew = true;
-        var reconnecting = client.NextStateAsync(PushChannelState.Reconnecting);
-        proxy.CutAll();
-        await reconnecting.WaitAsync(TestTimeouts.Default);
-        await WaitForDisconnectedAsync(session, time);
+        await SendAwayAsync(client, proxy, session, time);
 
         // Away, the session's buffer fills up and it ends as a slow consumer: nothing is kept of it.
         for (var i = 0; i < 3; i++)
@@ -186,17 +146,10 @@ public class HeldCloseTests
         Assert.Equal(PushChannelState.Closed, session.State);
         Assert.Null(manager.Find(sessionId));
 
-        var reset = new TaskCompletionSource<PushChannelStateChangedEventArgs>(TaskCreationOptions.RunContinuationsAsynchronously);
-        client.StateChanged += (_, e) =>
-        {
-            if (e.CurrentState == PushChannelState.Connected)
-            {
-                reset.TrySetResult(e);
-            }
-        };
+        var reset = client.NextStateAsync(PushChannelState.Connected);
         proxy.RefuseNew = false;
 
-        var connected = await reset.Task.WaitAsync(TestTimeouts.Default);
+        var connected = await reset.WaitAsync(TestTimeouts.Default);
         Assert.True(connected.IsSessionReset);
         Assert.NotEqual(sessionId, client.SessionId);
     }
@@ -216,9 +169,26 @@ public class HeldCloseTests
         await Eventually.TrueAsync(() => manager.Find(sessionId) is null);
     }
 
-    private static async Task WaitForDisconnectedAsync(IPushSession session, FakeTimeProvider time)
+    /// <summary>Connects a client over one transport through <paramref name="proxy"/>, reconnecting quickly.</summary>
+    private static Task<IPushChannel> ConnectThroughAsync(PushTestServer server, ChaosProxy proxy, string transport) =>
+        server.ConnectClientAsync(transport, o =>
+        {
+            o.Url = proxy.PushUrl;
+            o.ReconnectDelay = TimeSpan.FromMilliseconds(20);
+            o.MaxReconnectDelay = TimeSpan.FromMilliseconds(200);
+            o.ConnectTimeout = TimeSpan.FromSeconds(3);
+        });
+
+    /// <summary>
+    /// The client is away: its connection is cut, it cannot get back until the proxy lets it, and the server has
+    /// noticed (at once for a reset socket; on long-polling when polls stop coming, which the fake clock hurries).
+    /// </summary>
+    private static async Task SendAwayAsync(IPushChannel client, ChaosProxy proxy, IPushSession session, FakeTimeProvider time)
     {
-        // A reset socket is noticed at once; long-polling when polls stop coming, which the fake clock hurries.
+        proxy.RefuseNew = true;
+        var reconnecting = client.NextStateAsync(PushChannelState.Reconnecting);
+        proxy.CutAll();
+        await reconnecting.WaitAsync(TestTimeouts.Default);
         if (session.State != PushChannelState.Disconnected)
         {
             time.Advance(TimeSpan.FromSeconds(40));

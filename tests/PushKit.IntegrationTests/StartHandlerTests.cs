@@ -39,12 +39,7 @@ public class StartHandlerTests
         var hold = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var collector = new Collector { HoldStart = hold };
         await using var server = await PushTestServer.StartAsync(push => push.AddCollector(collector));
-        var client = server.CreateClient(o =>
-        {
-            o.Transports.Clear();
-            o.Transports.Add(Transports.ByName(transport));
-        });
-        await client.ConnectAsync().WaitAsync(TestTimeouts.Default);
+        var client = await server.ConnectClientAsync(transport);
         var session = (PushSession)await collector.Started.Task.WaitAsync(TestTimeouts.Default);
 
         // The message reaches the session while the start handler still runs, and waits there.
@@ -65,13 +60,8 @@ public class StartHandlerTests
         var hold = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var collector = new Collector { HoldStart = hold };
         await using var server = await PushTestServer.StartAsync(push => push.AddCollector(collector));
-        var client = server.CreateClient(o =>
-        {
-            o.Transports.Clear();
-            o.Transports.Add(Transports.ByName(transport));
-        });
+        var client = await server.ConnectClientAsync(transport);
         var closed = client.NextStateAsync(PushChannelState.Closed);
-        await client.ConnectAsync().WaitAsync(TestTimeouts.Default);
         var session = (PushSession)await collector.Started.Task.WaitAsync(TestTimeouts.Default);
         _ = client.SendStringAsync("first").AsTask();
         await Eventually.TrueAsync(() => session.Engine.ReceivedThrough >= 1);

@@ -66,7 +66,7 @@ internal static partial class HttpTransportEndpoints
             return;
         }
 
-        if (session.State == PushChannelState.Closed && (!session.HoldsClose || HasCloseToCollect(session)))
+        if (session.State == PushChannelState.Closed && (!session.HoldsClose || CloseToCollect(session) is not null))
         {
             await PollEndedAsync(context, session).ConfigureAwait(false);
             return;
@@ -116,7 +116,7 @@ internal static partial class HttpTransportEndpoints
     {
         // An ended session's last long-polling connection holds its close frame, or is about to (the session ends at
         // once, its connection's write loop writes the frame a moment later): hand it over once.
-        if (HasCloseToCollect(session) && session.HttpConnection is LongPollingServerConnection ending)
+        if (CloseToCollect(session) is { } ending)
         {
             await ending.PollAsync(context).ConfigureAwait(false);
             return;
@@ -126,9 +126,9 @@ internal static partial class HttpTransportEndpoints
             "No such session: it never existed, expired or was closed. Negotiate a new one.").ConfigureAwait(false);
     }
 
-    /// <summary>Whether an ended session's last long-polling connection has (or is about to have) its close for a poll.</summary>
-    private static bool HasCloseToCollect(PushSession session) =>
-        session.HttpConnection is LongPollingServerConnection ending && (ending.HasPending || !ending.IsDead);
+    /// <summary>An ended session's last long-polling connection, when it has (or is about to have) its close for a poll.</summary>
+    private static LongPollingServerConnection? CloseToCollect(PushSession session) =>
+        session.HttpConnection is LongPollingServerConnection ending && (ending.HasPending || !ending.IsDead) ? ending : null;
 
     /// <summary>
     /// The poll's own query parameters, read in place: <c>open=1</c> and <c>ack=N</c> (0 when absent or not a positive
