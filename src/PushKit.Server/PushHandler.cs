@@ -18,8 +18,9 @@ public abstract class PushHandler
     /// at once, so the handler can await an acknowledged <see cref="IPushChannel.SendAsync"/> (a welcome, the history).
     /// The client's messages are handled only after the call has returned (or thrown: an exception is logged, and the
     /// session goes on); if the call closed the session, they are not handed over. While they wait, the connection
-    /// queues at most 64 of them and then stops reading (acknowledgements included): an acknowledged send awaited here
-    /// while the client has sent more than that completes only at <c>AckTimeout</c>.
+    /// queues 64 of them and then stops reading, unless something sent to the session awaits the client's
+    /// acknowledgement: then it reads on, to reach that acknowledgement, queuing up to
+    /// <c>MaxBufferedMessagesPerSession</c> and <c>MaxBufferedBytesPerSession</c> of the client's messages.
     /// </remarks>
     /// <param name="session">The session; its <see cref="IPushChannel.Transport"/> names the transport of that first connection.</param>
     /// <param name="cancellationToken">

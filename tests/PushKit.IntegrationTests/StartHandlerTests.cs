@@ -124,6 +124,34 @@ public class StartHandlerTests
         Assert.True(token.IsCancellationRequested);
     }
 
+    [Theory]
+    [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
+    public async Task A_start_handler_gets_the_acknowledgement_of_its_send_behind_a_burst_the_client_sent_meanwhile(string transport)
+    {
+        const int burst = 300;
+        var welcome = new WelcomeHandler.Outcome { Hold = new(TaskCreationOptions.RunContinuationsAsynchronously) };
+        await using var server = await PushTestServer.StartAsync(
+            push =>
+            {
+                push.Services.AddSingleton(welcome);
+                push.AddHandler<WelcomeHandler>();
+            },
+            o => o.AckTimeout = TimeSpan.FromSeconds(10));
+        var client = await server.ConnectClientAsync(transport);
+        var session = (PushSession)server.Sessions.FindSession(client.SessionId!)!;
+
+        // The client's burst waits for the start handler, and the connection stops reading with 64 of it queued.
+        var sends = Enumerable.Range(1, burst).Select(i => client.SendStringAsync($"m{i}").AsTask()).ToList();
+        await Eventually.TrueAsync(() => session.Engine.IsReadPaused && session.Engine.ReceivedThrough > 64);
+
+        // The handler now sends and awaits the acknowledgement, which the client wrote behind the rest of its burst.
+        welcome.Hold.SetResult();
+        await welcome.Sent.Task.WaitAsync(TestTimeouts.Default);
+        Assert.Equal("welcome", (await client.ReadAsync(1))[0].GetString());
+        await Task.WhenAll(sends).WaitAsync(TestTimeouts.Default);
+        Assert.Equal(Enumerable.Range(1, burst).Select(i => $"m{i}"), welcome.Received.Select(m => m.GetString()));
+    }
+
     private sealed class TokenProbeHandler(TokenProbeHandler.Probe probe) : PushHandler
     {
         public override async ValueTask OnSessionStartedAsync(IPushSession session, CancellationToken cancellationToken)
@@ -153,6 +181,11 @@ public class StartHandlerTests
         {
             try
             {
+                if (outcome.Hold is { } hold)
+                {
+                    await hold.Task.WaitAsync(TestTimeouts.Default, cancellationToken);
+                }
+
                 await session.SendAsync(PushMessage.FromString("welcome"), cancellationToken);
                 outcome.Sent.TrySetResult();
             }
@@ -162,9 +195,21 @@ public class StartHandlerTests
             }
         }
 
+        public override ValueTask OnMessageAsync(IPushSession session, PushMessage message, CancellationToken cancellationToken)
+        {
+            // Messages are handed over one at a time, in order.
+            outcome.Received.Add(message);
+            return default;
+        }
+
         public sealed class Outcome
         {
+            /// <summary>When set, the start handler waits for it before it sends.</summary>
+            public TaskCompletionSource? Hold { get; init; }
+
             public TaskCompletionSource Sent { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+            public List<PushMessage> Received { get; } = [];
         }
     }
 }

@@ -65,8 +65,7 @@ internal sealed partial class DeliveryEngine
         private bool _holdingAck;
         private bool _drainExpired;
         private int _drainStarted;
-        private Channel<Frame>? _deliveries;
-        private CancellationTokenSource? _deliveryStop;
+        private Inbound? _inbound;
         private ITimer? _ackTimer;
         private bool _ackTimerFired;
 
@@ -95,30 +94,38 @@ internal sealed partial class DeliveryEngine
         /// Inbound messages waiting for the application, in sequence order; null until the first one arrives (most
         /// connections on a server only ever receive acks and pings, and then need no queue and no delivery loop).
         /// </summary>
-        public Channel<Frame>? Deliveries => Volatile.Read(ref _deliveries);
+        public Inbound? Deliveries => Volatile.Read(ref _inbound);
 
         /// <summary>The delivery loop, once started.</summary>
         public Task? Delivery { get; private set; }
 
         /// <summary>Creates the delivery queue and starts its loop (read loop only).</summary>
-        public Channel<Frame> StartDeliveries(Func<Run, CancellationToken, Task> loop)
+        public Inbound StartDeliveries(int capacity, Func<Run, CancellationToken, Task> loop)
         {
-            if (_deliveries is { } existing)
+            if (_inbound is { } existing)
             {
                 return existing;
             }
 
             // Delivery has its own cancellation: after an orderly close from the peer it drains what arrived even
             // though the connection's run is over.
-            _deliveryStop = CancellationTokenSource.CreateLinkedTokenSource(_outerToken);
-            var deliveries = Channel.CreateBounded<Frame>(new BoundedChannelOptions(64) { SingleReader = true, SingleWriter = true });
-            Volatile.Write(ref _deliveries, deliveries);
-            Delivery = loop(this, _deliveryStop.Token);
-            return deliveries;
+            var inbound = new Inbound(capacity, _outerToken, Token);
+            Volatile.Write(ref _inbound, inbound);
+            Delivery = loop(this, inbound.Stop.Token);
+            return inbound;
         }
 
         /// <summary>Stops delivery at once (what is queued is not handed over).</summary>
-        public Task StopDeliveryAsync() => _deliveryStop?.CancelAsync() ?? Task.CompletedTask;
+        public Task StopDeliveryAsync() => _inbound?.Stop.CancelAsync() ?? Task.CompletedTask;
+
+        /// <summary>Wakes the read loop if it is paused, to look again at whether it may read on.</summary>
+        public void WakeReader()
+        {
+            if (ReadPaused)
+            {
+                _inbound?.Room.Set();
+            }
+        }
 
         public CloseRequest? LocalClose => Volatile.Read(ref _localClose);
 
@@ -130,7 +137,7 @@ internal sealed partial class DeliveryEngine
         }
 
         /// <summary>Whether received messages still wait for, or are being handed to, the application.</summary>
-        public bool HasUndelivered => Deliveries?.Reader.Count > 0 || Delivering;
+        public bool HasUndelivered => Deliveries?.Count > 0 || Delivering;
 
         /// <summary>Whether the drain before a going-away close has run out of time.</summary>
         public bool DrainExpired => Volatile.Read(ref _drainExpired);
@@ -336,8 +343,49 @@ internal sealed partial class DeliveryEngine
         public void Dispose()
         {
             _cts.Dispose();
-            _deliveryStop?.Dispose();
+            _inbound?.Stop.Dispose();
             _ackTimer?.Dispose();
         }
+    }
+
+    /// <summary>A frame waiting for the delivery loop, with its length on the wire.</summary>
+    private readonly record struct Queued(Frame Frame, int Bytes);
+
+    /// <summary>
+    /// A connection's inbound messages waiting for the application, created with its first message: the queue, the
+    /// delivery loop's cancellation, the bytes queued, and the signal that wakes a paused read loop.
+    /// </summary>
+    private sealed class Inbound
+    {
+        private readonly Channel<Queued> _queue;
+        private long _bytes;
+
+        public Inbound(int capacity, CancellationToken outerToken, CancellationToken runToken)
+        {
+            _queue = Channel.CreateBounded<Queued>(new BoundedChannelOptions(capacity) { SingleReader = true, SingleWriter = true });
+            Stop = CancellationTokenSource.CreateLinkedTokenSource(outerToken);
+
+            // A paused read loop's wait ends when the run is cancelled.
+            runToken.UnsafeRegister(static (state, token) => ((AsyncSignal)state!).Cancel(token), Room);
+        }
+
+        public CancellationTokenSource Stop { get; }
+
+        /// <summary>Set when the read loop may be able to read on: something was taken off the queue, or an ack is awaited.</summary>
+        public AsyncSignal Room { get; } = new();
+
+        public ChannelReader<Queued> Reader => _queue.Reader;
+
+        public ChannelWriter<Queued> Writer => _queue.Writer;
+
+        /// <summary>The number of frames queued.</summary>
+        public int Count => _queue.Reader.Count;
+
+        /// <summary>The wire length of the frames queued.</summary>
+        public long Bytes => Volatile.Read(ref _bytes);
+
+        public void Added(int bytes) => Interlocked.Add(ref _bytes, bytes);
+
+        public void Taken(int bytes) => Interlocked.Add(ref _bytes, -bytes);
     }
 }

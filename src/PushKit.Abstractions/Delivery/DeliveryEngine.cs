@@ -31,6 +31,19 @@ internal sealed partial class DeliveryEngine
     private static readonly TimeSpan s_closeGrace = TimeSpan.FromSeconds(2);
     private static readonly TimeSpan s_drainTimeout = TimeSpan.FromSeconds(5);
 
+    /// <summary>
+    /// How many received messages may wait for the application before reading pauses, while nothing this side sent
+    /// awaits the peer's ack (beyond that the peer is slowed down; see <see cref="MustPauseReading"/>).
+    /// </summary>
+    internal const int ReadAheadMessages = 64;
+
+    // The bounds of what waits for the application while this side awaits an ack, when the engine has no Limits; and
+    // the most a message frame adds to its encoded body ({"type":"msg","seq":N, and an ackNow flag), so that the peer's
+    // buffer, which counts encoded bodies, fits in ours, which counts frames.
+    private const int DefaultInboundMaxMessages = 10_000;
+    private const long DefaultInboundMaxBytes = 16 * 1024 * 1024;
+    private const int MessageFrameEnvelopeBytes = 64;
+
     private static readonly Func<Run, CancellationToken, Task> s_deliverLoop = static (run, token) => run.Engine.DeliverLoopAsync(run, token);
 
     private readonly object _gate = new();
@@ -200,6 +213,7 @@ internal sealed partial class DeliveryEngine
         long droppedCount = 0;
         Run? run;
         TaskCompletionSource? completion;
+        bool firstUnacknowledged;
         lock (_gate)
         {
             if (_terminal is not null)
@@ -233,6 +247,7 @@ internal sealed partial class DeliveryEngine
 
             completion = trackAck ? new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously) : null;
             _ring[(_head + _count) % _ring.Length] = new Entry(message, completion);
+            firstUnacknowledged = _count == 0;
             _count++;
             _bufferedBytes += bytes;
             _lastAssigned++;
@@ -252,7 +267,20 @@ internal sealed partial class DeliveryEngine
             }
         }
 
-        run?.Ring();
+        if (run is not null)
+        {
+            run.Ring();
+            if (firstUnacknowledged)
+            {
+                // Something of this side's now awaits the peer's ack, which may come behind messages a paused read
+                // loop has left unread: it may read on (MustPauseReading). The lock's release does not order its
+                // write of the count before this read of the pause flag; the barrier does (the read loop raises the
+                // flag before it reads the count).
+                Interlocked.MemoryBarrier();
+                run.WakeReader();
+            }
+        }
+
         return (completion?.Task, true, null);
     }
 
@@ -683,7 +711,7 @@ internal sealed partial class DeliveryEngine
                     switch (frame.Type)
                     {
                         case FrameType.Message:
-                            await ReceiveMessageAsync(run, frame).ConfigureAwait(false);
+                            await ReceiveMessageAsync(run, frame, line.Length).ConfigureAwait(false);
                             break;
                         case FrameType.Ack:
                             Acknowledge(frame.Sequence);
@@ -694,7 +722,7 @@ internal sealed partial class DeliveryEngine
                         case FrameType.Pong:
                             break;
                         case FrameType.Skip:
-                            await ReceiveSkipAsync(run, frame).ConfigureAwait(false);
+                            await ReceiveSkipAsync(run, frame, line.Length).ConfigureAwait(false);
                             break;
                         case FrameType.Close:
                             // The reason is the peer's text and goes into state changes, exceptions and logs: bounded,
@@ -732,7 +760,7 @@ internal sealed partial class DeliveryEngine
     /// Queues an inbound message for the delivery loop. Delivery runs apart from the read loop so that acks keep
     /// flowing while the application handles a message (a handler may itself await an acknowledged send).
     /// </summary>
-    private async ValueTask ReceiveMessageAsync(Run run, Frame frame)
+    private async ValueTask ReceiveMessageAsync(Run run, Frame frame, int bytes)
     {
         if (frame.Sequence <= run.LastQueued)
         {
@@ -765,17 +793,17 @@ internal sealed partial class DeliveryEngine
         }
 
         run.LastQueued = frame.Sequence;
-        await QueueForDeliveryAsync(run, frame).ConfigureAwait(false);
+        await QueueForDeliveryAsync(run, frame, bytes).ConfigureAwait(false);
     }
 
-    private async ValueTask QueueForDeliveryAsync(Run run, Frame frame)
+    private async ValueTask QueueForDeliveryAsync(Run run, Frame frame, int bytes)
     {
         // Fast path: with nothing queued or being delivered ahead of it, a message the application can take at once
         // is handed over right here, without a trip through the delivery queue and loop. (The queue count is read
         // before the Delivering flag: the loop raises the flag before it takes a frame off the queue.)
         if (frame.Type == FrameType.Message
             && TryDeliverInline is { } inline
-            && (run.Deliveries is not { } queued || queued.Reader.Count == 0)
+            && (run.Deliveries is not { } waiting || waiting.Count == 0)
             && !run.Delivering
             && inline(frame.Message!))
         {
@@ -787,20 +815,75 @@ internal sealed partial class DeliveryEngine
 
         // What the fast path handed over goes on record before anything is queued behind it.
         CommitInlineDeliveries(run);
-        var deliveries = run.Deliveries ?? run.StartDeliveries(s_deliverLoop);
-        if (!deliveries.Writer.TryWrite(frame))
+        var deliveries = run.Deliveries ?? run.StartDeliveries(InboundMaxMessages(), s_deliverLoop);
+        var queued = new Queued(frame, bytes);
+        if (deliveries.Writer.TryWrite(queued))
         {
-            // The application is behind: reading pauses (the peer is slowed down), and that is not a dead connection.
-            run.ReadPaused = true;
-            try
+            deliveries.Added(bytes);
+            if (MustPauseReading(deliveries))
             {
-                await deliveries.Writer.WriteAsync(frame, run.Token).ConfigureAwait(false);
+                await PauseReadingAsync(run, deliveries).ConfigureAwait(false);
             }
-            finally
+
+            return;
+        }
+
+        // The queue is at its bound: the application is behind, and reading waits for room.
+        run.ReadPaused = true;
+        try
+        {
+            await deliveries.Writer.WriteAsync(queued, run.Token).ConfigureAwait(false);
+            deliveries.Added(bytes);
+        }
+        finally
+        {
+            run.ReadPaused = false;
+            run.MarkReceived(Heartbeat?.TimeProvider);
+        }
+    }
+
+    /// <summary>
+    /// Whether the read loop is to stop reading because the application is behind (the peer is then slowed down, and
+    /// that is not a dead connection). Up to <see cref="ReadAheadMessages"/> messages wait for the application. Beyond
+    /// that reading goes on only while something this side sent awaits the peer's ack (an acknowledged send, or a send
+    /// waiting for room in a full buffer), since that ack arrives behind the peer's messages: an application that
+    /// awaits it while handling a message would otherwise wait until its timeout. Either way, what waits is bounded
+    /// like this side's own buffer (<see cref="Limits"/>, counting each frame's envelope too), which an honest peer
+    /// with the same bounds never exceeds: it stops sending when that much of its own is unacknowledged.
+    /// </summary>
+    private bool MustPauseReading(Inbound deliveries)
+    {
+        var maxBytes = Limits?.MaxBytes ?? DefaultInboundMaxBytes;
+        var envelopes = (long)InboundMaxMessages() * MessageFrameEnvelopeBytes;
+        if (deliveries.Bytes >= (maxBytes > long.MaxValue - envelopes ? long.MaxValue : maxBytes + envelopes))
+        {
+            return true;
+        }
+
+        return deliveries.Count > ReadAheadMessages && Volatile.Read(ref _count) == 0;
+    }
+
+    /// <summary>The most received messages that wait for the application (the delivery queue's bound).</summary>
+    private int InboundMaxMessages() => Math.Max(ReadAheadMessages + 1, Limits?.MaxMessages ?? DefaultInboundMaxMessages);
+
+    /// <summary>Waits until <see cref="MustPauseReading"/> no longer holds (read loop only).</summary>
+    private async ValueTask PauseReadingAsync(Run run, Inbound deliveries)
+    {
+        // The flag is raised (with a full barrier) before the condition is read: a delivery or a send that changes the
+        // condition after that sees the flag and wakes this loop.
+        run.ReadPaused = true;
+        Interlocked.MemoryBarrier();
+        try
+        {
+            while (MustPauseReading(deliveries))
             {
-                run.ReadPaused = false;
-                run.MarkReceived(Heartbeat?.TimeProvider);
+                await deliveries.Room.WaitAsync().ConfigureAwait(false);
             }
+        }
+        finally
+        {
+            run.ReadPaused = false;
+            run.MarkReceived(Heartbeat?.TimeProvider);
         }
     }
 
@@ -879,7 +962,7 @@ internal sealed partial class DeliveryEngine
     }
 
     /// <summary>The peer dropped messages up to the frame's sequence number: what this side lacks of them is a gap.</summary>
-    private async ValueTask ReceiveSkipAsync(Run run, Frame frame)
+    private async ValueTask ReceiveSkipAsync(Run run, Frame frame, int bytes)
     {
         if (frame.Sequence <= run.LastQueued)
         {
@@ -887,13 +970,14 @@ internal sealed partial class DeliveryEngine
         }
 
         run.LastQueued = frame.Sequence;
-        await QueueForDeliveryAsync(run, frame).ConfigureAwait(false);
+        await QueueForDeliveryAsync(run, frame, bytes).ConfigureAwait(false);
     }
 
     /// <summary>Hands queued inbound messages to the application in order and owes the peer an ack after each.</summary>
     private async Task DeliverLoopAsync(Run run, CancellationToken token)
     {
-        var reader = run.Deliveries!.Reader;
+        var inbound = run.Deliveries!;
+        var reader = inbound.Reader;
         try
         {
             while (Volatile.Read(ref _terminal) is null && await reader.WaitToReadAsync(token).ConfigureAwait(false))
@@ -906,8 +990,12 @@ internal sealed partial class DeliveryEngine
                     // Stopped (the connection ended) or shut down (the session ended): what is still queued is not
                     // handed over, nor acknowledged; a handler that ignores its token must not be handed the rest of
                     // the queue after the connection, or the session, is over.
-                    while (!token.IsCancellationRequested && Volatile.Read(ref _terminal) is null && reader.TryRead(out var frame))
+                    while (!token.IsCancellationRequested && Volatile.Read(ref _terminal) is null && reader.TryRead(out var queued))
                     {
+                        var frame = queued.Frame;
+                        // Taken with a full barrier before the pause flag is read (see PauseReadingAsync).
+                        inbound.Taken(queued.Bytes);
+                        run.WakeReader();
                         if (frame.Type == FrameType.Skip)
                         {
                             var missing = frame.Sequence - Volatile.Read(ref _lastDelivered);
