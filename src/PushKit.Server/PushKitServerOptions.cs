@@ -67,6 +67,12 @@ public sealed class PushKitServerOptions
     public int IdempotencyCacheSize { get; set; } = 4096;
 
     /// <summary>How many messages to one session may wait for the client's acknowledgement. Default 10,000.</summary>
+    /// <remarks>
+    /// With <see cref="MaxBufferedBytesPerSession"/> it also bounds how many of the client's messages a connection
+    /// queues for the application while a send to the session awaits the client's acknowledgement (that
+    /// acknowledgement arrives behind them). Keep both at least the clients' own buffer limits, as the defaults are,
+    /// so that a handler awaiting an acknowledged send never waits behind a client's burst.
+    /// </remarks>
     public int MaxBufferedMessagesPerSession { get; set; } = 10_000;
 
     /// <summary>How many encoded bytes of messages to one session may wait for the client's acknowledgement. Default 16 MiB.</summary>

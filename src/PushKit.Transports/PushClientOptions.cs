@@ -50,6 +50,10 @@ public sealed class PushClientOptions
     public bool AssignMessageIds { get; set; } = true;
 
     /// <summary>How many sent messages may wait for the server's acknowledgement (queued while reconnecting included). Default 10,000.</summary>
+    /// <remarks>
+    /// With <see cref="MaxBufferedBytes"/> it also bounds how many of the server's messages the channel queues for the
+    /// application beyond its usual 64 while a send awaits the server's acknowledgement, which arrives behind them.
+    /// </remarks>
     public int MaxBufferedMessages { get; set; } = 10_000;
 
     /// <summary>How many encoded bytes of sent messages may wait for the server's acknowledgement. Default 16 MiB.</summary>

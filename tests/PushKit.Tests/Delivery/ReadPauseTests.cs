@@ -118,6 +118,29 @@ public class ReadPauseTests
     }
 
     [Fact]
+    public async Task Large_messages_stop_reading_at_the_byte_bound_before_64_are_queued()
+    {
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var engine = new DeliveryEngine("receiver", 1 << 20, async (_, ct) => await release.Task.WaitAsync(ct), NullLogger.Instance)
+        {
+            // 10,000 bytes plus 64 for each of the 100 messages: 16,400 bytes, about 16 of the frames injected below.
+            Limits = new BufferLimits(100, 10_000, PushBufferFullPolicy.Wait),
+        };
+        var (a, _) = InMemoryConnection.CreatePair();
+        var run = engine.RunAsync(a);
+
+        a.Inject(Messages(1, 200, new string('x', 1000)));
+
+        await Eventually.TrueAsync(() => engine.IsReadPaused && engine.ReceivedThrough > 1);
+        Assert.InRange(engine.ReceivedThrough, 16, 18);
+
+        release.SetResult();
+        await Eventually.TrueAsync(() => engine.LastDelivered == 200);
+        a.Abort();
+        await run.WaitAsync(s_timeout);
+    }
+
+    [Fact]
     public async Task While_an_ack_is_awaited_reading_goes_on_up_to_the_message_bound_of_the_buffer()
     {
         var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
