@@ -87,6 +87,10 @@ internal sealed partial class DeliveryEngine
     private TaskCompletionSource? _space;
     private int _peerMaxMessageBytes;
 
+    // How many unacknowledged outbound messages have a completion (a sender may await their ack); written under the
+    // lock, read without it by the read loop (MustPauseReading).
+    private int _awaitedAcks;
+
     public DeliveryEngine(object name, int peerMaxMessageBytes, Func<PushMessage, CancellationToken, ValueTask> deliver, ILogger logger)
     {
         _name = name;
@@ -213,7 +217,7 @@ internal sealed partial class DeliveryEngine
         long droppedCount = 0;
         Run? run;
         TaskCompletionSource? completion;
-        bool firstUnacknowledged;
+        bool firstAwaited;
         lock (_gate)
         {
             if (_terminal is not null)
@@ -228,7 +232,15 @@ internal sealed partial class DeliveryEngine
                 switch (limits.Policy)
                 {
                     case PushBufferFullPolicy.Wait:
-                        return (null, false, (_space ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).Task);
+                        if (_space is null)
+                        {
+                            // A sender now waits for acks to make room: a paused read loop may read on to reach them.
+                            // (Waking takes no lock and runs nothing inline, so it may happen under this one.)
+                            _space = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                            WakeReaderForAck(_current);
+                        }
+
+                        return (null, false, _space.Task);
                     case PushBufferFullPolicy.Disconnect:
                         throw new PushBufferFullException(
                             $"The session's buffer of unacknowledged messages is full ({_count} messages, {_bufferedBytes} bytes; limits {limits.MaxMessages} and {limits.MaxBytes}).");
@@ -247,7 +259,7 @@ internal sealed partial class DeliveryEngine
 
             completion = trackAck ? new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously) : null;
             _ring[(_head + _count) % _ring.Length] = new Entry(message, completion);
-            firstUnacknowledged = _count == 0;
+            firstAwaited = completion is not null && _awaitedAcks++ == 0;
             _count++;
             _bufferedBytes += bytes;
             _lastAssigned++;
@@ -267,21 +279,28 @@ internal sealed partial class DeliveryEngine
             }
         }
 
-        if (run is not null)
+        run?.Ring();
+        if (firstAwaited)
         {
-            run.Ring();
-            if (firstUnacknowledged)
-            {
-                // Something of this side's now awaits the peer's ack, which may come behind messages a paused read
-                // loop has left unread: it may read on (MustPauseReading). The lock's release does not order its
-                // write of the count before this read of the pause flag; the barrier does (the read loop raises the
-                // flag before it reads the count).
-                Interlocked.MemoryBarrier();
-                run.WakeReader();
-            }
+            WakeReaderForAck(run);
         }
 
         return (completion?.Task, true, null);
+    }
+
+    /// <summary>
+    /// Something of this side's now awaits the peer's ack, which may come behind messages a paused read loop has left
+    /// unread: it may read on (<see cref="MustPauseReading"/>). Called after the state that says so was written under
+    /// the lock, which does not order that write before this read of the pause flag; the barrier does (the read loop
+    /// raises the flag before it reads the state).
+    /// </summary>
+    private static void WakeReaderForAck(Run? run)
+    {
+        if (run is not null)
+        {
+            Interlocked.MemoryBarrier();
+            run.WakeReader();
+        }
     }
 
     /// <summary>Drops the oldest unacknowledged messages until <paramref name="incoming"/> bytes fit (under the lock).</summary>
@@ -295,6 +314,7 @@ internal sealed partial class DeliveryEngine
             if (entry.Completion is not null)
             {
                 dropped.Add(entry.Completion);
+                _awaitedAcks--;
             }
 
             entry = default;
@@ -367,6 +387,7 @@ internal sealed partial class DeliveryEngine
 
             // Nothing is left to send: the queued messages failed with the error above.
             _count = 0;
+            _awaitedAcks = 0;
             _head = 0;
             _bufferedBytes = 0;
             _space?.TrySetResult();
@@ -409,6 +430,7 @@ internal sealed partial class DeliveryEngine
             }
 
             _count = 0;
+            _awaitedAcks = 0;
             _head = 0;
             _bufferedBytes = 0;
             _lastAcked = _lastAssigned;
@@ -435,6 +457,7 @@ internal sealed partial class DeliveryEngine
 
                 _ring[(_head + _count) % _ring.Length] = new Entry(message, completion);
                 _count++;
+                _awaitedAcks += completion is null ? 0 : 1;
                 _bufferedBytes += message.EncodedBody.Length;
                 _lastAssigned++;
             }
@@ -817,39 +840,38 @@ internal sealed partial class DeliveryEngine
         CommitInlineDeliveries(run);
         var deliveries = run.Deliveries ?? run.StartDeliveries(InboundMaxMessages(), s_deliverLoop);
         var queued = new Queued(frame, bytes);
-        if (deliveries.Writer.TryWrite(queued))
+        if (!deliveries.Writer.TryWrite(queued))
         {
-            deliveries.Added(bytes);
-            if (MustPauseReading(deliveries))
+            // The queue is at its bound: the application is behind, and reading waits for room.
+            run.ReadPaused = true;
+            try
             {
-                await PauseReadingAsync(run, deliveries).ConfigureAwait(false);
+                await deliveries.Writer.WriteAsync(queued, run.Token).ConfigureAwait(false);
             }
-
-            return;
+            finally
+            {
+                // Marked before the flag is lowered: the heartbeat, which reads the flag first, then sees the mark.
+                run.MarkReceived(Heartbeat?.TimeProvider);
+                run.ReadPaused = false;
+            }
         }
 
-        // The queue is at its bound: the application is behind, and reading waits for room.
-        run.ReadPaused = true;
-        try
+        deliveries.Added(bytes);
+        if (MustPauseReading(deliveries))
         {
-            await deliveries.Writer.WriteAsync(queued, run.Token).ConfigureAwait(false);
-            deliveries.Added(bytes);
-        }
-        finally
-        {
-            run.ReadPaused = false;
-            run.MarkReceived(Heartbeat?.TimeProvider);
+            await PauseReadingAsync(run, deliveries).ConfigureAwait(false);
         }
     }
 
     /// <summary>
     /// Whether the read loop is to stop reading because the application is behind (the peer is then slowed down, and
     /// that is not a dead connection). Up to <see cref="ReadAheadMessages"/> messages wait for the application. Beyond
-    /// that reading goes on only while something this side sent awaits the peer's ack (an acknowledged send, or a send
+    /// that reading goes on only while a sender on this side awaits the peer's ack (an acknowledged send, or a send
     /// waiting for room in a full buffer), since that ack arrives behind the peer's messages: an application that
     /// awaits it while handling a message would otherwise wait until its timeout. Either way, what waits is bounded
     /// like this side's own buffer (<see cref="Limits"/>, counting each frame's envelope too), which an honest peer
-    /// with the same bounds never exceeds: it stops sending when that much of its own is unacknowledged.
+    /// with the same bounds and the <c>Wait</c> or <c>Disconnect</c> policy never exceeds: it stops sending when that
+    /// much of its own is unacknowledged.
     /// </summary>
     private bool MustPauseReading(Inbound deliveries)
     {
@@ -860,7 +882,7 @@ internal sealed partial class DeliveryEngine
             return true;
         }
 
-        return deliveries.Count > ReadAheadMessages && Volatile.Read(ref _count) == 0;
+        return deliveries.Count > ReadAheadMessages && Volatile.Read(ref _awaitedAcks) == 0 && Volatile.Read(ref _space) is null;
     }
 
     /// <summary>The most received messages that wait for the application (the delivery queue's bound).</summary>
@@ -882,8 +904,8 @@ internal sealed partial class DeliveryEngine
         }
         finally
         {
-            run.ReadPaused = false;
             run.MarkReceived(Heartbeat?.TimeProvider);
+            run.ReadPaused = false;
         }
     }
 
@@ -1087,6 +1109,7 @@ internal sealed partial class DeliveryEngine
                 if (entry.Completion is not null)
                 {
                     (completed ??= []).Add(entry.Completion);
+                    _awaitedAcks--;
                 }
 
                 entry = default;

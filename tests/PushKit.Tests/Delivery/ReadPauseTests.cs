@@ -167,6 +167,137 @@ public class ReadPauseTests
     }
 
     [Fact]
+    public async Task A_send_that_nobody_awaits_does_not_lift_the_64_message_pause()
+    {
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var engine = new DeliveryEngine("receiver", 1 << 20, async (_, ct) => await release.Task.WaitAsync(ct), NullLogger.Instance)
+        {
+            Limits = new BufferLimits(10_000, 16 * 1024 * 1024, PushBufferFullPolicy.Disconnect),
+        };
+        var (a, _) = InMemoryConnection.CreatePair();
+        var run = engine.RunAsync(a);
+
+        // A broadcast's way in (queued, nobody waits for its ack): a server almost always has one unacknowledged.
+        Assert.True(engine.TryEnqueueNow(PushMessage.FromString("news")));
+        a.Inject(Messages(1, 2000));
+
+        await Eventually.TrueAsync(() => engine.IsReadPaused && engine.ReceivedThrough == 66);
+
+        release.SetResult();
+        await Eventually.TrueAsync(() => engine.LastDelivered == 2000);
+        a.Abort();
+        await run.WaitAsync(s_timeout);
+    }
+
+    [Fact]
+    public async Task A_send_waiting_for_room_in_a_full_buffer_lifts_the_pause()
+    {
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var engine = new DeliveryEngine("receiver", 1 << 20, async (_, ct) => await release.Task.WaitAsync(ct), NullLogger.Instance)
+        {
+            // Full in bytes after one message; the bound on what waits for the application stays large (10,000
+            // messages, 640 KB with their envelopes).
+            Limits = new BufferLimits(10_000, 10, PushBufferFullPolicy.Wait),
+        };
+        var (a, _) = InMemoryConnection.CreatePair();
+        var run = engine.RunAsync(a);
+        Assert.True(engine.TryEnqueueNow(PushMessage.FromString("first")));
+        a.Inject(Messages(1, 200));
+        await Eventually.TrueAsync(() => engine.IsReadPaused && engine.ReceivedThrough == 66);
+
+        // The application's next send waits for the ack of the first, which is behind the unread messages.
+        var second = engine.EnqueueAsync(PushMessage.FromString("second"), trackAck: false).AsTask();
+        await Eventually.TrueAsync(() => engine.ReceivedThrough == 200);
+        a.Inject("{\"type\":\"ack\",\"seq\":1}");
+        await second.WaitAsync(s_timeout);
+
+        release.SetResult();
+        await Eventually.TrueAsync(() => engine.LastDelivered == 200);
+        a.Abort();
+        await run.WaitAsync(s_timeout);
+    }
+
+    [Fact]
+    public async Task Frames_that_enter_through_a_full_queue_are_held_to_the_byte_bound()
+    {
+        var gate = new SemaphoreSlim(0);
+        var engine = new DeliveryEngine("receiver", 1 << 20, async (_, ct) => await gate.WaitAsync(ct), NullLogger.Instance)
+        {
+            // 10,000 bytes plus 64 for each of the 100 messages: 16,400 bytes.
+            Limits = new BufferLimits(100, 10_000, PushBufferFullPolicy.Wait),
+        };
+        var (a, _) = InMemoryConnection.CreatePair();
+        var run = engine.RunAsync(a);
+        _ = engine.Enqueue(PushMessage.FromString("mine"), trackAck: true);
+
+        // The queue fills with small frames (about 3.5 KB), then 10 KB frames wait for room.
+        a.Inject(Messages(1, 101));
+        a.Inject(Messages(102, 400, new string('x', 10_000)));
+        await Eventually.TrueAsync(() => engine.IsReadPaused && engine.ReceivedThrough == 102);
+
+        // The application takes the small ones one at a time; each frees a slot in a full queue, which a large frame
+        // used to take whatever the bytes queued.
+        for (var i = 1; i <= 100; i++)
+        {
+            gate.Release();
+            await Eventually.TrueAsync(() => engine.LastDelivered == i);
+            await Eventually.TrueAsync(() => engine.IsReadPaused);
+        }
+
+        await Eventually.TrueAsync(() => engine.IsReadPaused && engine.LastDelivered == 100);
+        var held = engine.ReceivedThrough - engine.LastDelivered;
+        Assert.True(held * 10_035L <= 16_400 + (2 * 10_035), $"{held} messages held (about {held * 10_035L} bytes); the bound is 16,400 bytes and a frame.");
+
+        gate.Release(1000);
+        await Eventually.TrueAsync(() => engine.LastDelivered == 400);
+        a.Abort();
+        await run.WaitAsync(s_timeout);
+    }
+
+    [Fact]
+    public async Task Once_nothing_is_awaited_a_full_queue_drains_to_64_before_reading_goes_on()
+    {
+        var gate = new SemaphoreSlim(0);
+        var engine = new DeliveryEngine("receiver", 1 << 20, async (_, ct) => await gate.WaitAsync(ct), NullLogger.Instance)
+        {
+            Limits = new BufferLimits(150, long.MaxValue, PushBufferFullPolicy.Wait),
+        };
+        var (a, _) = InMemoryConnection.CreatePair();
+        var run = engine.RunAsync(a);
+        var acknowledged = engine.Enqueue(PushMessage.FromString("mine"), trackAck: true)!;
+
+        // Message 1 with the application, 2-151 queued, 152 waiting for room; the ack is behind them.
+        a.Inject(Messages(1, 155));
+        a.Inject("{\"type\":\"ack\",\"seq\":1}");
+        a.Inject(Messages(156, 400));
+        await Eventually.TrueAsync(() => engine.IsReadPaused && engine.ReceivedThrough == 152);
+
+        // A few deliveries let the read loop reach the ack: nothing is awaited any more.
+        for (var i = 1; i <= 4; i++)
+        {
+            gate.Release();
+            await Eventually.TrueAsync(() => engine.LastDelivered == i);
+        }
+
+        await acknowledged.WaitAsync(s_timeout);
+
+        // From here the read loop stays paused until the queue is down to 64, however many deliveries that takes.
+        for (var i = 5; i <= 60; i++)
+        {
+            gate.Release();
+            await Eventually.TrueAsync(() => engine.LastDelivered == i);
+            await Eventually.TrueAsync(() => engine.IsReadPaused);
+            Assert.True(engine.ReceivedThrough - engine.LastDelivered - 1 >= 64, $"Read through {engine.ReceivedThrough} with {engine.ReceivedThrough - engine.LastDelivered - 1} queued and nothing awaited.");
+            Assert.True(engine.ReceivedThrough <= 157, $"Read on to {engine.ReceivedThrough} with nothing awaited.");
+        }
+
+        gate.Release(1000);
+        await Eventually.TrueAsync(() => engine.LastDelivered == 400);
+        a.Abort();
+        await run.WaitAsync(s_timeout);
+    }
+
+    [Fact]
     public async Task A_pause_ends_when_something_of_the_receivers_own_starts_to_await_an_ack()
     {
         var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
