@@ -384,6 +384,9 @@ internal sealed partial class DeliveryEngine
         /// <summary>The wire length of the frames queued.</summary>
         public long Bytes => Volatile.Read(ref _bytes);
 
+        /// <summary>Whether the read loop has logged that it stopped at the bound while an ack was awaited (read loop only).</summary>
+        public bool WarnedAtBound { get; set; }
+
         public void Added(int bytes) => Interlocked.Add(ref _bytes, bytes);
 
         public void Taken(int bytes) => Interlocked.Add(ref _bytes, -bytes);

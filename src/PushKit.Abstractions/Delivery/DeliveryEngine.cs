@@ -843,6 +843,7 @@ internal sealed partial class DeliveryEngine
         if (!deliveries.Writer.TryWrite(queued))
         {
             // The queue is at its bound: the application is behind, and reading waits for room.
+            WarnIfStoppedAtBound(deliveries);
             run.ReadPaused = true;
             try
             {
@@ -859,9 +860,27 @@ internal sealed partial class DeliveryEngine
         deliveries.Added(bytes);
         if (MustPauseReading(deliveries))
         {
+            WarnIfStoppedAtBound(deliveries);
             await PauseReadingAsync(run, deliveries).ConfigureAwait(false);
         }
     }
+
+    /// <summary>
+    /// Logs, once per connection, that reading stops at the bound while a sender awaits the peer's ack: that ack may be
+    /// among what is left unread, and the send then times out (a peer under <c>DropOldest</c>, or with larger buffer
+    /// limits than this side's). Read loop only.
+    /// </summary>
+    private void WarnIfStoppedAtBound(Inbound deliveries)
+    {
+        if (AwaitsAck() && !deliveries.WarnedAtBound)
+        {
+            deliveries.WarnedAtBound = true;
+            Log.ReadStoppedAtBound(_logger, _name, deliveries.Count, deliveries.Bytes);
+        }
+    }
+
+    /// <summary>Whether a sender on this side may be waiting for the peer's ack: a send with a completion, or one waiting for room.</summary>
+    private bool AwaitsAck() => Volatile.Read(ref _awaitedAcks) != 0 || Volatile.Read(ref _space) is not null;
 
     /// <summary>
     /// Whether the read loop is to stop reading because the application is behind (the peer is then slowed down, and
@@ -882,7 +901,7 @@ internal sealed partial class DeliveryEngine
             return true;
         }
 
-        return deliveries.Count > ReadAheadMessages && Volatile.Read(ref _awaitedAcks) == 0 && Volatile.Read(ref _space) is null;
+        return deliveries.Count > ReadAheadMessages && !AwaitsAck();
     }
 
     /// <summary>The most received messages that wait for the application (the delivery queue's bound).</summary>

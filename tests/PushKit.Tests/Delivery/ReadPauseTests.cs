@@ -1,4 +1,5 @@
 using System.Threading.Channels;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using PushKit.Delivery;
 
@@ -70,15 +71,18 @@ public class ReadPauseTests
     public async Task With_nothing_of_its_own_unacknowledged_a_receiver_stops_reading_at_64_queued_messages()
     {
         var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        var engine = new DeliveryEngine("receiver", 1 << 20, async (_, ct) => await release.Task.WaitAsync(ct), NullLogger.Instance);
+        var log = new EventLog();
+        var engine = new DeliveryEngine("receiver", 1 << 20, async (_, ct) => await release.Task.WaitAsync(ct), log);
         var (a, _) = InMemoryConnection.CreatePair();
         var run = engine.RunAsync(a);
 
         a.Inject(Messages(1, 200));
 
-        // Message 1 with the application, 2-66 queued: reading stops there and stays stopped.
+        // Message 1 with the application, 2-66 queued: reading stops there and stays stopped. That is ordinary
+        // back-pressure, not worth a warning.
         await Eventually.TrueAsync(() => engine.IsReadPaused && engine.ReceivedThrough == 66);
         Assert.Equal(66, engine.ReceivedThrough);
+        Assert.DoesNotContain(16, log.EventIds);
 
         release.SetResult();
         await Eventually.TrueAsync(() => engine.LastDelivered == 200);
@@ -90,7 +94,8 @@ public class ReadPauseTests
     public async Task While_an_ack_is_awaited_reading_goes_on_up_to_the_byte_bound_of_the_buffer()
     {
         var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        var engine = new DeliveryEngine("receiver", 1 << 20, async (_, ct) => await release.Task.WaitAsync(ct), NullLogger.Instance)
+        var log = new EventLog();
+        var engine = new DeliveryEngine("receiver", 1 << 20, async (_, ct) => await release.Task.WaitAsync(ct), log)
         {
             // 100,000 bytes, plus 64 bytes of frame envelope for each of the 1,000 messages: 164,000 bytes, about 158 of
             // the 1,037-1,039-byte frames injected below.
@@ -107,6 +112,9 @@ public class ReadPauseTests
         // queued), not at the message bound.
         await Eventually.TrueAsync(() => engine.IsReadPaused && engine.ReceivedThrough > 66);
         Assert.InRange(engine.ReceivedThrough, 155, 162);
+
+        // Stopping while an ack is awaited may stall that send: it is logged, once for the connection.
+        Assert.Equal(1, log.EventIds.Count(id => id == 16));
 
         // The peer's ack arrives behind what is unread, and is read once the application catches up.
         a.Inject("{\"type\":\"ack\",\"seq\":1}");
@@ -318,5 +326,35 @@ public class ReadPauseTests
         await Eventually.TrueAsync(() => engine.LastDelivered == 200);
         a.Abort();
         await run.WaitAsync(s_timeout);
+    }
+
+    /// <summary>Records the event id of every log line.</summary>
+    private sealed class EventLog : ILogger
+    {
+        private readonly List<int> _ids = [];
+
+        public List<int> EventIds
+        {
+            get
+            {
+                lock (_ids)
+                {
+                    return [.. _ids];
+                }
+            }
+        }
+
+        public IDisposable? BeginScope<TState>(TState state)
+            where TState : notnull => null;
+
+        public bool IsEnabled(LogLevel logLevel) => true;
+
+        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
+        {
+            lock (_ids)
+            {
+                _ids.Add(eventId.Id);
+            }
+        }
     }
 }
