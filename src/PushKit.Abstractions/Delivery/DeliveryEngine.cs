@@ -32,14 +32,14 @@ internal sealed partial class DeliveryEngine
     private static readonly TimeSpan s_drainTimeout = TimeSpan.FromSeconds(5);
 
     /// <summary>
-    /// How many received messages may wait for the application before reading pauses, while nothing this side sent
+    /// How many received messages may wait for the application before reading pauses, while no sender on this side
     /// awaits the peer's ack (beyond that the peer is slowed down; see <see cref="MustPauseReading"/>).
     /// </summary>
     internal const int ReadAheadMessages = 64;
 
-    // The bounds of what waits for the application while this side awaits an ack, when the engine has no Limits; and
-    // the most a message frame adds to its encoded body ({"type":"msg","seq":N, and an ackNow flag), so that the peer's
-    // buffer, which counts encoded bodies, fits in ours, which counts frames.
+    // The bounds of what waits for the application when the engine has no Limits (its count while this side awaits an
+    // ack; its bytes at all times); and the most a message frame adds to its encoded body ({"type":"msg","seq":N, and an
+    // ackNow flag), so that the peer's buffer, which counts encoded bodies, fits in ours, which counts frames.
     private const int DefaultInboundMaxMessages = 10_000;
     private const long DefaultInboundMaxBytes = 16 * 1024 * 1024;
     private const int MessageFrameEnvelopeBytes = 64;
