@@ -16,14 +16,9 @@ public class StartHandlerTests
     public async Task A_start_handler_can_await_an_acknowledged_send_to_its_session(string transport)
     {
         var welcome = new WelcomeHandler.Outcome();
-        await using var server = await PushTestServer.StartAsync(
-            push =>
-            {
-                push.Services.AddSingleton(welcome);
-                push.AddHandler<WelcomeHandler>();
-            },
-            // The send used to wait for its ack until this timed out: the connection started only after the handler.
-            o => o.AckTimeout = TimeSpan.FromSeconds(10));
+
+        // The send used to wait for its ack until AckTimeout: the connection started only after the handler.
+        await using var server = await StartWelcomeServerAsync(welcome);
 
         var client = await server.ConnectClientAsync(transport);
 
@@ -130,13 +125,7 @@ public class StartHandlerTests
     {
         const int burst = 300;
         var welcome = new WelcomeHandler.Outcome { Hold = new(TaskCreationOptions.RunContinuationsAsynchronously) };
-        await using var server = await PushTestServer.StartAsync(
-            push =>
-            {
-                push.Services.AddSingleton(welcome);
-                push.AddHandler<WelcomeHandler>();
-            },
-            o => o.AckTimeout = TimeSpan.FromSeconds(10));
+        await using var server = await StartWelcomeServerAsync(welcome);
         var client = await server.ConnectClientAsync(transport);
         var session = (PushSession)server.Sessions.FindSession(client.SessionId!)!;
 
@@ -151,6 +140,19 @@ public class StartHandlerTests
         await Task.WhenAll(sends).WaitAsync(TestTimeouts.Default);
         Assert.Equal(Enumerable.Range(1, burst).Select(i => $"m{i}"), welcome.Received.Select(m => m.GetString()));
     }
+
+    /// <summary>
+    /// A server whose start handler sends a welcome and awaits its ack; a stalled ack fails the handler after 10 s, well
+    /// within the tests' own timeouts.
+    /// </summary>
+    private static Task<PushTestServer> StartWelcomeServerAsync(WelcomeHandler.Outcome welcome) =>
+        PushTestServer.StartAsync(
+            push =>
+            {
+                push.Services.AddSingleton(welcome);
+                push.AddHandler<WelcomeHandler>();
+            },
+            o => o.AckTimeout = TimeSpan.FromSeconds(10));
 
     private sealed class TokenProbeHandler(TokenProbeHandler.Probe probe) : PushHandler
     {
