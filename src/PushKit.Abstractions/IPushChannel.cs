@@ -30,6 +30,11 @@ public interface IPushChannel : IAsyncDisposable
     /// Raised when the peer dropped messages this side will never receive (its buffer was full under
     /// <see cref="PushBufferFullPolicy.DropOldest"/>). Messages after the gap still arrive in order.
     /// </summary>
+    /// <remarks>
+    /// Raised from the delivery loop, in order with the messages: keep handlers short. An exception from a handler is
+    /// logged and changes nothing else. On a server session it is raised after the start handlers have returned, so a
+    /// handler that subscribes in <c>PushHandler.OnSessionStartedAsync</c> misses nothing.
+    /// </remarks>
     event EventHandler<PushMessagesDroppedEventArgs>? MessagesDropped;
 
     /// <summary>

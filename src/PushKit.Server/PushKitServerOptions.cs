@@ -55,8 +55,9 @@ public sealed class PushKitServerOptions
 
     /// <summary>
     /// How many messages from one client may wait for the application when no <see cref="PushHandler"/> is registered
-    /// and messages are read with <see cref="IPushChannel.ReadAllAsync"/>. When full, the client is slowed down
-    /// (its messages are not acknowledged until there is room). Default 1,024.
+    /// and messages are read with <see cref="IPushChannel.ReadAllAsync"/>. Their bytes (payload and id, plus 64 per
+    /// message) are held to <see cref="MaxBufferedBytesPerSession"/> too. When full, the client is slowed down (its
+    /// messages are not acknowledged until there is room). Default 1,024.
     /// </summary>
     public int InboundQueueCapacity { get; set; } = 1024;
 

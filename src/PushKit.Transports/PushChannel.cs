@@ -282,7 +282,7 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
                 TimeSpan.FromMilliseconds(HeartbeatTimeoutMs(negotiated.Heartbeat)),
                 _options.TimeProvider),
             Limits = new BufferLimits(_options.MaxBufferedMessages, _options.MaxBufferedBytes, _options.BufferFullPolicy),
-            OnMessagesDropped = count => MessagesDropped?.Invoke(this, new PushMessagesDroppedEventArgs(count)),
+            OnMessagesDropped = RaiseMessagesDropped,
 
             // Received messages go straight into the receive queue while it has room.
             TryDeliverInline = inbound.TryWrite,
@@ -922,8 +922,27 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
         }
     }
 
+    private ValueTask RaiseMessagesDropped(long count, CancellationToken cancellationToken)
+    {
+        try
+        {
+            MessagesDropped?.Invoke(this, new PushMessagesDroppedEventArgs(count));
+        }
+        catch (Exception ex)
+        {
+            // As for StateChanged: the application's handler must not end the connection, which would only bring the
+            // same skip back on the next one, and the next.
+            Log.MessagesDroppedHandlerFailed(_logger, SessionId, count, ex);
+        }
+
+        return default;
+    }
+
     private static partial class Log
     {
+        [LoggerMessage(111, LogLevel.Error, "Session {SessionId}: a MessagesDropped handler threw (for {Count} missing messages); the channel carries on")]
+        public static partial void MessagesDroppedHandlerFailed(ILogger logger, string? sessionId, long count, Exception exception);
+
         [LoggerMessage(100, LogLevel.Information, "Session {SessionId} connected over {Transport}")]
         public static partial void Connected(ILogger logger, string sessionId, string transport);
 

@@ -109,8 +109,11 @@ internal sealed partial class DeliveryEngine
     /// <summary>Bounds of the unacknowledged outbound buffer and what happens when it is full; null for unbounded.</summary>
     public BufferLimits? Limits { get; set; }
 
-    /// <summary>Called (from the delivery loop, in order) when the peer says it dropped messages this side lacks.</summary>
-    public Action<long>? OnMessagesDropped { get; set; }
+    /// <summary>
+    /// Called (from the delivery loop, in order with the messages) when the peer says it dropped messages this side
+    /// lacks, and awaited like a delivery. It must not throw for the application's sake: a failure ends the connection.
+    /// </summary>
+    public Func<long, CancellationToken, ValueTask>? OnMessagesDropped { get; set; }
 
     /// <summary>Counts acknowledged, replayed and dropped outbound messages; null to count nothing.</summary>
     public IDeliveryMetrics? Metrics { get; init; }
@@ -1042,7 +1045,10 @@ internal sealed partial class DeliveryEngine
                             var missing = frame.Sequence - Volatile.Read(ref _lastDelivered);
 
                             Log.MessagesDropped(_logger, _name, missing);
-                            OnMessagesDropped?.Invoke(missing);
+                            if (OnMessagesDropped is { } dropped)
+                            {
+                                await dropped(missing, token).ConfigureAwait(false);
+                            }
                         }
                         else
                         {

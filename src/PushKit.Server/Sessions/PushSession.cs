@@ -19,7 +19,7 @@ internal sealed partial class PushSession : IPushSession
     private readonly PushSessionManager _manager;
     private readonly byte[] _secretHash;
     private readonly SemaphoreSlim _connectionLock = new(1, 1);
-    private Channel<PushMessage>? _inbound;
+    private SessionReadQueue? _inbound;
     private readonly bool _readable;
     private readonly ILogger _logger;
     private readonly object _stateGate = new();
@@ -62,7 +62,7 @@ internal sealed partial class PushSession : IPushSession
             Heartbeat = manager.Heartbeat,
             Limits = manager.BufferLimits,
             Metrics = manager.Metrics,
-            OnMessagesDropped = count => MessagesDropped?.Invoke(this, new PushMessagesDroppedEventArgs(count)),
+            OnMessagesDropped = MessagesDroppedAsync,
         };
     }
 
@@ -118,7 +118,7 @@ internal sealed partial class PushSession : IPushSession
     }
 
     /// <summary>Messages from the client waiting for <see cref="ReadAllAsync"/> (no handlers registered); made on first use.</summary>
-    private Channel<PushMessage> Inbound
+    private SessionReadQueue Inbound
     {
         get
         {
@@ -131,10 +131,10 @@ internal sealed partial class PushSession : IPushSession
             {
                 if (_inbound is null)
                 {
-                    var inbound = Channel.CreateBounded<PushMessage>(new BoundedChannelOptions(_manager.Options.InboundQueueCapacity) { SingleWriter = true });
+                    var inbound = new SessionReadQueue(_manager.Options.InboundQueueCapacity, _manager.Options.MaxBufferedBytesPerSession);
                     if (_state == PushChannelState.Closed)
                     {
-                        inbound.Writer.TryComplete();
+                        inbound.Complete();
                     }
 
                     Volatile.Write(ref _inbound, inbound);
@@ -317,7 +317,7 @@ internal sealed partial class PushSession : IPushSession
         var inbound = Inbound;
         while (await inbound.Reader.WaitToReadAsync(cancellationToken).ConfigureAwait(false))
         {
-            while (inbound.Reader.TryRead(out var message))
+            while (inbound.TryRead(out var message))
             {
                 yield return message;
             }
@@ -420,9 +420,20 @@ internal sealed partial class PushSession : IPushSession
                         catch (TimeoutException)
                         {
                             // The old connection is not closing in time (a dead peer, a long-poll nobody collects):
-                            // cut it, and wait for its run to end (a slow handler may still be finishing its message).
+                            // cut it, and wait a little more for its run to end.
                             Volatile.Read(ref _connection)?.Abort();
-                            await previous.WaitAsync(cancellationToken).ConfigureAwait(false);
+                            try
+                            {
+                                await previous.WaitAsync(s_supersedeWait, cancellationToken).ConfigureAwait(false);
+                            }
+                            catch (TimeoutException)
+                            {
+                                // A handler is still busy with one of its messages (C1.2): drop the new connection
+                                // rather than leave it open with nothing on it; its client retries like any lost one.
+                                Log.SupersedeTimedOut(_logger, SessionId);
+                                connection.Abort();
+                                return new ConnectionEnd(ConnectionEndKind.Lost, null, "The previous connection did not end in time (a handler is still busy); dropped, to be retried.");
+                            }
                         }
                     }
 
@@ -580,7 +591,7 @@ internal sealed partial class PushSession : IPushSession
         // An overloaded session's client is asked to wait a little before it comes back with a new one.
         int? retryAfterMs = code == PushCloseCode.Overloaded ? 5_000 : null;
         Engine.Shutdown(code, reason, new PushChannelClosedException($"Session {SessionId} ended: {reason}", code), retryAfterMs);
-        Volatile.Read(ref _inbound)?.Writer.TryComplete();
+        Volatile.Read(ref _inbound)?.Complete();
         if (Volatile.Read(ref _startGate) is { } startGate)
         {
             // Start handlers still running stop their work; cancelled asynchronously, so that no handler code runs here,
@@ -686,11 +697,11 @@ internal sealed partial class PushSession : IPushSession
         public CancellationTokenSource SessionEnded { get; } = new();
     }
 
-    private async ValueTask DeliverAsync(PushMessage message, CancellationToken cancellationToken)
+    /// <summary>Waits, when the start handlers still run, until they have finished: client input is handled after them.</summary>
+    private async ValueTask WaitForStartAsync(CancellationToken cancellationToken)
     {
         if (Volatile.Read(ref _startGate) is { } startGate)
         {
-            // The start handler is still running: it has finished before the first client message is handled.
             await startGate.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
             if (HasEnded)
             {
@@ -698,6 +709,36 @@ internal sealed partial class PushSession : IPushSession
                 // handed over, as for any message still waiting when a session ends.
                 throw new PushChannelClosedException($"Session {SessionId} ended during its start handler.", PushCloseCode.Normal);
             }
+        }
+    }
+
+    /// <summary>
+    /// A <c>skip</c> from the client, told to the application like a message: after the start handlers (which is where
+    /// an application subscribes), and a subscriber that throws is logged, not allowed to stop the session's input.
+    /// </summary>
+    private async ValueTask MessagesDroppedAsync(long count, CancellationToken cancellationToken)
+    {
+        if (Volatile.Read(ref _startGate) is not null)
+        {
+            await WaitForStartAsync(cancellationToken).ConfigureAwait(false);
+        }
+
+        try
+        {
+            MessagesDropped?.Invoke(this, new PushMessagesDroppedEventArgs(count));
+        }
+        catch (Exception ex)
+        {
+            Log.MessagesDroppedHandlerFailed(_logger, SessionId, count, ex);
+        }
+    }
+
+    private async ValueTask DeliverAsync(PushMessage message, CancellationToken cancellationToken)
+    {
+        if (Volatile.Read(ref _startGate) is not null)
+        {
+            // The start handler is still running: it has finished before the first client message is handled.
+            await WaitForStartAsync(cancellationToken).ConfigureAwait(false);
         }
 
         // Idempotent sends: a message id applied before in this scope is acknowledged but not applied again. The id
@@ -711,7 +752,7 @@ internal sealed partial class PushSession : IPushSession
 
         if (_readable)
         {
-            await Inbound.Writer.WriteAsync(message, cancellationToken).ConfigureAwait(false);
+            await Inbound.WriteAsync(message, cancellationToken).ConfigureAwait(false);
         }
         else
         {
@@ -770,6 +811,12 @@ internal sealed partial class PushSession : IPushSession
 
         [LoggerMessage(14, LogLevel.Error, "Session {SessionId}: a StateChanged handler threw")]
         public static partial void StateChangedHandlerFailed(ILogger logger, string sessionId, Exception exception);
+
+        [LoggerMessage(17, LogLevel.Error, "Session {SessionId}: a MessagesDropped handler threw (for {Count} missing messages); the session carries on")]
+        public static partial void MessagesDroppedHandlerFailed(ILogger logger, string sessionId, long count, Exception exception);
+
+        [LoggerMessage(18, LogLevel.Warning, "Session {SessionId}: the connection it replaces did not end within 2 s (a handler is still busy with one of its messages); the new connection was dropped, for its client to retry")]
+        public static partial void SupersedeTimedOut(ILogger logger, string sessionId);
 
         [LoggerMessage(11, LogLevel.Debug, "Session {SessionId}: connection ended ({Kind}, {CloseCode}, {Reason})")]
         public static partial void ConnectionEnded(ILogger logger, string sessionId, ConnectionEndKind kind, PushCloseCode? closeCode, string? reason);

@@ -75,7 +75,11 @@ public class BackpressureTests
         var dropped = new TaskCompletionSource<long>(TaskCreationOptions.RunContinuationsAsynchronously);
         var receiver = new DeliveryEngine("receiver", 1 << 20, (m, ct) => received.Writer.WriteAsync(m.GetString(), ct), NullLogger.Instance)
         {
-            OnMessagesDropped = count => dropped.TrySetResult(count),
+            OnMessagesDropped = (count, _) =>
+            {
+                dropped.TrySetResult(count);
+                return default;
+            },
         };
         var (a, b) = InMemoryConnection.CreatePair();
         var runs = new[] { sender.RunAsync(a), receiver.RunAsync(b) };

@@ -1,0 +1,295 @@
+using System.Net.WebSockets;
+using Microsoft.Extensions.DependencyInjection;
+using PushKit.IntegrationTests.Infrastructure;
+using PushKit.Server;
+
+namespace PushKit.IntegrationTests;
+
+/// <summary>
+/// What a client sends at the edges of the session's life, handled as the protocol says: a <c>skip</c> reaches the
+/// application after its start handlers and cannot be stopped by a throwing subscriber; a new connection behind a busy
+/// handler is dropped in time (C1.2); messages waiting for <c>ReadAllAsync</c> are bounded in bytes.
+/// </summary>
+public sealed class ClientInputEdgeTests
+{
+    private const string SkipThenMessage = "{\"type\":\"skip\",\"seq\":3}\n{\"type\":\"msg\",\"seq\":4,\"contentType\":\"text/plain\",\"data\":\"after the gap\"}\n";
+
+    [Fact]
+    public async Task A_skip_at_session_start_reaches_a_MessagesDropped_handler_subscribed_in_OnSessionStarted()
+    {
+        // A DropOldest client that overflowed while offline sends exactly this as its first frame.
+        var probe = new DropProbe { HoldStart = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously) };
+        await using var server = await StartAsync(probe);
+        await using var socket = await server.ConnectRawAsync();
+        var inbox = new Inbox(socket.Socket);
+        await probe.Starting.Task.WaitAsync(TestTimeouts.Default);
+
+        // The skip arrives while the start handler is still loading the user's state, before it subscribes: it waits
+        // for the handler, as a message does, so it is not applied (nor acknowledged) meanwhile.
+        await socket.SendAsync("{\"type\":\"skip\",\"seq\":3}");
+        Assert.Null(await inbox.NextWithinAsync(TimeSpan.FromSeconds(1)));
+        probe.HoldStart.SetResult();
+
+        Assert.Equal(3, await probe.Dropped.Task.WaitAsync(TestTimeouts.Default));
+        await socket.SendAsync("{\"type\":\"msg\",\"seq\":4,\"contentType\":\"text/plain\",\"data\":\"after the gap\"}");
+        Assert.Equal("after the gap", (await probe.Messages.Task.WaitAsync(TestTimeouts.Default)).GetString());
+        await inbox.WaitForAckAsync(4);
+    }
+
+    [Fact]
+    public async Task A_MessagesDropped_handler_that_throws_does_not_block_the_session()
+    {
+        var probe = new DropProbe { ThrowInDropped = true };
+        await using var server = await StartAsync(probe);
+        await using var socket = await server.ConnectRawAsync();
+        await probe.Subscribed.Task.WaitAsync(TestTimeouts.Default);
+
+        await socket.SendAsync(SkipThenMessage);
+
+        // The message behind the skip is delivered and acknowledged on the same connection: it is not cut.
+        Assert.Contains("\"type\":\"ack\",\"seq\":4}", await socket.ReceiveContainingAsync("\"type\":\"ack\",\"seq\":4}"), StringComparison.Ordinal);
+        Assert.Equal(3, await probe.Dropped.Task.WaitAsync(TestTimeouts.Default));
+        Assert.Equal("after the gap", (await probe.Messages.Task.WaitAsync(TestTimeouts.Default)).GetString());
+        Assert.Equal(WebSocketState.Open, socket.Socket.State);
+    }
+
+    [Fact]
+    public async Task A_client_MessagesDropped_handler_that_throws_does_not_cut_the_connection()
+    {
+        var connections = 0;
+        await using var server = await FakePushServer.StartAsync(app =>
+        {
+            FakePushServer.MapNegotiate(app, () => FakePushServer.NegotiateJson());
+            FakePushServer.MapWebSocket(app, async (ws, ctx) =>
+            {
+                // A server whose DropOldest buffer overflowed: a skip, then the message after the gap.
+                Interlocked.Increment(ref connections);
+                await FakePushServer.SendTextAsync(ws, "{\"type\":\"skip\",\"seq\":3}\n{\"type\":\"msg\",\"seq\":4,\"contentType\":\"text/plain\",\"data\":\"after the gap\"}\n");
+                while (await FakePushServer.ReceiveTextAsync(ws, ctx.RequestAborted) is not null)
+                {
+                }
+            });
+        });
+        await using var channel = HostileServerTests.Client(server, "websocket");
+        var dropped = new TaskCompletionSource<long>(TaskCreationOptions.RunContinuationsAsynchronously);
+        channel.MessagesDropped += (_, e) =>
+        {
+            dropped.TrySetResult(e.Count);
+            throw new InvalidOperationException("An application bug in a MessagesDropped handler.");
+        };
+        await channel.ConnectAsync().WaitAsync(TestTimeouts.Default);
+
+        Assert.Equal(3, await dropped.Task.WaitAsync(TestTimeouts.Default));
+        using var timeout = new CancellationTokenSource(TestTimeouts.Default);
+        await foreach (var message in channel.ReadAllAsync(timeout.Token))
+        {
+            Assert.Equal("after the gap", message.GetString());
+            break;
+        }
+
+        // Delivered on the first connection, which carries on: the handler's exception did not cut it.
+        Assert.Equal(PushChannelState.Connected, channel.State);
+        Assert.Equal(1, Volatile.Read(ref connections));
+    }
+
+    [Fact]
+    public async Task A_new_connection_behind_a_busy_handler_is_dropped_and_the_retry_after_the_handler_carries_on()
+    {
+        var busy = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var server = await PushTestServer.StartAsync(push => push.OnMessage(async (_, message, _) =>
+        {
+            if (message.GetString() == "work")
+            {
+                busy.TrySetResult();
+                // Busy, and not listening to its token (for longer than the test looks at the new connection).
+                await release.Task.WaitAsync(3 * TestTimeouts.Default);
+            }
+        }));
+        try
+        {
+            await using var first = await server.ConnectRawAsync();
+            await first.SendAsync("{\"type\":\"msg\",\"seq\":1,\"contentType\":\"text/plain\",\"data\":\"work\"}");
+            await busy.Task.WaitAsync(TestTimeouts.Default);
+
+            // C1.2: 1 s for the old connection to close, 1 s more after it is cut; then the new one is dropped,
+            // rather than left open with nothing on it for as long as the handler takes.
+            await using var second = await RawSocket.ConnectAsync(server.WebSocketUrl(first.SessionId, first.Secret), first.SessionId, first.Secret);
+            var ended = await ReceiveEndAsync(second.Socket, TimeSpan.FromSeconds(10));
+            Assert.NotEqual("nothing", ended);
+        }
+        finally
+        {
+            release.TrySetResult();
+        }
+    }
+
+    [Fact]
+    public async Task Messages_waiting_for_ReadAllAsync_are_bounded_in_bytes_and_none_is_lost()
+    {
+        const int MessageBytes = 1_000_000;
+        const int Messages = 40;
+        await using var server = await PushTestServer.StartAsync(options: o => o.MaxBufferedBytesPerSession = 8 * 1024 * 1024);
+        await using var socket = await server.ConnectRawAsync();
+        var filler = new string('d', MessageBytes - 4);
+        // Sent beside the rest: the server stops reading once its own queue is full, so the sends finish only after
+        // the application has read.
+        var sending = Task.Run(async () =>
+        {
+            for (var seq = 1; seq <= Messages; seq++)
+            {
+                await socket.SendAsync($"{{\"type\":\"msg\",\"seq\":{seq},\"contentType\":\"text/plain\",\"data\":\"{seq:D4}{filler}\"}}");
+            }
+        });
+
+        // Nobody reads the session: 8 messages fit in its 8 MiB, and only they can be acknowledged (the count bound,
+        // 1,024, took all 40: up to a gigabyte with maximum-size messages). Acks are read until none comes for 1 s.
+        var inbox = new Inbox(socket.Socket);
+        var highestAck = 0L;
+        while (await inbox.NextWithinAsync(TimeSpan.FromSeconds(1)) is { } batch)
+        {
+            highestAck = Math.Max(highestAck, Inbox.HighestAck(batch));
+        }
+
+        Assert.InRange(highestAck, 0, 8);
+
+        // Reading makes room: every message arrives, in order, and all are acknowledged.
+        var session = server.Sessions.FindSession(socket.SessionId)!;
+        var expected = 1;
+        using var timeout = new CancellationTokenSource(TestTimeouts.Default);
+        await foreach (var message in session.ReadAllAsync(timeout.Token))
+        {
+            Assert.Equal($"{expected:D4}", message.GetString()[..4]);
+            if (++expected > Messages)
+            {
+                break;
+            }
+        }
+
+        await sending.WaitAsync(TestTimeouts.Default);
+        await inbox.WaitForAckAsync(Messages);
+    }
+
+    private static Task<PushTestServer> StartAsync(DropProbe probe) => PushTestServer.StartAsync(push =>
+    {
+        push.Services.AddSingleton(probe);
+        push.AddHandler<DropProbeHandler>();
+    });
+
+    /// <summary>What a connection sees next: "a frame", "closed", "dropped" (the connection cut), or "nothing" in time.</summary>
+    private static async Task<string> ReceiveEndAsync(WebSocket socket, TimeSpan within)
+    {
+        using var wait = new CancellationTokenSource(within);
+        try
+        {
+            var result = await socket.ReceiveAsync(new byte[4096], wait.Token);
+            return result.MessageType == WebSocketMessageType.Close ? "closed" : "a frame";
+        }
+        catch (OperationCanceledException)
+        {
+            return "nothing";
+        }
+        catch (WebSocketException)
+        {
+            return "dropped";
+        }
+    }
+
+    /// <summary>
+    /// Reads a raw WebSocket with one receive kept pending, so that a bounded look for something that must not come
+    /// does not cancel a receive (which would abort the socket).
+    /// </summary>
+    private sealed class Inbox(WebSocket socket)
+    {
+        private readonly byte[] _buffer = new byte[64 * 1024];
+        private Task<WebSocketReceiveResult>? _pending;
+
+        /// <summary>The next message (or fragment) as text if one comes within <paramref name="within"/>, else null.</summary>
+        public async Task<string?> NextWithinAsync(TimeSpan within)
+        {
+            _pending ??= socket.ReceiveAsync(_buffer, CancellationToken.None);
+            if (await Task.WhenAny(_pending, Task.Delay(within)) != _pending)
+            {
+                return null;
+            }
+
+            var result = await _pending;
+            _pending = null;
+            return System.Text.Encoding.UTF8.GetString(_buffer, 0, result.Count);
+        }
+
+        public async Task WaitForAckAsync(long sequence)
+        {
+            var deadline = DateTime.UtcNow + TestTimeouts.Default;
+            while (DateTime.UtcNow < deadline)
+            {
+                if (await NextWithinAsync(deadline - DateTime.UtcNow) is not { } batch)
+                {
+                    break;
+                }
+
+                if (HighestAck(batch) >= sequence)
+                {
+                    return;
+                }
+            }
+
+            throw new TimeoutException($"No ack for {sequence} within {TestTimeouts.Default}.");
+        }
+
+        public static long HighestAck(string batch)
+        {
+            var highest = 0L;
+            foreach (System.Text.RegularExpressions.Match ack in System.Text.RegularExpressions.Regex.Matches(batch, "\"type\":\"ack\",\"seq\":(\\d+)"))
+            {
+                highest = Math.Max(highest, long.Parse(ack.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture));
+            }
+
+            return highest;
+        }
+    }
+
+    public sealed class DropProbe
+    {
+        public bool ThrowInDropped { get; init; }
+
+        public TaskCompletionSource? HoldStart { get; init; }
+
+        public TaskCompletionSource Starting { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public TaskCompletionSource Subscribed { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public TaskCompletionSource<long> Dropped { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public TaskCompletionSource<PushMessage> Messages { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    }
+
+    public sealed class DropProbeHandler(DropProbe probe) : PushHandler
+    {
+        public override async ValueTask OnSessionStartedAsync(IPushSession session, CancellationToken cancellationToken)
+        {
+            probe.Starting.TrySetResult();
+            if (probe.HoldStart is { } hold)
+            {
+                // Loads the user's state first, as start handlers do.
+                await hold.Task.WaitAsync(TestTimeouts.Default, cancellationToken);
+            }
+
+            session.MessagesDropped += (_, e) =>
+            {
+                probe.Dropped.TrySetResult(e.Count);
+                if (probe.ThrowInDropped)
+                {
+                    throw new InvalidOperationException("An application bug in a MessagesDropped handler.");
+                }
+            };
+            probe.Subscribed.TrySetResult();
+        }
+
+        public override ValueTask OnMessageAsync(IPushSession session, PushMessage message, CancellationToken cancellationToken)
+        {
+            probe.Messages.TrySetResult(message);
+            return default;
+        }
+    }
+}
