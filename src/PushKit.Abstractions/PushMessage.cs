@@ -50,10 +50,30 @@ public sealed class PushMessage
     /// <summary>Optional application headers (string to string).</summary>
     public IReadOnlyDictionary<string, string>? Headers { get; init; }
 
+    /// <summary>The longest <see cref="Id"/>, in characters: 128.</summary>
+    public const int MaxIdLength = 128;
+
     /// <summary>
-    /// An optional message id chosen by the sender (an idempotency key); it travels unchanged to the receiver.
+    /// An optional message id chosen by the sender (an idempotency key); it travels unchanged to the receiver. At most
+    /// <see cref="MaxIdLength"/> characters: the server remembers recent ids (to apply a message sent again only once),
+    /// and that memory must stay small.
     /// </summary>
-    public string? Id { get; init; }
+    /// <exception cref="ArgumentException">The id is longer than <see cref="MaxIdLength"/> characters.</exception>
+    public string? Id
+    {
+        get => _id;
+        init
+        {
+            if (value is { Length: > MaxIdLength })
+            {
+                throw new ArgumentException($"PushMessage.Id must be at most {MaxIdLength} characters (was {value.Length}).", nameof(value));
+            }
+
+            _id = value;
+        }
+    }
+
+    private readonly string? _id;
 
     /// <summary>Creates a UTF-8 text message.</summary>
     /// <param name="text">The text.</param>

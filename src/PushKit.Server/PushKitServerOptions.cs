@@ -67,6 +67,14 @@ public sealed class PushKitServerOptions
     /// </summary>
     public int IdempotencyCacheSize { get; set; } = 4096;
 
+    /// <summary>
+    /// How long an authenticated user's recent message ids (<see cref="IdempotencyCacheSize"/>) are kept once the user
+    /// has no session left on this server (each session lasts until it ends, or expires <see cref="ResumeWindow"/>
+    /// after its last connection). A client that comes back within it and sends again what its lost session may have
+    /// applied has it applied only once. Default 1 hour; zero forgets them as soon as the last session is gone.
+    /// </summary>
+    public TimeSpan IdempotencyRetention { get; set; } = TimeSpan.FromHours(1);
+
     /// <summary>How many messages to one session may wait for the client's acknowledgement. Default 10,000.</summary>
     /// <remarks>
     /// With <see cref="MaxBufferedBytesPerSession"/> it also bounds how many of the client's messages a connection

@@ -82,6 +82,11 @@ internal sealed class PushKitServerOptionsValidator : IValidateOptions<PushKitSe
             errors.Add($"PushKitServerOptions.IdempotencyCacheSize must not be negative (was {options.IdempotencyCacheSize}).");
         }
 
+        if (options.IdempotencyRetention < TimeSpan.Zero)
+        {
+            errors.Add($"PushKitServerOptions.IdempotencyRetention must not be negative (was {options.IdempotencyRetention}).");
+        }
+
         if (options.UserIdProvider is null)
         {
             errors.Add("PushKitServerOptions.UserIdProvider must not be null.");

@@ -308,6 +308,11 @@ internal static class FrameCodec
             else if (name.SequenceEqual("id"u8))
             {
                 id = ReadString(ref reader, "id");
+                if (id is { Length: > PushMessage.MaxIdLength })
+                {
+                    error = $"'id' must be at most {PushMessage.MaxIdLength} characters (was {id.Length}).";
+                    return FrameParseStatus.Malformed;
+                }
             }
             else if (name.SequenceEqual("ackNow"u8))
             {
@@ -562,6 +567,11 @@ internal static class FrameCodec
             }
 
             id = Encoding.UTF8.GetString(value);
+            if (id.Length > PushMessage.MaxIdLength)
+            {
+                // The general path says why.
+                return false;
+            }
         }
 
         if (rest.StartsWith(TopicField))

@@ -67,6 +67,47 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
             : session.AnonymousRecentIds ??= new RecentMessageIds(capacity);
     }
 
+    /// <summary>
+    /// Drops the message ids of users who have had no session on this server for <see cref="PushKitServerOptions.IdempotencyRetention"/>:
+    /// without this, every user who ever sent something would keep up to <see cref="PushKitServerOptions.IdempotencyCacheSize"/>
+    /// ids for the life of the process.
+    /// </summary>
+    /// <remarks>
+    /// A session created in the moment between the check and the removal may record an id in the dropped cache; the
+    /// user's next message starts a new one. That only loses what the retention was about to forget anyway.
+    /// </remarks>
+    private void ForgetIdleUsersIds()
+    {
+        if (_recentIdsByUser.IsEmpty)
+        {
+            return;
+        }
+
+        var now = TimeProvider.GetTimestamp();
+        foreach (var (userId, ids) in _recentIdsByUser)
+        {
+            if (_store.ForUser(userId).Any())
+            {
+                ids.NoSessionSince = 0;
+            }
+            else if (ids.NoSessionSince == 0)
+            {
+                ids.NoSessionSince = now;
+                if (Options.IdempotencyRetention == TimeSpan.Zero)
+                {
+                    _recentIdsByUser.TryRemove(new KeyValuePair<string, RecentMessageIds>(userId, ids));
+                }
+            }
+            else if (TimeProvider.GetElapsedTime(ids.NoSessionSince, now) >= Options.IdempotencyRetention)
+            {
+                _recentIdsByUser.TryRemove(new KeyValuePair<string, RecentMessageIds>(userId, ids));
+            }
+        }
+    }
+
+    /// <summary>How many users' message ids are kept (for tests).</summary>
+    internal int UsersWithRecentIds => _recentIdsByUser.Count;
+
     public ILogger Logger => _logger;
 
     /// <summary>The server's instruments (<see cref="PushKitMetrics.MeterName"/>).</summary>
@@ -138,6 +179,7 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
     /// </summary>
     public int ExpireIdleSessions()
     {
+        ForgetIdleUsersIds();
         var expired = 0;
         foreach (var session in _store.All())
         {

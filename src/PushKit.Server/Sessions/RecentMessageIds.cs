@@ -9,6 +9,12 @@ internal sealed class RecentMessageIds(int capacity)
     private readonly HashSet<string> _seen = new(StringComparer.Ordinal);
     private readonly Queue<string> _order = new();
 
+    /// <summary>
+    /// For a user's ids: when the housekeeper first found the user without a session (a timestamp), or 0 while the user
+    /// has one. Only the housekeeper reads and writes it.
+    /// </summary>
+    public long NoSessionSince { get; set; }
+
     /// <summary>Whether <paramref name="id"/> was recorded.</summary>
     public bool Contains(string id)
     {

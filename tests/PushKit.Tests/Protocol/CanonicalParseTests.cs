@@ -23,6 +23,8 @@ public class CanonicalParseTests
         "application/vnd.x+json", "text/plain; charset=\"utf-8\"",
     ];
 
+    private static string AsId(string text) => text.Length > PushMessage.MaxIdLength ? text[..PushMessage.MaxIdLength] : text;
+
     private static byte[] Encode(long sequence, PushMessage message, bool ackNow = false)
     {
         var buffer = new ArrayBufferWriter<byte>();
@@ -43,7 +45,8 @@ public class CanonicalParseTests
             };
             var message = new PushMessage(payload, s_contentTypes[random.Next(s_contentTypes.Length)])
             {
-                Id = random.Next(3) == 0 ? null : s_strings[random.Next(s_strings.Length)],
+                // Ids are at most 128 characters: the longest string is cut to exactly that.
+                Id = random.Next(3) == 0 ? null : AsId(s_strings[random.Next(s_strings.Length)]),
                 Topic = random.Next(2) == 0 ? null : s_strings[random.Next(s_strings.Length)],
                 Headers = random.Next(5) == 0 ? new Dictionary<string, string> { ["k"] = s_strings[random.Next(s_strings.Length)] } : null,
             };
