@@ -17,9 +17,9 @@ internal sealed class PushKitServerOptionsValidator : IValidateOptions<PushKitSe
             errors.Add($"PushKitServerOptions.MaxMessageBytes must be between 1024 and 67108864 bytes (was {options.MaxMessageBytes}).");
         }
 
-        if (options.AckTimeout <= TimeSpan.Zero)
+        if (options.AckTimeout <= TimeSpan.Zero || options.AckTimeout > TimeSpan.FromDays(1))
         {
-            errors.Add($"PushKitServerOptions.AckTimeout must be positive (was {options.AckTimeout}).");
+            errors.Add($"PushKitServerOptions.AckTimeout must be positive and at most 1 day (was {options.AckTimeout}).");
         }
 
         if (options.ResumeWindow <= TimeSpan.Zero)
@@ -27,9 +27,15 @@ internal sealed class PushKitServerOptionsValidator : IValidateOptions<PushKitSe
             errors.Add($"PushKitServerOptions.ResumeWindow must be positive (was {options.ResumeWindow}).");
         }
 
-        if (options.HeartbeatInterval <= TimeSpan.Zero)
+        // The .NET client keeps the interval to at most 1 hour and the timeout to at most 2 hours, whatever it is told.
+        if (options.HeartbeatInterval <= TimeSpan.Zero || options.HeartbeatInterval > TimeSpan.FromHours(1))
         {
-            errors.Add($"PushKitServerOptions.HeartbeatInterval must be positive (was {options.HeartbeatInterval}).");
+            errors.Add($"PushKitServerOptions.HeartbeatInterval must be positive and at most 1 hour (was {options.HeartbeatInterval}).");
+        }
+
+        if (options.HeartbeatTimeout > TimeSpan.FromHours(2))
+        {
+            errors.Add($"PushKitServerOptions.HeartbeatTimeout must be at most 2 hours (was {options.HeartbeatTimeout}).");
         }
 
         // An idle peer pings once nothing was sent for an interval, and checks every half interval: up to 1.5
@@ -57,9 +63,9 @@ internal sealed class PushKitServerOptionsValidator : IValidateOptions<PushKitSe
             errors.Add($"PushKitServerOptions.LongPollingTimeout must be from 1 second to 5 minutes (was {options.LongPollingTimeout}).");
         }
 
-        if (options.SseKeepAliveInterval <= TimeSpan.Zero)
+        if (options.SseKeepAliveInterval <= TimeSpan.Zero || options.SseKeepAliveInterval > TimeSpan.FromDays(1))
         {
-            errors.Add($"PushKitServerOptions.SseKeepAliveInterval must be positive (was {options.SseKeepAliveInterval}).");
+            errors.Add($"PushKitServerOptions.SseKeepAliveInterval must be positive and at most 1 day (was {options.SseKeepAliveInterval}).");
         }
 
         if (options.SseRetryHint < TimeSpan.Zero)

@@ -9,6 +9,9 @@ public sealed class PushClientOptions
 {
     private static readonly TimeSpan MaxAckDelay = TimeSpan.FromSeconds(1);
 
+    // The longest timeout or delay: timers and Polly's delays stop well before 50 days, and a day is past any need.
+    private static readonly TimeSpan MaxTimeout = TimeSpan.FromDays(1);
+
     /// <summary>The server's PushKit base URL, for example <c>https://example.com/push</c> (what the server passed to <c>MapPushKit</c>). Required.</summary>
     public Uri? Url { get; set; }
 
@@ -171,24 +174,24 @@ public sealed class PushClientOptions
             errors.Add("PushClientOptions.Transports must name at least one transport.");
         }
 
-        if (AckTimeout <= TimeSpan.Zero)
+        if (AckTimeout <= TimeSpan.Zero || AckTimeout > MaxTimeout)
         {
-            errors.Add($"PushClientOptions.AckTimeout must be positive (was {AckTimeout}).");
+            errors.Add($"PushClientOptions.AckTimeout must be positive and at most 1 day (was {AckTimeout}).");
         }
 
-        if (ConnectTimeout <= TimeSpan.Zero)
+        if (ConnectTimeout <= TimeSpan.Zero || ConnectTimeout > MaxTimeout)
         {
-            errors.Add($"PushClientOptions.ConnectTimeout must be positive (was {ConnectTimeout}).");
+            errors.Add($"PushClientOptions.ConnectTimeout must be positive and at most 1 day (was {ConnectTimeout}).");
         }
 
-        if (TransportDetectionTimeout <= TimeSpan.Zero)
+        if (TransportDetectionTimeout <= TimeSpan.Zero || TransportDetectionTimeout > MaxTimeout)
         {
-            errors.Add($"PushClientOptions.TransportDetectionTimeout must be positive (was {TransportDetectionTimeout}).");
+            errors.Add($"PushClientOptions.TransportDetectionTimeout must be positive and at most 1 day (was {TransportDetectionTimeout}).");
         }
 
-        if (ReconnectDelay <= TimeSpan.Zero || MaxReconnectDelay < ReconnectDelay)
+        if (ReconnectDelay <= TimeSpan.Zero || MaxReconnectDelay < ReconnectDelay || MaxReconnectDelay > MaxTimeout)
         {
-            errors.Add($"PushClientOptions.ReconnectDelay must be positive and at most MaxReconnectDelay (were {ReconnectDelay} and {MaxReconnectDelay}).");
+            errors.Add($"PushClientOptions.ReconnectDelay must be positive and at most MaxReconnectDelay, which must be at most 1 day (were {ReconnectDelay} and {MaxReconnectDelay}).");
         }
 
         if (MaxReconnectAttempts < 0)

@@ -50,6 +50,50 @@ public class OptionsValidationTests
     }
 
     [Fact]
+    public void Durations_beyond_what_timers_and_clients_take_are_refused_by_name_not_met_later()
+    {
+        // A timer or Task.WaitAsync fails with ArgumentOutOfRangeException past about 49.7 days, and Polly refuses a
+        // delay over a day: each must be a validation error naming the option, not a failure on first use.
+        var server = new PushKitServerOptions
+        {
+            AckTimeout = TimeSpan.FromDays(60),
+            HeartbeatInterval = TimeSpan.FromDays(100),
+            HeartbeatTimeout = TimeSpan.FromDays(200),
+            SseKeepAliveInterval = TimeSpan.MaxValue,
+        };
+        var failures = new PushKitServerOptionsValidator().Validate(null, server).Failures!.ToArray();
+        foreach (var name in new[] { "AckTimeout must be positive and at most 1 day", "HeartbeatInterval must be positive and at most 1 hour", "HeartbeatTimeout must be at most 2 hours", "SseKeepAliveInterval must be positive and at most 1 day" })
+        {
+            Assert.Contains(failures, f => f.Contains(name, StringComparison.Ordinal));
+        }
+
+        var client = new PushClientOptions
+        {
+            Url = new Uri("http://127.0.0.1/push"),
+            AckTimeout = TimeSpan.MaxValue,
+            ConnectTimeout = TimeSpan.MaxValue,
+            TransportDetectionTimeout = TimeSpan.FromDays(60),
+            MaxReconnectDelay = TimeSpan.FromDays(2),
+        };
+        var error = Assert.Throws<ArgumentException>(client.Validate);
+        foreach (var name in new[] { "AckTimeout must be positive and at most 1 day", "ConnectTimeout must be positive and at most 1 day", "TransportDetectionTimeout must be positive and at most 1 day", "MaxReconnectDelay, which must be at most 1 day" })
+        {
+            Assert.Contains(name, error.Message, StringComparison.Ordinal);
+        }
+
+        // A day is accepted.
+        var longest = new PushClientOptions
+        {
+            Url = new Uri("http://127.0.0.1/push"),
+            AckTimeout = TimeSpan.FromDays(1),
+            ConnectTimeout = TimeSpan.FromDays(1),
+            TransportDetectionTimeout = TimeSpan.FromDays(1),
+            MaxReconnectDelay = TimeSpan.FromDays(1),
+        };
+        longest.Validate();
+    }
+
+    [Fact]
     public void Default_server_options_are_valid()
     {
         Assert.True(new PushKitServerOptionsValidator().Validate(null, new PushKitServerOptions()).Succeeded);
