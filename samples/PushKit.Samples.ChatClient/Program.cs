@@ -50,7 +50,7 @@ await using (channel)
     {
         Console.Error.WriteLine($"Could not connect to the chat server at {url}:");
         Console.Error.WriteLine($"  {ex.Message}");
-        Console.Error.WriteLine("Is it running? Start it with: dotnet run --project samples/PushKit.Samples.ChatServer");
+        Console.Error.WriteLine("Start the server with: dotnet run --project samples/PushKit.Samples.ChatServer");
         return 1;
     }
     catch (OperationCanceledException)

@@ -440,7 +440,7 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
         }
         catch (HttpRequestException ex)
         {
-            throw new PushConnectException($"Negotiation with {url.Uri} failed: {ex.Message}{NegotiateFailureHint(ex)}", ex);
+            throw new PushConnectException($"Negotiation with {url.Uri} failed: {ex.Message.TrimEnd('.')}.{NegotiateFailureHint(ex)}", ex);
         }
 
         using (response)

@@ -1,5 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Testing;
 using PushKit.Client;
@@ -21,7 +23,40 @@ public class ConnectErrorMessageTests
         await using var client = new PushChannelBuilder().WithUrl($"http://127.0.0.1:{port}/push").Build();
         var error = await Assert.ThrowsAsync<PushConnectException>(() => client.ConnectAsync().WaitAsync(TestTimeouts.Default));
         Assert.Contains($"Negotiation with http://127.0.0.1:{port}/push/negotiate failed", error.Message, StringComparison.Ordinal);
-        Assert.Contains("Is the server running", error.Message, StringComparison.Ordinal);
+        Assert.Contains(". Is the server running", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_negotiation_refused_with_401_says_to_give_the_client_credentials()
+    {
+        // What an app with RequireAuthorization answers a client without a token: a bare 401, no PushKit error body.
+        await using var server = await PushTestServer.StartAsync(configureApp: app => app.Use((context, next) =>
+        {
+            if (context.Request.Path.StartsWithSegments("/push"))
+            {
+                context.Response.StatusCode = 401;
+                return Task.CompletedTask;
+            }
+
+            return next(context);
+        }));
+        var client = server.CreateClient();
+        var error = await Assert.ThrowsAsync<PushConnectException>(() => client.ConnectAsync().WaitAsync(TestTimeouts.Default));
+        Assert.Equal(401, error.StatusCode);
+        Assert.Contains("HTTP 401 (the server requires authentication: give the client credentials, for example PushClientOptions.AccessTokenProvider", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task An_SSE_request_that_gets_no_answer_says_so_rather_than_that_the_stream_opened()
+    {
+        await using var server = await FakePushServer.StartAsync(app =>
+        {
+            FakePushServer.MapNegotiate(app, () => FakePushServer.NegotiateJson(transports: "[\"sse\"]"));
+            app.MapGet("/push/sse", (HttpContext context) => Task.Delay(Timeout.Infinite, context.RequestAborted));
+        });
+        await using var client = HostileServerTests.Client(server, "sse", o => o.TransportDetectionTimeout = TimeSpan.FromSeconds(1));
+        var error = await Assert.ThrowsAsync<PushConnectException>(() => client.ConnectAsync().WaitAsync(TestTimeouts.Default));
+        Assert.Contains("The SSE request got no answer within 00:00:01 (the server is not responding, or a proxy is buffering the stream)", error.Message, StringComparison.Ordinal);
     }
 
     [Fact]

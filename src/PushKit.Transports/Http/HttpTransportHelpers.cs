@@ -70,9 +70,16 @@ internal static class HttpTransportHelpers
         }
 
         // A 404 without a PushKit error is the web server saying nothing is mapped there: the usual first mistake.
-        var hint = code is null && response.StatusCode == System.Net.HttpStatusCode.NotFound
-            ? $" (no PushKit endpoint answered at {response.RequestMessage?.RequestUri?.GetLeftPart(UriPartial.Path)}: check that the server calls MapPushKit with the path of the channel's URL, for example \"/push\")"
-            : "";
+        var hint = (code, response.StatusCode) switch
+        {
+            (null, System.Net.HttpStatusCode.NotFound) =>
+                $" (no PushKit endpoint answered at {response.RequestMessage?.RequestUri?.GetLeftPart(UriPartial.Path)}: check that the server calls MapPushKit with the path of the channel's URL, for example \"/push\")",
+            (null, System.Net.HttpStatusCode.Unauthorized) =>
+                " (the server requires authentication: give the client credentials, for example PushClientOptions.AccessTokenProvider for a bearer token, or Headers)",
+            (null, System.Net.HttpStatusCode.Forbidden) =>
+                " (the server's authorization refused this caller)",
+            _ => "",
+        };
         return new PushConnectException(
             $"{what} was refused: HTTP {(int)response.StatusCode}{(code is null ? "" : $" {code}: {message}")}{hint}",
             (int)response.StatusCode,

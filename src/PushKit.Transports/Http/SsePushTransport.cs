@@ -65,7 +65,10 @@ internal sealed class SsePushTransport : IPushTransport
             catch (OperationCanceledException ex) when (!cancellationToken.IsCancellationRequested)
             {
                 throw new PushConnectException(
-                    $"The SSE stream opened but delivered nothing within {options.TransportDetectionTimeout} (a proxy may be buffering it).", ex);
+                    response is null
+                        ? $"The SSE request got no answer within {options.TransportDetectionTimeout} (the server is not responding, or a proxy is buffering the stream)."
+                        : $"The SSE stream opened but delivered nothing within {options.TransportDetectionTimeout} (a proxy may be buffering it).",
+                    ex);
             }
             finally
             {
