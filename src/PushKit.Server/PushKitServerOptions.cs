@@ -9,6 +9,8 @@ public sealed class PushKitServerOptions
     /// <summary>
     /// The largest encoded frame or batch (WebSocket message, HTTP body) accepted from a client, and the limit this
     /// server's sends must fit. Default 1 MiB (<see cref="PushProtocol.DefaultMaxMessageBytes"/>); from 1 KiB to 64 MiB.
+    /// It is also the request body limit of <c>POST {base}/send</c>, in place of the web server's own (Kestrel's
+    /// <c>MaxRequestBodySize</c>, 30,000,000 bytes by default), so that every body within it is accepted.
     /// </summary>
     public int MaxMessageBytes { get; set; } = PushProtocol.DefaultMaxMessageBytes;
 

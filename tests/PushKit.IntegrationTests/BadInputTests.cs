@@ -139,6 +139,16 @@ public sealed class BadInputTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Negotiate_with_an_oversize_chunked_body_is_413()
+    {
+        // JsonContent announces no length: the body is chunked, and the server's own body limit (set to 4096 for
+        // negotiate) is what stops it.
+        var (status, error) = await PostNegotiateAsync(JsonContent.Create(new { protocolVersion = 1, pad = new string('x', 10_000) }));
+        Assert.Equal(HttpStatusCode.RequestEntityTooLarge, status);
+        Assert.Equal("message_too_big", error.GetProperty("code").GetString());
+    }
+
+    [Fact]
     public async Task Negotiate_with_the_wrong_method_is_405()
     {
         using var response = await _server.Http.GetAsync(new Uri(_server.BaseUrl + "/negotiate")).WaitAsync(TestTimeouts.Default);

@@ -203,6 +203,9 @@ public sealed class HttpBadInputTests : IAsyncLifetime
         request.Headers.TransferEncodingChunked = true;
         using var response = await _server.Http.SendAsync(request).WaitAsync(TestTimeouts.Default);
         Assert.Equal(HttpStatusCode.RequestEntityTooLarge, response.StatusCode);
+
+        // The server's own body limit is set to MaxMessageBytes and stops the body first: its refusal is PushKit's 413.
+        Assert.Equal("message_too_big", await ErrorCodeAsync(response));
     }
 
     [Fact]

@@ -1,5 +1,6 @@
 using System.Buffers;
 using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Features;
 using Microsoft.AspNetCore.WebUtilities;
 using Microsoft.Extensions.Logging;
 using PushKit.Protocol;
@@ -363,41 +364,62 @@ internal static class BodyReader
 
     /// <summary>Returns the body, or null when it exceeds <paramref name="limit"/> bytes.</summary>
     /// <remarks>
+    /// <para>
+    /// The server's own request body limit (Kestrel's <c>MaxRequestBodySize</c>, 30,000,000 bytes by default) is set
+    /// to <paramref name="limit"/> for this request first: <c>MaxMessageBytes</c> may be up to 64 MiB, and a body the
+    /// options allow must not be cut off by a lower limit of the host. Where the host's limit cannot be changed any
+    /// more (something read the body already), a body over it counts as over the limit too.
+    /// </para>
+    /// <para>
     /// A body with a Content-Length (every .NET client's) of up to <see cref="EagerBodyBytes"/> is read straight into one
     /// array of its size: most bodies are an ack of a few dozen bytes, and a scratch buffer plus a growing copy per
     /// request made the server allocate 16 times what SignalR's does at a steady SSE rate, and collect garbage in the
     /// middle of deliveries. A larger one grows with what arrives: an announced length costs nothing until it is sent.
+    /// </para>
     /// </remarks>
     public static async Task<byte[]?> ReadAsync(HttpRequest request, int limit, CancellationToken cancellationToken)
     {
-        if (request.ContentLength is { } length)
+        if (request.HttpContext.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } bodySize)
         {
-            if (length > limit)
-            {
-                return null;
-            }
-
-            if (length <= EagerBodyBytes)
-            {
-                var body = new byte[length];
-                await request.Body.ReadExactlyAsync(body, cancellationToken).ConfigureAwait(false);
-                return body;
-            }
-
-            // A large announced length is only a claim: memory grows with what arrives, so that a client announcing
-            // megabytes and sending a few bytes holds a few bytes, not the megabytes.
-            var received = await ReadGrowingAsync(request.Body, (int)length, cancellationToken).ConfigureAwait(false);
-            if (received.Length < length)
-            {
-                throw new EndOfStreamException("The request body ended before the length it announced.");
-            }
-
-            return received;
+            bodySize.MaxRequestBodySize = limit;
         }
 
-        // Chunked: read in pooled pieces.
-        var chunked = await ReadGrowingAsync(request.Body, limit + 1, cancellationToken).ConfigureAwait(false);
-        return chunked.Length > limit ? null : chunked;
+        try
+        {
+            if (request.ContentLength is { } length)
+            {
+                if (length > limit)
+                {
+                    return null;
+                }
+
+                if (length <= EagerBodyBytes)
+                {
+                    var body = new byte[length];
+                    await request.Body.ReadExactlyAsync(body, cancellationToken).ConfigureAwait(false);
+                    return body;
+                }
+
+                // A large announced length is only a claim: memory grows with what arrives, so that a client announcing
+                // megabytes and sending a few bytes holds a few bytes, not the megabytes.
+                var received = await ReadGrowingAsync(request.Body, (int)length, cancellationToken).ConfigureAwait(false);
+                if (received.Length < length)
+                {
+                    throw new EndOfStreamException("The request body ended before the length it announced.");
+                }
+
+                return received;
+            }
+
+            // Chunked: read in pooled pieces.
+            var chunked = await ReadGrowingAsync(request.Body, limit + 1, cancellationToken).ConfigureAwait(false);
+            return chunked.Length > limit ? null : chunked;
+        }
+        catch (BadHttpRequestException ex) when (ex.StatusCode == StatusCodes.Status413PayloadTooLarge)
+        {
+            // The server's own limit stopped the body (see above): a chunked body over the limit ends here.
+            return null;
+        }
     }
 
     /// <summary>A body with a Content-Length up to this is read straight into one array of its size.</summary>
