@@ -14,7 +14,7 @@ public sealed class PushKitServerOptions
     /// </summary>
     public int MaxMessageBytes { get; set; } = PushProtocol.DefaultMaxMessageBytes;
 
-    /// <summary>How long <see cref="IPushChannel.SendAsync"/> on a server-side session waits for the client's ack. Default 30 seconds.</summary>
+    /// <summary>How long <see cref="IPushChannel.SendAsync"/> on a server-side session waits for the client's ack. Default 30 seconds; positive, at most 1 day.</summary>
     public TimeSpan AckTimeout { get; set; } = TimeSpan.FromSeconds(30);
 
     /// <summary>
@@ -23,10 +23,10 @@ public sealed class PushKitServerOptions
     /// </summary>
     public TimeSpan ResumeWindow { get; set; } = TimeSpan.FromMinutes(2);
 
-    /// <summary>The heartbeat interval advertised to clients in the negotiate response. Default 15 seconds.</summary>
+    /// <summary>The heartbeat interval advertised to clients in the negotiate response. Default 15 seconds; positive, at most 1 hour.</summary>
     public TimeSpan HeartbeatInterval { get; set; } = TimeSpan.FromSeconds(15);
 
-    /// <summary>The heartbeat timeout advertised to clients; must exceed 1.5 × <see cref="HeartbeatInterval"/>. Default 30 seconds.</summary>
+    /// <summary>The heartbeat timeout advertised to clients; must exceed 1.5 × <see cref="HeartbeatInterval"/>, at most 2 hours. Default 30 seconds.</summary>
     public TimeSpan HeartbeatTimeout { get; set; } = TimeSpan.FromSeconds(30);
 
     /// <summary>
@@ -42,7 +42,7 @@ public sealed class PushKitServerOptions
     /// </summary>
     public TimeSpan LongPollingTimeout { get; set; } = TimeSpan.FromSeconds(25);
 
-    /// <summary>How often an idle Server-Sent Events stream carries a keep-alive comment. Default 15 seconds.</summary>
+    /// <summary>How often an idle Server-Sent Events stream carries a keep-alive comment. Default 15 seconds; positive, at most 1 day.</summary>
     public TimeSpan SseKeepAliveInterval { get; set; } = TimeSpan.FromSeconds(15);
 
     /// <summary>The <c>retry:</c> hint an SSE stream gives EventSource clients for reconnecting. Default 2 seconds.</summary>
@@ -57,8 +57,9 @@ public sealed class PushKitServerOptions
 
     /// <summary>
     /// How many messages from one client may wait for the application when no <see cref="PushHandler"/> is registered
-    /// and messages are read with <see cref="IPushChannel.ReadAllAsync"/>. Their bytes (payload and id, plus 64 per
-    /// message) are held to <see cref="MaxBufferedBytesPerSession"/> too. When full, the client is slowed down (its
+    /// and messages are read with <see cref="IPushChannel.ReadAllAsync"/>. Their bytes (the payload, the id, topic,
+    /// content type and headers at two bytes a character, and 64 per message and per header) are held to
+    /// <see cref="MaxBufferedBytesPerSession"/> too. When full, the client is slowed down (its
     /// messages are not acknowledged until there is room). Default 1,024.
     /// </summary>
     public int InboundQueueCapacity { get; set; } = 1024;
@@ -86,7 +87,10 @@ public sealed class PushKitServerOptions
     /// </remarks>
     public int MaxBufferedMessagesPerSession { get; set; } = 10_000;
 
-    /// <summary>How many encoded bytes of messages to one session may wait for the client's acknowledgement. Default 16 MiB.</summary>
+    /// <summary>
+    /// How many encoded bytes of messages to one session may wait for the client's acknowledgement. Default 16 MiB. It
+    /// also bounds the client's messages waiting for <see cref="IPushChannel.ReadAllAsync"/> (see <see cref="InboundQueueCapacity"/>).
+    /// </summary>
     public long MaxBufferedBytesPerSession { get; set; } = 16 * 1024 * 1024;
 
     /// <summary>

@@ -924,15 +924,25 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
 
     private ValueTask RaiseMessagesDropped(long count, CancellationToken cancellationToken)
     {
-        try
+        if (MessagesDropped is not { } handlers)
         {
-            MessagesDropped?.Invoke(this, new PushMessagesDroppedEventArgs(count));
+            return default;
         }
-        catch (Exception ex)
+
+        // Each subscriber on its own: one that throws must not keep the gap from the others. As for StateChanged, the
+        // application's handler must not end the connection either, which would only bring the same skip back on the
+        // next one, and the next.
+        var args = new PushMessagesDroppedEventArgs(count);
+        foreach (var handler in handlers.GetInvocationList())
         {
-            // As for StateChanged: the application's handler must not end the connection, which would only bring the
-            // same skip back on the next one, and the next.
-            Log.MessagesDroppedHandlerFailed(_logger, SessionId, count, ex);
+            try
+            {
+                ((EventHandler<PushMessagesDroppedEventArgs>)handler)(this, args);
+            }
+            catch (Exception ex)
+            {
+                Log.MessagesDroppedHandlerFailed(_logger, SessionId, count, ex);
+            }
         }
 
         return default;

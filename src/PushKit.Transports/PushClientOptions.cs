@@ -25,11 +25,12 @@ public sealed class PushClientOptions
 
     /// <summary>
     /// How long an opened transport may take to show it really delivers (the WebSocket handshake, the SSE stream's
-    /// first event, the first long-poll's answer) before the client moves on to the next transport. Default 5 seconds.
+    /// first event, the first long-poll's answer) before the client moves on to the next transport. Default 5 seconds;
+    /// positive, at most 1 day.
     /// </summary>
     public TimeSpan TransportDetectionTimeout { get; set; } = TimeSpan.FromSeconds(5);
 
-    /// <summary>How long <see cref="IPushChannel.SendAsync"/> waits for the server's acknowledgement. Default 30 seconds.</summary>
+    /// <summary>How long <see cref="IPushChannel.SendAsync"/> waits for the server's acknowledgement. Default 30 seconds; positive, at most 1 day.</summary>
     public TimeSpan AckTimeout { get; set; } = TimeSpan.FromSeconds(30);
 
     /// <summary>
@@ -68,13 +69,13 @@ public sealed class PushClientOptions
     /// <summary>The base delay of the default reconnect backoff. Default 1 second.</summary>
     public TimeSpan ReconnectDelay { get; set; } = TimeSpan.FromSeconds(1);
 
-    /// <summary>The longest delay between reconnect attempts of the default backoff. Default 30 seconds.</summary>
+    /// <summary>The longest delay between reconnect attempts of the default backoff. Default 30 seconds; at most 1 day.</summary>
     public TimeSpan MaxReconnectDelay { get; set; } = TimeSpan.FromSeconds(30);
 
     /// <summary>How many failed reconnect attempts the default pipeline retries before giving up. Default: no limit (retry until closed).</summary>
     public int MaxReconnectAttempts { get; set; } = int.MaxValue;
 
-    /// <summary>How long negotiation plus opening a transport may take (each reconnect attempt too). Default 15 seconds.</summary>
+    /// <summary>How long negotiation plus opening a transport may take (each reconnect attempt too). Default 15 seconds; positive, at most 1 day.</summary>
     public TimeSpan ConnectTimeout { get; set; } = TimeSpan.FromSeconds(15);
 
     /// <summary>The largest frame or batch accepted from the server. Default 1 MiB.</summary>

@@ -37,7 +37,7 @@ public sealed class ClientInputEdgeTests
     }
 
     [Fact]
-    public async Task A_MessagesDropped_handler_that_throws_does_not_block_the_session()
+    public async Task A_MessagesDropped_handler_that_throws_neither_blocks_the_session_nor_hides_the_gap_from_the_next_handler()
     {
         var probe = new DropProbe { ThrowInDropped = true };
         await using var server = await StartAsync(probe);
@@ -49,12 +49,13 @@ public sealed class ClientInputEdgeTests
         // The message behind the skip is delivered and acknowledged on the same connection: it is not cut.
         Assert.Contains("\"type\":\"ack\",\"seq\":4}", await socket.ReceiveContainingAsync("\"type\":\"ack\",\"seq\":4}"), StringComparison.Ordinal);
         Assert.Equal(3, await probe.Dropped.Task.WaitAsync(TestTimeouts.Default));
+        Assert.Equal(3, await probe.DroppedToTheNext.Task.WaitAsync(TestTimeouts.Default));
         Assert.Equal("after the gap", (await probe.Messages.Task.WaitAsync(TestTimeouts.Default)).GetString());
         Assert.Equal(WebSocketState.Open, socket.Socket.State);
     }
 
     [Fact]
-    public async Task A_client_MessagesDropped_handler_that_throws_does_not_cut_the_connection()
+    public async Task A_client_MessagesDropped_handler_that_throws_neither_cuts_the_connection_nor_hides_the_gap_from_the_next_handler()
     {
         var connections = 0;
         await using var server = await FakePushServer.StartAsync(app =>
@@ -72,14 +73,17 @@ public sealed class ClientInputEdgeTests
         });
         await using var channel = HostileServerTests.Client(server, "websocket");
         var dropped = new TaskCompletionSource<long>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var droppedToTheNext = new TaskCompletionSource<long>(TaskCreationOptions.RunContinuationsAsynchronously);
         channel.MessagesDropped += (_, e) =>
         {
             dropped.TrySetResult(e.Count);
             throw new InvalidOperationException("An application bug in a MessagesDropped handler.");
         };
+        channel.MessagesDropped += (_, e) => droppedToTheNext.TrySetResult(e.Count);
         await channel.ConnectAsync().WaitAsync(TestTimeouts.Default);
 
         Assert.Equal(3, await dropped.Task.WaitAsync(TestTimeouts.Default));
+        Assert.Equal(3, await droppedToTheNext.Task.WaitAsync(TestTimeouts.Default));
         using var timeout = new CancellationTokenSource(TestTimeouts.Default);
         await foreach (var message in channel.ReadAllAsync(timeout.Token))
         {
@@ -122,6 +126,126 @@ public sealed class ClientInputEdgeTests
         {
             release.TrySetResult();
         }
+    }
+
+    [Fact]
+    public async Task A_new_long_polling_connection_behind_a_busy_handler_is_not_dropped_and_delivers_what_was_posted_to_it()
+    {
+        // On long-polling a dropped connection cannot be told: its poll is answered empty, and the client's next poll
+        // would silently open a new connection, losing what it had POSTed (answered 204) to the dropped one.
+        var busy = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var received = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        var m2 = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var server = await PushTestServer.StartAsync(
+            push => push.OnMessage(async (_, message, _) =>
+            {
+                var text = message.GetString();
+                received.Enqueue(text);
+                if (text == "work")
+                {
+                    busy.TrySetResult();
+                    await release.Task.WaitAsync(3 * TestTimeouts.Default);
+                }
+                else if (text == "m2")
+                {
+                    m2.TrySetResult();
+                }
+            }),
+            o => o.LongPollingTimeout = TimeSpan.FromSeconds(1));
+        try
+        {
+            var (id, secret, _) = await server.NegotiateRawAsync();
+            using var http = new HttpClient { Timeout = Timeout.InfiniteTimeSpan };
+            Uri Url(string path, string extra = "") =>
+                new($"{server.BaseUrl}/{path}?session={Uri.EscapeDataString(id)}&secret={Uri.EscapeDataString(secret)}{extra}");
+            async Task PostAsync(string body)
+            {
+                using var response = await http.PostAsync(Url("send"), new StringContent(body)).WaitAsync(TestTimeouts.Default);
+                Assert.Equal(System.Net.HttpStatusCode.NoContent, response.StatusCode);
+            }
+
+            // Connection A: message 1 keeps the handler busy.
+            (await http.GetAsync(Url("poll", "&open=1")).WaitAsync(TestTimeouts.Default)).Dispose();
+            await PostAsync(Msg(1, "work"));
+            await busy.Task.WaitAsync(TestTimeouts.Default);
+
+            // The client lost A and resumes: B opens, and it replays message 1 and sends message 2 (both accepted).
+            (await http.GetAsync(Url("poll", "&open=1")).WaitAsync(TestTimeouts.Default)).Dispose();
+            var b = ((PushKit.Server.Sessions.PushSession)server.Sessions.FindSession(id)!).HttpConnection!;
+            await PostAsync(Msg(1, "work") + Msg(2, "m2"));
+
+            // Past C1.2's 2 s, B is still there: its polls are answered (empty), and it is not dropped.
+            for (var i = 0; i < 3; i++)
+            {
+                using var poll = await http.GetAsync(Url("poll")).WaitAsync(TestTimeouts.Default);
+                Assert.Equal(System.Net.HttpStatusCode.OK, poll.StatusCode);
+            }
+
+            Assert.False(b.IsDead);
+
+            // Once the handler returns, B takes over and message 2 is delivered, once.
+            release.SetResult();
+            var polling = Task.Run(async () =>
+            {
+                while (!m2.Task.IsCompleted)
+                {
+                    (await http.GetAsync(Url("poll")).WaitAsync(TestTimeouts.Default)).Dispose();
+                }
+            });
+            await m2.Task.WaitAsync(TestTimeouts.Default);
+            await polling.WaitAsync(TestTimeouts.Default);
+            Assert.Equal(["work", "m2"], received);
+        }
+        finally
+        {
+            release.TrySetResult();
+        }
+
+        static string Msg(long seq, string data) => $"{{\"type\":\"msg\",\"seq\":{seq},\"contentType\":\"text/plain\",\"data\":\"{data}\"}}\n";
+    }
+
+    [Theory]
+    [InlineData("topic")]
+    [InlineData("headers")]
+    public async Task Messages_waiting_for_ReadAllAsync_are_bounded_in_bytes_whatever_carries_them(string where)
+    {
+        const int Messages = 40;
+        await using var server = await PushTestServer.StartAsync(options: o => o.MaxBufferedBytesPerSession = 8 * 1024 * 1024);
+        await using var socket = await server.ConnectRawAsync();
+        var filler = new string('t', 1_000_000);
+        var sending = Task.Run(async () =>
+        {
+            for (var seq = 1; seq <= Messages; seq++)
+            {
+                var bulk = where == "topic" ? $"\"topic\":\"{seq:D4}{filler}\"," : $"\"headers\":{{\"h\":\"{seq:D4}{filler}\"}},";
+                await socket.SendAsync($"{{\"type\":\"msg\",\"seq\":{seq},{bulk}\"contentType\":\"text/plain\",\"data\":\"x\"}}");
+            }
+        });
+
+        // A million characters take 2 MB as a string: four such messages fit in 8 MiB.
+        var inbox = new Inbox(socket.Socket);
+        var highestAck = 0L;
+        while (await inbox.NextWithinAsync(TimeSpan.FromSeconds(1)) is { } batch)
+        {
+            highestAck = Math.Max(highestAck, Inbox.HighestAck(batch));
+        }
+
+        Assert.InRange(highestAck, 0, 4);
+
+        var session = server.Sessions.FindSession(socket.SessionId)!;
+        var read = 0;
+        using var timeout = new CancellationTokenSource(TestTimeouts.Default);
+        await foreach (var _ in session.ReadAllAsync(timeout.Token))
+        {
+            if (++read == Messages)
+            {
+                break;
+            }
+        }
+
+        await sending.WaitAsync(TestTimeouts.Default);
+        await inbox.WaitForAckAsync(Messages);
     }
 
     [Fact]
@@ -261,6 +385,8 @@ public sealed class ClientInputEdgeTests
 
         public TaskCompletionSource<long> Dropped { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
+        public TaskCompletionSource<long> DroppedToTheNext { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
         public TaskCompletionSource<PushMessage> Messages { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
     }
 
@@ -283,6 +409,9 @@ public sealed class ClientInputEdgeTests
                     throw new InvalidOperationException("An application bug in a MessagesDropped handler.");
                 }
             };
+
+            // Another component's subscriber, after the one that may throw.
+            session.MessagesDropped += (_, e) => probe.DroppedToTheNext.TrySetResult(e.Count);
             probe.Subscribed.TrySetResult();
         }
 

@@ -17,4 +17,7 @@ internal interface IPushSessionStore
     IEnumerable<PushSession> All();
 
     IEnumerable<PushSession> ForUser(string userId);
+
+    /// <summary>Whether any session of <paramref name="userId"/> is stored (without listing them).</summary>
+    bool HasSessionsForUser(string userId);
 }

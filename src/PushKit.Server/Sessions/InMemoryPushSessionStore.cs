@@ -69,5 +69,7 @@ internal sealed class InMemoryPushSessionStore : IPushSessionStore
     public IEnumerable<PushSession> ForUser(string userId) =>
         _byUser.TryGetValue(userId, out var sessions) ? sessions.Values : [];
 
+    public bool HasSessionsForUser(string userId) => _byUser.TryGetValue(userId, out var sessions) && !sessions.IsEmpty;
+
     private sealed record Snapshot(int Version, PushSession[] Sessions);
 }

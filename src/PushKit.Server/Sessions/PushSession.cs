@@ -315,7 +315,7 @@ internal sealed partial class PushSession : IPushSession
         }
 
         var inbound = Inbound;
-        while (await inbound.Reader.WaitToReadAsync(cancellationToken).ConfigureAwait(false))
+        while (await inbound.WaitToReadAsync(cancellationToken).ConfigureAwait(false))
         {
             while (inbound.TryRead(out var message))
             {
@@ -425,6 +425,14 @@ internal sealed partial class PushSession : IPushSession
                             try
                             {
                                 await previous.WaitAsync(s_supersedeWait, cancellationToken).ConfigureAwait(false);
+                            }
+                            catch (TimeoutException) when (connection is Connections.LongPollingServerConnection)
+                            {
+                                // A handler is still busy (C1.2), but a long-polling connection is not dropped: its
+                                // client cannot tell (a poll answered empty, and the next poll would silently open a
+                                // new connection, losing what was POSTed to this one). Its polls are answered empty
+                                // meanwhile, so it is not left hanging either; it takes over when the handler returns.
+                                await previous.WaitAsync(cancellationToken).ConfigureAwait(false);
                             }
                             catch (TimeoutException)
                             {
@@ -723,13 +731,23 @@ internal sealed partial class PushSession : IPushSession
             await WaitForStartAsync(cancellationToken).ConfigureAwait(false);
         }
 
-        try
+        if (MessagesDropped is not { } handlers)
         {
-            MessagesDropped?.Invoke(this, new PushMessagesDroppedEventArgs(count));
+            return;
         }
-        catch (Exception ex)
+
+        // Each subscriber on its own: one that throws must not keep the gap from the others.
+        var args = new PushMessagesDroppedEventArgs(count);
+        foreach (var handler in handlers.GetInvocationList())
         {
-            Log.MessagesDroppedHandlerFailed(_logger, SessionId, count, ex);
+            try
+            {
+                ((EventHandler<PushMessagesDroppedEventArgs>)handler)(this, args);
+            }
+            catch (Exception ex)
+            {
+                Log.MessagesDroppedHandlerFailed(_logger, SessionId, count, ex);
+            }
         }
     }
 

@@ -86,7 +86,7 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
         var now = TimeProvider.GetTimestamp();
         foreach (var (userId, ids) in _recentIdsByUser)
         {
-            if (_store.ForUser(userId).Any())
+            if (_store.HasSessionsForUser(userId))
             {
                 ids.NoSessionSince = 0;
             }
