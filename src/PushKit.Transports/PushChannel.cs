@@ -924,27 +924,10 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
 
     private ValueTask RaiseMessagesDropped(long count, CancellationToken cancellationToken)
     {
-        if (MessagesDropped is not { } handlers)
-        {
-            return default;
-        }
-
         // Each subscriber on its own: one that throws must not keep the gap from the others. As for StateChanged, the
         // application's handler must not end the connection either, which would only bring the same skip back on the
         // next one, and the next.
-        var args = new PushMessagesDroppedEventArgs(count);
-        foreach (var handler in handlers.GetInvocationList())
-        {
-            try
-            {
-                ((EventHandler<PushMessagesDroppedEventArgs>)handler)(this, args);
-            }
-            catch (Exception ex)
-            {
-                Log.MessagesDroppedHandlerFailed(_logger, SessionId, count, ex);
-            }
-        }
-
+        EventHandlers.RaiseEach(MessagesDropped, this, new PushMessagesDroppedEventArgs(count), ex => Log.MessagesDroppedHandlerFailed(_logger, SessionId, count, ex));
         return default;
     }
 

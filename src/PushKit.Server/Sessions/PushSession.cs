@@ -731,24 +731,8 @@ internal sealed partial class PushSession : IPushSession
             await WaitForStartAsync(cancellationToken).ConfigureAwait(false);
         }
 
-        if (MessagesDropped is not { } handlers)
-        {
-            return;
-        }
-
         // Each subscriber on its own: one that throws must not keep the gap from the others.
-        var args = new PushMessagesDroppedEventArgs(count);
-        foreach (var handler in handlers.GetInvocationList())
-        {
-            try
-            {
-                ((EventHandler<PushMessagesDroppedEventArgs>)handler)(this, args);
-            }
-            catch (Exception ex)
-            {
-                Log.MessagesDroppedHandlerFailed(_logger, SessionId, count, ex);
-            }
-        }
+        EventHandlers.RaiseEach(MessagesDropped, this, new PushMessagesDroppedEventArgs(count), ex => Log.MessagesDroppedHandlerFailed(_logger, SessionId, count, ex));
     }
 
     private async ValueTask DeliverAsync(PushMessage message, CancellationToken cancellationToken)
