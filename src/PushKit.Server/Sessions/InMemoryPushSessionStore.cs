@@ -8,6 +8,11 @@ internal sealed class InMemoryPushSessionStore : IPushSessionStore
     private readonly ConcurrentDictionary<string, PushSession> _sessions = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<string, ConcurrentDictionary<string, PushSession>> _byUser = new(StringComparer.Ordinal);
 
+    // Adding a user's session and removing a user's emptied map take this lock, so that a map is never removed under a
+    // session being added to it. Readers (ForUser, HasSessionsForUser) take no lock. Sessions come and go far less often
+    // than messages, so one lock is enough.
+    private readonly object _usersGate = new();
+
     // Every session, as an array that broadcasts share until a session comes or goes: ConcurrentDictionary.Values
     // takes every lock of the dictionary and copies it into a new list, once per broadcast.
     private Snapshot? _all;
@@ -26,7 +31,10 @@ internal sealed class InMemoryPushSessionStore : IPushSessionStore
 
         if (session.UserId is { } userId)
         {
-            _byUser.GetOrAdd(userId, _ => new(StringComparer.Ordinal))[session.SessionId] = session;
+            lock (_usersGate)
+            {
+                _byUser.GetOrAdd(userId, _ => new(StringComparer.Ordinal))[session.SessionId] = session;
+            }
         }
     }
 
@@ -41,10 +49,16 @@ internal sealed class InMemoryPushSessionStore : IPushSessionStore
 
         Interlocked.Increment(ref _version);
 
-        // The per-user map is kept even when it empties: removing it could race with a session being added for that user.
-        if (session.UserId is { } userId && _byUser.TryGetValue(userId, out var sessions))
+        // A user's map goes with the user's last session: otherwise every user ever seen would keep one.
+        if (session.UserId is { } userId)
         {
-            sessions.TryRemove(session.SessionId, out _);
+            lock (_usersGate)
+            {
+                if (_byUser.TryGetValue(userId, out var sessions) && sessions.TryRemove(session.SessionId, out _) && sessions.IsEmpty)
+                {
+                    _byUser.TryRemove(new KeyValuePair<string, ConcurrentDictionary<string, PushSession>>(userId, sessions));
+                }
+            }
         }
 
         return true;
@@ -70,6 +84,9 @@ internal sealed class InMemoryPushSessionStore : IPushSessionStore
         _byUser.TryGetValue(userId, out var sessions) ? sessions.Values : [];
 
     public bool HasSessionsForUser(string userId) => _byUser.TryGetValue(userId, out var sessions) && !sessions.IsEmpty;
+
+    /// <summary>How many users have a map of sessions (for tests).</summary>
+    internal int UsersWithSessions => _byUser.Count;
 
     private sealed record Snapshot(int Version, PushSession[] Sessions);
 }

@@ -106,6 +106,37 @@ public sealed class MessageIdLimitTests
     }
 
     [Fact]
+    public async Task A_users_entry_in_the_session_store_goes_with_the_users_last_session()
+    {
+        var services = new ServiceCollection();
+        services.AddPushKit();
+        await using var provider = services.BuildServiceProvider();
+        var manager = provider.GetRequiredService<PushSessionManager>();
+        var store = (InMemoryPushSessionStore)provider.GetRequiredService<IPushSessionStore>();
+        ClaimsPrincipal User(int n) => new(new ClaimsIdentity([new Claim(ClaimTypes.NameIdentifier, $"user-{n}")], "test"));
+
+        // Many users come and go, each with two sessions at times, created and ended from several threads at once.
+        await Task.WhenAll(Enumerable.Range(0, 4).Select(worker => Task.Run(() =>
+        {
+            for (var n = worker; n < 400; n += 4)
+            {
+                var first = manager.Create(User(n % 50), out _);
+                var second = manager.Create(User(n % 50), out _);
+                first.End(PushCloseCode.Normal, "done");
+                Assert.True(store.HasSessionsForUser($"user-{n % 50}"));
+                second.End(PushCloseCode.Normal, "done");
+            }
+        })));
+
+        Assert.Equal(0, store.Count);
+        Assert.Equal(0, store.UsersWithSessions);
+
+        // A user who comes back is found again.
+        var back = manager.Create(User(7), out _);
+        Assert.Same(back, Assert.Single(manager.ForUser("user-7")));
+    }
+
+    [Fact]
     public void A_negative_retention_is_refused()
     {
         var services = new ServiceCollection();
