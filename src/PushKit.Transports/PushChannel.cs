@@ -36,6 +36,7 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
     private ReceiveQueue _inbound;
     private readonly object _gate = new();
     private PushChannelState _state = PushChannelState.Disconnected;
+    private PushCloseCode _closedWith = PushCloseCode.Normal;
     private DeliveryEngine? _engine;
     private Task? _run;
     private string? _sessionId;
@@ -127,7 +128,7 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
         {
             if (_state == PushChannelState.Closed)
             {
-                throw new PushChannelClosedException("The channel is closed; create a new one to connect again.");
+                throw new PushChannelClosedException("The channel is closed; create a new one to connect again.", _closedWith);
             }
 
             if (_connectStarted)
@@ -693,7 +694,7 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
         lock (_gate)
         {
             engine = _engine ?? throw (_state == PushChannelState.Closed
-                ? new PushChannelClosedException("The channel is closed.", PushCloseCode.Normal)
+                ? new PushChannelClosedException("The channel is closed.", _closedWith)
                 : new InvalidOperationException(_state == PushChannelState.Connecting
                     ? "The channel is still connecting: wait for ConnectAsync to complete before sending."
                     : "The channel is not connected: call ConnectAsync first."));
@@ -873,6 +874,11 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
             }
 
             _state = state;
+            if (state == PushChannelState.Closed)
+            {
+                // What ended the channel, for the exceptions of later calls (the application's close or dispose: 1000).
+                _closedWith = code ?? PushCloseCode.Normal;
+            }
 
             // Queued under the lock that made the change, so changes are reported in the order they happened.
             _pendingChanges.Enqueue(new PushChannelStateChangedEventArgs(previous, state, code, reason, exception, sessionReset));

@@ -48,6 +48,37 @@ public class ChannelLifecycleTests
     }
 
     [Fact]
+    public async Task Calls_on_a_closed_channel_say_what_closed_it_the_application_or_the_server()
+    {
+        await using var server = await PushTestServer.StartAsync();
+
+        // Closed by the application: 1000 (Normal), for a connect as for a send.
+        var disposed = new PushChannelBuilder().WithUrl(server.BaseUrl).Configure(WebSocketOnly).Build();
+        await disposed.ConnectAsync().WaitAsync(TestTimeouts.Default);
+        await disposed.DisposeAsync().AsTask().WaitAsync(TestTimeouts.Default);
+        Assert.Equal(PushCloseCode.Normal, (await Assert.ThrowsAsync<PushChannelClosedException>(() => disposed.ConnectAsync().WaitAsync(TestTimeouts.Default))).CloseCode);
+        Assert.Equal(PushCloseCode.Normal, (await Assert.ThrowsAsync<PushChannelClosedException>(() => disposed.SendStringAsync("late").AsTask().WaitAsync(TestTimeouts.Default))).CloseCode);
+
+        // Taken over by another connection of the session: 4409 (Superseded), not a generic 1000. (The session's secret
+        // is read from the negotiate response on its way to the client.)
+        var negotiated = new NegotiateCapture();
+        var client = new PushChannelBuilder().WithUrl(server.BaseUrl).Configure(o =>
+        {
+            WebSocketOnly(o);
+            o.HttpMessageHandlerFactory = () => negotiated;
+        }).Build();
+        await using (client)
+        {
+            await client.ConnectAsync().WaitAsync(TestTimeouts.Default);
+            var closed = client.NextStateAsync(PushChannelState.Closed);
+            var secret = System.Text.Json.JsonDocument.Parse(negotiated.Body!).RootElement.GetProperty("resumeSecret").GetString()!;
+            await using var takeover = await RawSocket.ConnectAsync(server.WebSocketUrl(client.SessionId!, secret), client.SessionId!, secret);
+            Assert.Equal(PushCloseCode.Superseded, (await closed.WaitAsync(TestTimeouts.Default)).CloseCode);
+            Assert.Equal(PushCloseCode.Superseded, (await Assert.ThrowsAsync<PushChannelClosedException>(() => client.ConnectAsync().WaitAsync(TestTimeouts.Default))).CloseCode);
+        }
+    }
+
+    [Fact]
     public async Task Dispose_during_the_first_connect_fails_the_connect_and_leaves_no_connection_open()
     {
         var gate = new RequestGate("/push/ws");
@@ -264,5 +295,23 @@ public class ChannelLifecycleTests
 
         provider.Dispose();
         Assert.Equal(PushChannelState.Closed, channel.State);
+    }
+
+    /// <summary>Passes requests on, keeping the body of the negotiate response (buffered, so the client still reads it).</summary>
+    private sealed class NegotiateCapture() : DelegatingHandler(new SocketsHttpHandler())
+    {
+        public string? Body { get; private set; }
+
+        protected override async Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
+        {
+            var response = await base.SendAsync(request, cancellationToken);
+            if (request.RequestUri!.AbsolutePath.EndsWith("/negotiate", StringComparison.Ordinal))
+            {
+                await response.Content.LoadIntoBufferAsync(cancellationToken);
+                Body = await response.Content.ReadAsStringAsync(cancellationToken);
+            }
+
+            return response;
+        }
     }
 }
