@@ -26,6 +26,71 @@ public sealed class SendBackPressureTests
     private static string Msg(long seq, string data) => $"{{\"type\":\"msg\",\"seq\":{seq},\"contentType\":\"text/plain\",\"data\":\"{data}\"}}\n";
 
     [Fact]
+    public async Task Held_posts_are_queued_in_the_order_they_came_when_room_frees_up()
+    {
+        // The protocol asks for one POST at a time, but the server accepts a few: those it holds must then be taken in
+        // the order they came, even when a later, smaller body could be read first once room frees up.
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var received = new List<string>();
+        await using var server = await PushTestServer.StartAsync(push => push.OnMessage(async (_, message, cancellationToken) =>
+        {
+            await gate.Task.WaitAsync(T, cancellationToken);
+            lock (received)
+            {
+                received.Add(message.GetString()[..Math.Min(8, message.Payload.Length)]);
+            }
+        }));
+        var (id, secret, _) = await server.NegotiateRawAsync();
+        using var http = new HttpClient { Timeout = Timeout.InfiniteTimeSpan };
+        using var stream = await http.GetAsync(Url(server, "sse", id, secret), HttpCompletionOption.ResponseHeadersRead).WaitAsync(T);
+        using var events = new StreamReader(await stream.Content.ReadAsStreamAsync().WaitAsync(T));
+        while (await events.ReadLineAsync().WaitAsync(T) is { } line && line != "event: open")
+        {
+        }
+
+        var session = (PushSession)server.Sessions.FindSession(id)!;
+        var connection = session.HttpConnection!;
+        var send = Url(server, "send", id, secret);
+        long seq = 0;
+        Assert.Equal(HttpStatusCode.NoContent, await PostAsync(http, send, string.Concat(Enumerable.Range(1, 70).Select(_ => Msg(++seq, $"m{seq}")))));
+        await Eventually.TrueAsync(() => session.Engine.IsReadPaused);
+        while (connection.QueuedBatches < HttpServerConnection.InboundQueueCapacity)
+        {
+            Assert.Equal(HttpStatusCode.NoContent, await PostAsync(http, send, Msg(++seq, $"m{seq}")));
+        }
+
+        // Three held POSTs, each seen waiting before the next is sent: a big one first, then two small ones.
+        var held = new List<Task<HttpResponseMessage>>();
+        foreach (var data in new[] { "big-" + new string('b', 1_000_000), "small-1", "small-2" })
+        {
+            held.Add(http.PostAsync(send, new StringContent(Msg(++seq, data))));
+            var waiting = held.Count;
+            await Eventually.TrueAsync(() => connection.OutstandingSends == waiting);
+        }
+
+        gate.SetResult();
+        foreach (var response in await Task.WhenAll(held).WaitAsync(T))
+        {
+            Assert.Equal(HttpStatusCode.NoContent, response.StatusCode);
+            response.Dispose();
+        }
+
+        // A last message: once it is handled, so is everything before it, in order.
+        Assert.Equal(HttpStatusCode.NoContent, await PostAsync(http, send, Msg(++seq, "last")));
+        await Eventually.TrueAsync(() =>
+        {
+            lock (received)
+            {
+                return received.Count == seq;
+            }
+        });
+        lock (received)
+        {
+            Assert.Equal(["big-bbbb", "small-1", "small-2", "last"], received.TakeLast(4));
+        }
+    }
+
+    [Fact]
     public async Task Posts_beyond_four_outstanding_are_refused_at_once_unread_and_the_held_ones_lose_nothing()
     {
         const int BigData = 1_000_000;
