@@ -26,7 +26,6 @@ internal abstract class HttpServerConnection : IPushTransportConnection
     internal const int MaxOutstandingSends = 4;
 
     private readonly Channel<byte[]> _inbound = Channel.CreateBounded<byte[]>(new BoundedChannelOptions(InboundQueueCapacity) { SingleReader = true });
-    private readonly SemaphoreSlim _turn = new(1, 1);
     private int _dead;
     private int _outstandingSends;
 
@@ -61,16 +60,6 @@ internal abstract class HttpServerConnection : IPushTransportConnection
 
         return false;
     }
-
-    /// <summary>
-    /// Waits for this POST's turn to wait for room, read its body and queue it: one POST at a time, in the order they
-    /// asked (the semaphore's waiters are served first come, first served). Without turns, every POST waiting for room
-    /// would be woken together by the first free place, and a later batch could be queued before an earlier one.
-    /// </summary>
-    public Task TakeTurnAsync(CancellationToken cancellationToken) => _turn.WaitAsync(cancellationToken);
-
-    /// <summary>Ends the turn taken with <see cref="TakeTurnAsync"/>.</summary>
-    public void EndTurn() => _turn.Release();
 
     /// <summary>Gives back the slot of a POST taken with <see cref="TryBeginSend"/>.</summary>
     public void EndSend() => Interlocked.Decrement(ref _outstandingSends);

@@ -193,16 +193,6 @@ internal static partial class HttpTransportEndpoints
 
         try
         {
-            try
-            {
-                await connection.TakeTurnAsync(context.RequestAborted).ConfigureAwait(false);
-            }
-            catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
-            {
-                // The client went away while its POST waited for its turn: nobody to answer.
-                return;
-            }
-
             await ReceiveBatchAsync(context, connection, limit).ConfigureAwait(false);
         }
         finally
@@ -212,65 +202,28 @@ internal static partial class HttpTransportEndpoints
     }
 
     /// <summary>
-    /// The rest of <c>POST {base}/send</c>, for a POST that holds one of its connection's slots and its turn (ended
-    /// here): waits for room in the connection's queue, then reads the body, checks it and queues it.
+    /// The rest of <c>POST {base}/send</c>, for a POST that holds one of its connection's slots: waits for room in the
+    /// connection's queue, then reads the body, checks it and queues it.
     /// </summary>
-    /// <remarks>
-    /// A POST that finds room at once gives up its turn before it reads its body, so a slow body does not hold up the
-    /// connection's other POSTs (each is queued when its body is in). A POST that had to wait keeps its turn until its
-    /// batch is queued: the POSTs held by back-pressure are queued in the order they came, not in the order their
-    /// bodies happen to be read once room frees up.
-    /// </remarks>
     private static async Task ReceiveBatchAsync(HttpContext context, HttpServerConnection connection, int limit)
     {
-        var turn = true;
+        // Back-pressure: while the session is busy with earlier batches, the body is not read. It stays in the client's
+        // TCP connection, which slows the client down, instead of in server memory.
         try
         {
-            await ReceiveInTurnAsync().ConfigureAwait(false);
-        }
-        finally
-        {
-            if (turn)
+            if (!await connection.WaitForRoomAsync(context.RequestAborted).ConfigureAwait(false))
             {
-                connection.EndTurn();
-            }
-        }
-
-        async Task ReceiveInTurnAsync()
-        {
-            // Back-pressure: while the session is busy with earlier batches, the body is not read. It stays in the
-            // client's TCP connection, which slows the client down, instead of in server memory.
-            try
-            {
-                var wait = connection.WaitForRoomAsync(context.RequestAborted);
-                var immediate = wait.IsCompletedSuccessfully;
-                var room = immediate ? wait.Result : await wait.ConfigureAwait(false);
-                if (room && immediate)
-                {
-                    connection.EndTurn();
-                    turn = false;
-                }
-
-                if (!room)
-                {
-                    // The connection ended while the POST waited.
-                    await NoOpenConnectionAsync(context).ConfigureAwait(false);
-                    return;
-                }
-            }
-            catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
-            {
-                // The client went away while its POST waited: nobody to answer.
+                // The connection ended while the POST waited.
+                await NoOpenConnectionAsync(context).ConfigureAwait(false);
                 return;
             }
-
-            await ReadAndQueueAsync(context, connection, limit).ConfigureAwait(false);
         }
-    }
+        catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
+        {
+            // The client went away while its POST waited: nobody to answer.
+            return;
+        }
 
-    /// <summary>Reads a POST's body, checks its framing and queues it for the session.</summary>
-    private static async Task ReadAndQueueAsync(HttpContext context, HttpServerConnection connection, int limit)
-    {
         byte[]? body;
         try
         {
