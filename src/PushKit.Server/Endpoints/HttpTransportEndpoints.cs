@@ -176,54 +176,6 @@ internal static partial class HttpTransportEndpoints
             return;
         }
 
-        if (session.HttpConnection is not { IsDead: false } connection)
-        {
-            await NoOpenConnectionAsync(context).ConfigureAwait(false);
-            return;
-        }
-
-        // A client has one POST outstanding (§9.4); a few more are tolerated, and beyond that a POST is refused before
-        // its body is read, so that however many a client sends, the server holds at most a few bodies for it.
-        if (!connection.TryBeginSend())
-        {
-            await HttpErrors.WriteAsync(context, StatusCodes.Status409Conflict, PushErrorCodes.SendInProgress,
-                $"More than {HttpServerConnection.MaxOutstandingSends} POST {{base}}/send requests are outstanding for this connection; send the next one after the previous one was answered (§9.4).").ConfigureAwait(false);
-            return;
-        }
-
-        try
-        {
-            await ReceiveBatchAsync(context, connection, limit).ConfigureAwait(false);
-        }
-        finally
-        {
-            connection.EndSend();
-        }
-    }
-
-    /// <summary>
-    /// The rest of <c>POST {base}/send</c>, for a POST that holds one of its connection's slots: waits for room in the
-    /// connection's queue, then reads the body, checks it and queues it.
-    /// </summary>
-    private static async Task ReceiveBatchAsync(HttpContext context, HttpServerConnection connection, int limit)
-    {
-        // Back-pressure: while the session is busy with earlier batches, the body is not read. It stays in the client's
-        // TCP connection, which slows the client down, instead of in server memory.
-        try
-        {
-            if (!await connection.WaitForRoomAsync(context.RequestAborted).ConfigureAwait(false))
-            {
-                // The connection ended while the POST waited.
-                await NoOpenConnectionAsync(context).ConfigureAwait(false);
-                return;
-            }
-        }
-        catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
-        {
-            // The client went away while its POST waited: nobody to answer.
-            return;
-        }
-
         byte[]? body;
         try
         {
@@ -268,30 +220,16 @@ internal static partial class HttpTransportEndpoints
             return;
         }
 
-        bool queued;
-        try
+        if (session.HttpConnection is not { IsDead: false } connection
+            || !await connection.EnqueueInboundAsync(body, context.RequestAborted).ConfigureAwait(false))
         {
-            queued = await connection.EnqueueInboundAsync(body, context.RequestAborted).ConfigureAwait(false);
-        }
-        catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
-        {
-            // The client went away before its batch could be queued: nothing of it was applied, nobody to answer.
-            return;
-        }
-
-        if (!queued)
-        {
-            // The connection ended while the body was read.
-            await NoOpenConnectionAsync(context).ConfigureAwait(false);
+            await HttpErrors.WriteAsync(context, StatusCodes.Status409Conflict, PushErrorCodes.NoOpenConnection,
+                "The session has no open SSE or long-polling connection to send on; open one (GET sse or poll) first.").ConfigureAwait(false);
             return;
         }
 
         context.Response.StatusCode = StatusCodes.Status204NoContent;
     }
-
-    private static Task NoOpenConnectionAsync(HttpContext context) =>
-        HttpErrors.WriteAsync(context, StatusCodes.Status409Conflict, PushErrorCodes.NoOpenConnection,
-            "The session has no open SSE or long-polling connection to send on; open one (GET sse or poll) first.");
 
     private static Task TooBigAsync(HttpContext context, int limit) =>
         HttpErrors.WriteAsync(context, StatusCodes.Status413PayloadTooLarge, PushErrorCodes.MessageTooBig,
