@@ -10,6 +10,7 @@ namespace PushKit.IntegrationTests;
 /// application after its start handlers and cannot be stopped by a throwing subscriber; a new connection behind a busy
 /// handler is dropped in time (C1.2); messages waiting for <c>ReadAllAsync</c> are bounded in bytes.
 /// </summary>
+[Collection(LargeBodiesCollection.Name)]
 public sealed class ClientInputEdgeTests
 {
     private const string SkipThenMessage = "{\"type\":\"skip\",\"seq\":3}\n{\"type\":\"msg\",\"seq\":4,\"contentType\":\"text/plain\",\"data\":\"after the gap\"}\n";

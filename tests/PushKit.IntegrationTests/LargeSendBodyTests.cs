@@ -11,6 +11,7 @@ namespace PushKit.IntegrationTests;
 /// 30,000,000 bytes): <c>MaxMessageBytes</c> may be up to 64 MiB, and that is the limit that applies (protocol §6).
 /// The bodies are generated as they are sent, so the client holds none of them.
 /// </summary>
+[Collection(LargeBodiesCollection.Name)]
 public sealed class LargeSendBodyTests
 {
     private static readonly TimeSpan T = TestTimeouts.Default;
