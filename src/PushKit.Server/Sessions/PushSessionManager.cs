@@ -89,16 +89,16 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
             if (_store.HasSessionsForUser(userId))
             {
                 ids.NoSessionSince = 0;
+                continue;
             }
-            else if (ids.NoSessionSince == 0)
+
+            if (ids.NoSessionSince == 0)
             {
                 ids.NoSessionSince = now;
-                if (Options.IdempotencyRetention == TimeSpan.Zero)
-                {
-                    _recentIdsByUser.TryRemove(new KeyValuePair<string, RecentMessageIds>(userId, ids));
-                }
             }
-            else if (TimeProvider.GetElapsedTime(ids.NoSessionSince, now) >= Options.IdempotencyRetention)
+
+            // A retention of zero drops them on the sweep that first finds the user without a session.
+            if (TimeProvider.GetElapsedTime(ids.NoSessionSince, now) >= Options.IdempotencyRetention)
             {
                 _recentIdsByUser.TryRemove(new KeyValuePair<string, RecentMessageIds>(userId, ids));
             }
