@@ -451,6 +451,10 @@ public class HostileHttpClientTests
                 http.PostAsync(send, new StringContent(Msg(seq + 1, "abandoned"), Encoding.UTF8), abandon.Token));
         }
 
+        // The server lets go of the abandoned POST: a connection takes at most 4 at once (§9.4), and the close is the 4th.
+        var connection = ((PushSession)server.Sessions.FindSession(id)!).HttpConnection!;
+        await Eventually.TrueAsync(() => connection.OutstandingSends == held.Count);
+
         var close = PostAsync(http, send, "{\"type\":\"close\",\"code\":1000}\n");
         await Task.Delay(300);
         Assert.All(held, h => Assert.False(h.IsCompleted));

@@ -77,4 +77,10 @@ public static class PushErrorCodes
 
     /// <summary>A POST to <c>{base}/send</c> arrived while the session has no open SSE or long-polling connection.</summary>
     public const string NoOpenConnection = "no_open_connection";
+
+    /// <summary>
+    /// More <c>POST {base}/send</c> requests are outstanding for the connection than the server tolerates; send the next
+    /// one after the previous one was answered. Nothing of the refused body was read or applied.
+    /// </summary>
+    public const string SendInProgress = "send_in_progress";
 }

@@ -176,6 +176,38 @@ internal static partial class HttpTransportEndpoints
             return;
         }
 
+        if (session.HttpConnection is not { IsDead: false } connection)
+        {
+            await NoOpenConnectionAsync(context).ConfigureAwait(false);
+            return;
+        }
+
+        // A client has one POST outstanding (§9.4); a few more are tolerated, and beyond that a POST is refused before
+        // its body is read, so that however many a client sends, the server holds at most a few bodies for it while
+        // back-pressure holds their answers.
+        if (!connection.TryBeginSend())
+        {
+            await HttpErrors.WriteAsync(context, StatusCodes.Status409Conflict, PushErrorCodes.SendInProgress,
+                $"More than {HttpServerConnection.MaxOutstandingSends} POST {{base}}/send requests are outstanding for this connection; send the next one after the previous one was answered (§9.4).").ConfigureAwait(false);
+            return;
+        }
+
+        try
+        {
+            await ReceiveBatchAsync(context, connection, limit).ConfigureAwait(false);
+        }
+        finally
+        {
+            connection.EndSend();
+        }
+    }
+
+    /// <summary>
+    /// The rest of <c>POST {base}/send</c>, for a POST that holds one of its connection's slots: reads the body, checks
+    /// it and queues it, waiting for room in the connection's queue while the session is busy (back-pressure).
+    /// </summary>
+    private static async Task ReceiveBatchAsync(HttpContext context, HttpServerConnection connection, int limit)
+    {
         byte[]? body;
         try
         {
@@ -220,16 +252,30 @@ internal static partial class HttpTransportEndpoints
             return;
         }
 
-        if (session.HttpConnection is not { IsDead: false } connection
-            || !await connection.EnqueueInboundAsync(body, context.RequestAborted).ConfigureAwait(false))
+        bool queued;
+        try
         {
-            await HttpErrors.WriteAsync(context, StatusCodes.Status409Conflict, PushErrorCodes.NoOpenConnection,
-                "The session has no open SSE or long-polling connection to send on; open one (GET sse or poll) first.").ConfigureAwait(false);
+            queued = await connection.EnqueueInboundAsync(body, context.RequestAborted).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
+        {
+            // The client went away before its batch could be queued: nothing of it was applied, nobody to answer.
+            return;
+        }
+
+        if (!queued)
+        {
+            // The connection ended while the body was read or the batch waited for room.
+            await NoOpenConnectionAsync(context).ConfigureAwait(false);
             return;
         }
 
         context.Response.StatusCode = StatusCodes.Status204NoContent;
     }
+
+    private static Task NoOpenConnectionAsync(HttpContext context) =>
+        HttpErrors.WriteAsync(context, StatusCodes.Status409Conflict, PushErrorCodes.NoOpenConnection,
+            "The session has no open SSE or long-polling connection to send on; open one (GET sse or poll) first.");
 
     private static Task TooBigAsync(HttpContext context, int limit) =>
         HttpErrors.WriteAsync(context, StatusCodes.Status413PayloadTooLarge, PushErrorCodes.MessageTooBig,
