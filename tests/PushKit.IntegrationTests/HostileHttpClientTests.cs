@@ -10,6 +10,7 @@ using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Testing;
 using PushKit.IntegrationTests.Infrastructure;
 using PushKit.Server;
+using PushKit.Server.Connections;
 using PushKit.Server.Sessions;
 
 namespace PushKit.IntegrationTests;
@@ -421,26 +422,44 @@ public class HostileHttpClientTests
         await using var sse = await SseStream.OpenAsync(Url(server, "sse", id, secret));
         using var http = new HttpClient();
 
-        // 1 in the handler, 64 queued for delivery, 1 in the read loop, 8 in the POST queue: then POSTs are held.
+        // 1 in the handler, 64 queued for delivery, 1 in the read loop, 8 in the POST queue: then POSTs are held. A POST
+        // is taken for held from the server's state, not from how long it takes (a slow machine can take long to
+        // answer a POST that is not held): the session has stopped reading, the queue is full and the POST holds a slot.
+        // It must be seen so twice, 100 ms apart: a POST whose batch has just been queued gives its slot back at once.
+        var session = (PushSession)server.Sessions.FindSession(id)!;
+        var connection = session.HttpConnection!;
+        bool Full(int outstanding) => session.Engine.IsReadPaused
+            && connection.QueuedBatches == HttpServerConnection.InboundQueueCapacity
+            && connection.OutstandingSends == outstanding;
         var seq = 0;
         var held = new List<Task<HttpStatusCode>>();
         while (held.Count == 0)
         {
             Assert.True(seq < 200, "POSTs were never held");
             var post = PostAsync(http, send, Msg(++seq, $"m{seq}"));
-            if (await Task.WhenAny(post, Task.Delay(500)) != post)
+            var seenFull = 0;
+            while (held.Count == 0)
             {
-                held.Add(post);
-            }
-            else
-            {
-                Assert.Equal(HttpStatusCode.NoContent, await post);
+                if (await Task.WhenAny(post, Task.Delay(100)) == post)
+                {
+                    Assert.Equal(HttpStatusCode.NoContent, await post);
+                    break;
+                }
+
+                seenFull = Full(1) ? seenFull + 1 : 0;
+                if (seenFull == 2)
+                {
+                    held.Add(post);
+                }
             }
         }
 
+        // Two more held POSTs, each seen holding its slot before the next is sent, so that they come in this order.
         for (var i = 0; i < 2; i++)
         {
             held.Add(PostAsync(http, send, Msg(++seq, $"m{seq}")));
+            var waiting = held.Count;
+            await Eventually.TrueAsync(() => Full(waiting));
             await Task.Delay(100);
         }
 
@@ -452,7 +471,6 @@ public class HostileHttpClientTests
         }
 
         // The server lets go of the abandoned POST: a connection takes at most 4 at once (§9.4), and the close is the 4th.
-        var connection = ((PushSession)server.Sessions.FindSession(id)!).HttpConnection!;
         await Eventually.TrueAsync(() => connection.OutstandingSends == held.Count);
 
         var close = PostAsync(http, send, "{\"type\":\"close\",\"code\":1000}\n");
