@@ -276,7 +276,7 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
         }
 
         var inbound = Volatile.Read(ref _inbound);
-        var engine = new DeliveryEngine("client " + negotiated.SessionId, negotiated.Limits.MaxMessageBytes, inbound.WriteAsync, _logger)
+        var engine = new DeliveryEngine("Session " + negotiated.SessionId, negotiated.Limits.MaxMessageBytes, inbound.WriteAsync, _logger)
         {
             Heartbeat = new HeartbeatSettings(
                 TimeSpan.FromMilliseconds(HeartbeatIntervalMs(negotiated.Heartbeat)),
