@@ -51,6 +51,12 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
     private int _disposed;
     private int _closeStarted;
     private readonly TaskCompletionSource _closed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly TaskCompletionSource _disposeDone = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    // The channel whose event (StateChanged, MessagesDropped) this thread is raising, if any: a close or dispose called
+    // from the handler cannot wait for the close, which goes on only once the handler has returned.
+    [ThreadStatic]
+    private static PushChannel? t_raising;
     private readonly CancellationTokenSource _lifetime = new();
 
     // Taken once: usable after _lifetime is disposed (a connect that finishes after DisposeAsync still reads it).
@@ -708,7 +714,7 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
         var acknowledged = (await engine.EnqueueAsync(message, trackAck: true, cancellationToken).ConfigureAwait(false))!;
         try
         {
-            await acknowledged.WaitAsync(_options.AckTimeout, _options.TimeProvider, cancellationToken).ConfigureAwait(false);
+            await AckWait.WaitAsync(acknowledged, _options.AckTimeout, _options.TimeProvider, cancellationToken).ConfigureAwait(false);
         }
         catch (TimeoutException ex)
         {
@@ -724,9 +730,13 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
     {
         // The first call closes; every call (a second close, a close after DisposeAsync, a close racing a dispose)
         // waits for that one close to finish, and only its own token can cut its wait short.
-        if (Interlocked.Exchange(ref _closeStarted, 1) == 0)
+        StartClose();
+        if (t_raising == this)
         {
-            _ = CloseCoreAsync();
+            // Called from a handler of this channel's own event, on the thread raising it: the close reports Closed
+            // and waits for the connection this thread may be serving, so it finishes only once the handler returns.
+            // Waiting for it here would wait for itself.
+            return;
         }
 
         try
@@ -819,19 +829,41 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
         }
     }
 
-    /// <summary>For a container disposed synchronously: closes the channel as <see cref="DisposeAsync"/> does, and waits for it.</summary>
+    /// <summary>
+    /// For a container disposed synchronously: closes the channel as <see cref="DisposeAsync"/> does, and waits for it
+    /// (except from a handler of the channel's own events, as for <see cref="CloseAsync"/>).
+    /// </summary>
     public void Dispose() => DisposeAsync().AsTask().GetAwaiter().GetResult();
 
     public async ValueTask DisposeAsync()
     {
-        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        // The first call disposes; every call waits for that one disposal, as every CloseAsync waits for the one close.
+        if (Interlocked.Exchange(ref _disposed, 1) == 0)
         {
+            _ = DisposeCoreAsync();
+        }
+
+        if (t_raising == this)
+        {
+            // From a handler of this channel's own event: the close goes on once the handler returns (see CloseAsync),
+            // and the disposal after it.
             return;
         }
 
+        await _disposeDone.Task.ConfigureAwait(false);
+    }
+
+    private async Task DisposeCoreAsync()
+    {
         try
         {
-            await CloseAsync().ConfigureAwait(false);
+            StartClose();
+            await _closed.Task.ConfigureAwait(false);
+            _disposeDone.TrySetResult();
+        }
+        catch (Exception ex)
+        {
+            _disposeDone.TrySetException(ex);
         }
         finally
         {
@@ -839,6 +871,14 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
             _invoker.Dispose();
             _handler.Dispose();
             _lifetime.Dispose();
+        }
+    }
+
+    private void StartClose()
+    {
+        if (Interlocked.Exchange(ref _closeStarted, 1) == 0)
+        {
+            _ = CloseCoreAsync();
         }
     }
 
@@ -910,7 +950,16 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
             try
             {
                 Log.StateChanged(_logger, SessionId, change.PreviousState, change.CurrentState, change.Reason);
-                StateChanged?.Invoke(this, change);
+                var outer = t_raising;
+                t_raising = this;
+                try
+                {
+                    StateChanged?.Invoke(this, change);
+                }
+                finally
+                {
+                    t_raising = outer;
+                }
             }
             catch (Exception ex)
             {
@@ -933,7 +982,17 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
         // Each subscriber on its own: one that throws must not keep the gap from the others. As for StateChanged, the
         // application's handler must not end the connection either, which would only bring the same skip back on the
         // next one, and the next.
-        EventHandlers.RaiseEach(MessagesDropped, this, new PushMessagesDroppedEventArgs(count), ex => Log.MessagesDroppedHandlerFailed(_logger, SessionId, count, ex));
+        var outer = t_raising;
+        t_raising = this;
+        try
+        {
+            EventHandlers.RaiseEach(MessagesDropped, this, new PushMessagesDroppedEventArgs(count), ex => Log.MessagesDroppedHandlerFailed(_logger, SessionId, count, ex));
+        }
+        finally
+        {
+            t_raising = outer;
+        }
+
         return default;
     }
 

@@ -13,7 +13,8 @@ namespace PushKit.Client;
 /// A channel takes a lock on every write (and a bounded one on every read too), and the read loop and the application
 /// then contend on it for every message; the profile showed clients spinning on it for much of their CPU. Here the
 /// queue is lock-free, the bound is a counter the single writer checks, and a lock-free signal wakes a reader that
-/// found the queue empty. Concurrent readers share the messages: one waits on the signal, the others for their turn.
+/// found the queue empty. Concurrent readers share the messages: one waits on the signal, the others for their turn,
+/// and all of them look again when the one on the signal is woken.
 /// </remarks>
 internal sealed class ReceiveQueue
 {
@@ -166,10 +167,14 @@ internal sealed class ReceiveQueue
         }
         finally
         {
+            // Every reader waiting for its turn looks at the queue again: this one may take a message and stop reading,
+            // and a reader left waiting for a turn nobody gives would miss the messages that follow. Each woken reader
+            // takes a message, or the slot, or waits for its turn again.
             Interlocked.Exchange(ref _waiterSlot, 0);
-            if (Volatile.Read(ref _contenders) > 0)
+            var contenders = Volatile.Read(ref _contenders);
+            if (contenders > 0)
             {
-                _turn.Release();
+                _turn.Release(contenders);
             }
         }
     }

@@ -256,7 +256,7 @@ internal sealed partial class PushSession : IPushSession
         _manager.Metrics.MessagesSent(1);
         try
         {
-            await acknowledged.WaitAsync(_manager.Options.AckTimeout, _manager.TimeProvider, cancellationToken).ConfigureAwait(false);
+            await AckWait.WaitAsync(acknowledged, _manager.Options.AckTimeout, _manager.TimeProvider, cancellationToken).ConfigureAwait(false);
         }
         catch (TimeoutException ex)
         {

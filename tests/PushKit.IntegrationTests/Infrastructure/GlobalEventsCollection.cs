@@ -1,0 +1,11 @@
+namespace PushKit.IntegrationTests.Infrastructure;
+
+/// <summary>
+/// Tests that watch a process-wide event (<see cref="TaskScheduler.UnobservedTaskException"/>) run alone, so that what
+/// they see is theirs and not another test's running beside them.
+/// </summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class GlobalEventsCollection
+{
+    public const string Name = "Watches process-wide events";
+}
