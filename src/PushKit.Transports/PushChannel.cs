@@ -714,12 +714,18 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
         var acknowledged = (await engine.EnqueueAsync(message, trackAck: true, cancellationToken).ConfigureAwait(false))!;
         try
         {
-            await AckWait.WaitAsync(acknowledged, _options.AckTimeout, _options.TimeProvider, cancellationToken).ConfigureAwait(false);
+            await acknowledged.WaitAsync(_options.AckTimeout, _options.TimeProvider, cancellationToken).ConfigureAwait(false);
         }
         catch (TimeoutException ex)
         {
+            AckWait.ObserveLateFailure(acknowledged);
             throw new PushAckTimeoutException(
                 $"The server did not acknowledge the message within {_options.AckTimeout}. It stays queued and may still be delivered.", ex);
+        }
+        catch (OperationCanceledException)
+        {
+            AckWait.ObserveLateFailure(acknowledged);
+            throw;
         }
     }
 

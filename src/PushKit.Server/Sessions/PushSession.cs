@@ -256,12 +256,18 @@ internal sealed partial class PushSession : IPushSession
         _manager.Metrics.MessagesSent(1);
         try
         {
-            await AckWait.WaitAsync(acknowledged, _manager.Options.AckTimeout, _manager.TimeProvider, cancellationToken).ConfigureAwait(false);
+            await acknowledged.WaitAsync(_manager.Options.AckTimeout, _manager.TimeProvider, cancellationToken).ConfigureAwait(false);
         }
         catch (TimeoutException ex)
         {
+            AckWait.ObserveLateFailure(acknowledged);
             throw new PushAckTimeoutException(
                 $"Session {SessionId} did not acknowledge the message within {_manager.Options.AckTimeout}. It stays queued and may still be delivered.", ex);
+        }
+        catch (OperationCanceledException)
+        {
+            AckWait.ObserveLateFailure(acknowledged);
+            throw;
         }
     }
 
