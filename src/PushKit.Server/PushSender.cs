@@ -10,6 +10,7 @@ internal sealed partial class PushSender(PushSessionManager sessions) : IPushSen
     {
         ArgumentNullException.ThrowIfNull(sessionId);
         ArgumentNullException.ThrowIfNull(message);
+        cancellationToken.ThrowIfCancellationRequested();
         var session = sessions.Find(sessionId);
         if (session is null || !await TryEnqueueAsync(session, message, many: false, cancellationToken).ConfigureAwait(false))
         {

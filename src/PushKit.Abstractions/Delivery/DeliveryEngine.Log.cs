@@ -33,6 +33,9 @@ internal sealed partial class DeliveryEngine
         [LoggerMessage(16, LogLevel.Warning, "{Name}: stopped reading with {Messages} messages ({Bytes} bytes) waiting for the application, the most this side holds, while a send awaits the peer's acknowledgement, which may be among the unread; that send may time out. The peer sends more than this side's buffer limits allow (its limits are larger, or its policy is DropOldest)")]
         public static partial void ReadStoppedAtBound(ILogger logger, object name, int messages, long bytes);
 
+        [LoggerMessage(19, LogLevel.Error, "{Name}: a callback registered on a message handler's cancellation token threw when delivery stopped; the connection ends as usual")]
+        public static partial void CancellationCallbackFailed(ILogger logger, object name, Exception exception);
+
         [LoggerMessage(6, LogLevel.Error, "{Name}: delivering a message to the application failed; the connection is dropped and the message will be replayed")]
         public static partial void DeliveryFailed(ILogger logger, object name, Exception exception);
     }

@@ -594,69 +594,93 @@ internal sealed partial class DeliveryEngine
             end = new ConnectionEnd(ConnectionEndKind.ClosedLocally, initiated.Code, initiated.Reason, initiated.RetryAfterMs, CloseAnswered: true);
         }
 
-        // Messages already received are still handed to the application: after an orderly close from the peer the
-        // queue is drained (they were sent for good); otherwise delivery stops and the unacknowledged rest is
-        // replayed by the peer on its next connection.
-        run.Deliveries?.Writer.TryComplete();
-        if (end.Kind != ConnectionEndKind.ClosedByPeer)
+        try
+        {
+            // Messages already received are still handed to the application: after an orderly close from the peer the
+            // queue is drained (they were sent for good); otherwise delivery stops and the unacknowledged rest is
+            // replayed by the peer on its next connection.
+            run.Deliveries?.Writer.TryComplete();
+            if (end.Kind != ConnectionEndKind.ClosedByPeer)
+            {
+                await StopDeliveryAsync(run).ConfigureAwait(false);
+            }
+
+            if (run.Delivery is { } delivery)
+            {
+                try
+                {
+                    await delivery.WaitAsync(s_closeGrace + s_closeGrace, CancellationToken.None).ConfigureAwait(false);
+                }
+                catch (TimeoutException)
+                {
+                    await StopDeliveryAsync(run).ConfigureAwait(false);
+                    await delivery.ConfigureAwait(false);
+                }
+            }
+
+            if (end.Kind == ConnectionEndKind.ClosedByPeer && run.LocalClose is null)
+            {
+                // Answer the peer's close, now that what arrived before it has been handed over: the write loop sends the
+                // acks that are due first, then the transport's close. (Answering before the hand-over closed the
+                // connection ahead of the last message's ack.)
+                run.RequestClose(end.Code ?? PushCloseCode.Normal, null, retryAfterMs: null, sendFrame: false);
+
+                // After a close frame the peer's WebSocket Close is still to come: read until it arrives (bounded by the
+                // close grace), so the connection ends with a close handshake rather than a reset.
+                drain = end.FromFrame && run.Connection is WebSocketTransportConnection;
+            }
+
+            if (run.LocalClose is null)
+            {
+                run.Cancel();
+            }
+
+            try
+            {
+                await writer.WaitAsync(s_closeGrace + s_closeGrace, CancellationToken.None).ConfigureAwait(false);
+            }
+            catch (Exception ex)
+            {
+                Log.WriteLoopEnded(_logger, _name, ex.Message);
+            }
+
+            if (drain)
+            {
+                await DrainAsync(run.Connection, run.Token).ConfigureAwait(false);
+            }
+        }
+        finally
+        {
+            // Whatever happened above, the connection is over: a run left current would make every later connection of
+            // the session wait for it.
+            lock (_gate)
+            {
+                _current = null;
+            }
+
+            run.Cancel();
+            connection.Abort();
+            run.Dispose();
+        }
+
+        Log.ConnectionEnded(_logger, _name, connection.TransportName, end.Kind, end.Code, end.Reason);
+        return end;
+    }
+
+    /// <summary>
+    /// Stops delivery at once. The token handed to the application's handlers is cancelled, and a callback the
+    /// application registered on it that throws is logged: it must not stop the connection's end.
+    /// </summary>
+    private async Task StopDeliveryAsync(Run run)
+    {
+        try
         {
             await run.StopDeliveryAsync().ConfigureAwait(false);
         }
-
-        if (run.Delivery is { } delivery)
-        {
-            try
-            {
-                await delivery.WaitAsync(s_closeGrace + s_closeGrace, CancellationToken.None).ConfigureAwait(false);
-            }
-            catch (TimeoutException)
-            {
-                await run.StopDeliveryAsync().ConfigureAwait(false);
-                await delivery.ConfigureAwait(false);
-            }
-        }
-
-        if (end.Kind == ConnectionEndKind.ClosedByPeer && run.LocalClose is null)
-        {
-            // Answer the peer's close, now that what arrived before it has been handed over: the write loop sends the
-            // acks that are due first, then the transport's close. (Answering before the hand-over closed the
-            // connection ahead of the last message's ack.)
-            run.RequestClose(end.Code ?? PushCloseCode.Normal, null, retryAfterMs: null, sendFrame: false);
-
-            // After a close frame the peer's WebSocket Close is still to come: read until it arrives (bounded by the
-            // close grace), so the connection ends with a close handshake rather than a reset.
-            drain = end.FromFrame && run.Connection is WebSocketTransportConnection;
-        }
-
-        if (run.LocalClose is null)
-        {
-            run.Cancel();
-        }
-
-        try
-        {
-            await writer.WaitAsync(s_closeGrace + s_closeGrace, CancellationToken.None).ConfigureAwait(false);
-        }
         catch (Exception ex)
         {
-            Log.WriteLoopEnded(_logger, _name, ex.Message);
+            Log.CancellationCallbackFailed(_logger, _name, ex);
         }
-
-        if (drain)
-        {
-            await DrainAsync(run.Connection, run.Token).ConfigureAwait(false);
-        }
-
-        lock (_gate)
-        {
-            _current = null;
-        }
-
-        run.Cancel();
-        connection.Abort();
-        run.Dispose();
-        Log.ConnectionEnded(_logger, _name, connection.TransportName, end.Kind, end.Code, end.Reason);
-        return end;
     }
 
     /// <summary>

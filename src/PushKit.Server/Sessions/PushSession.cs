@@ -421,7 +421,7 @@ internal sealed partial class PushSession : IPushSession
                         Engine.CloseConnection(PushCloseCode.Superseded, "Another connection took over this session.");
                         try
                         {
-                            await previous.WaitAsync(s_supersedeWait, cancellationToken).ConfigureAwait(false);
+                            await WaitForEndAsync(previous, s_supersedeWait, cancellationToken).ConfigureAwait(false);
                         }
                         catch (TimeoutException)
                         {
@@ -430,7 +430,7 @@ internal sealed partial class PushSession : IPushSession
                             Volatile.Read(ref _connection)?.Abort();
                             try
                             {
-                                await previous.WaitAsync(s_supersedeWait, cancellationToken).ConfigureAwait(false);
+                                await WaitForEndAsync(previous, s_supersedeWait, cancellationToken).ConfigureAwait(false);
                             }
                             catch (TimeoutException) when (connection is Connections.LongPollingServerConnection)
                             {
@@ -438,7 +438,7 @@ internal sealed partial class PushSession : IPushSession
                                 // client cannot tell (a poll answered empty, and the next poll would silently open a
                                 // new connection, losing what was POSTed to this one). Its polls are answered empty
                                 // meanwhile, so it is not left hanging either; it takes over when the handler returns.
-                                await previous.WaitAsync(cancellationToken).ConfigureAwait(false);
+                                await WaitForEndAsync(previous, Timeout.InfiniteTimeSpan, cancellationToken).ConfigureAwait(false);
                             }
                             catch (TimeoutException)
                             {
@@ -493,7 +493,19 @@ internal sealed partial class PushSession : IPushSession
                 _ = NotifyStartedAsync();
             }
 
-            var end = await run.ConfigureAwait(false);
+            ConnectionEnd end;
+            try
+            {
+                end = await run.ConfigureAwait(false);
+            }
+            catch (Exception ex)
+            {
+                // Not expected (the engine ends a connection with a ConnectionEnd), but a run that failed is over all
+                // the same: the session must go on to its next connection, not stay Connected to this one for good.
+                Log.RunFailed(_logger, SessionId, ex);
+                end = new ConnectionEnd(ConnectionEndKind.Lost, null, ex.Message, Error: ex);
+            }
+
             counted = false;
             carriedClose = end.CloseAnswered && Engine.IsClosed;
             _manager.Metrics.ConnectionEnded(connection.TransportName, connectedAt, end.Kind);
@@ -610,7 +622,17 @@ internal sealed partial class PushSession : IPushSession
         {
             // Start handlers still running stop their work; cancelled asynchronously, so that no handler code runs here,
             // on the thread that ended the session.
-            _ = startGate.SessionEnded.CancelAsync();
+            var cancelled = startGate.SessionEnded.CancelAsync();
+            if (!cancelled.IsCompletedSuccessfully)
+            {
+                // A callback the application registered on a start handler's token threw: logged, not left unobserved.
+                _ = cancelled.ContinueWith(
+                    static (task, state) => Log.StartTokenCallbackFailed(((PushSession)state!)._logger, ((PushSession)state!).SessionId, task.Exception!),
+                    this,
+                    CancellationToken.None,
+                    TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously,
+                    TaskScheduler.Default);
+            }
         }
 
         bool connected;
@@ -727,6 +749,21 @@ internal sealed partial class PushSession : IPushSession
     }
 
     /// <summary>
+    /// Waits for a superseded connection's run to end; a run that failed has ended too (its own connection reports the
+    /// failure). Throws <see cref="TimeoutException"/> when it does not end within <paramref name="timeout"/>.
+    /// </summary>
+    private static async Task WaitForEndAsync(Task<ConnectionEnd> previous, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await previous.WaitAsync(timeout, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception) when (previous.IsFaulted)
+        {
+        }
+    }
+
+    /// <summary>
     /// A <c>skip</c> from the client, told to the application like a message: after the start handlers (which is where
     /// an application subscribes), and a subscriber that throws is logged, not allowed to stop the session's input.
     /// </summary>
@@ -750,25 +787,50 @@ internal sealed partial class PushSession : IPushSession
         }
 
         // Idempotent sends: a message id applied before in this scope is acknowledged but not applied again. The id
-        // is recorded only once the message was handed over: if that is interrupted, the replay must still count.
+        // is recorded only once the message was handed over: if that is interrupted, the replay must still count. A
+        // copy that arrives while another session of the scope is applying the same id (two devices of one user)
+        // waits for that one to finish, then looks again.
         var recent = message.Id is null ? null : _manager.RecentIds(this);
-        if (recent is not null && recent.Contains(message.Id!))
+        if (recent is not null)
         {
-            Log.DuplicateMessageId(_logger, SessionId, message.Id!);
-            return;
+            while (true)
+            {
+                var claim = recent.Begin(message.Id!, out var busy);
+                if (claim == IdClaim.Claimed)
+                {
+                    break;
+                }
+
+                if (claim == IdClaim.Applied)
+                {
+                    Log.DuplicateMessageId(_logger, SessionId, message.Id!);
+                    return;
+                }
+
+                await busy!.WaitAsync(cancellationToken).ConfigureAwait(false);
+            }
         }
 
-        if (_readable)
+        var applied = false;
+        try
         {
-            await Inbound.WriteAsync(message, cancellationToken).ConfigureAwait(false);
+            if (_readable)
+            {
+                await Inbound.WriteAsync(message, cancellationToken).ConfigureAwait(false);
+            }
+            else
+            {
+                await _manager.DispatchAsync(this, message, cancellationToken).ConfigureAwait(false);
+            }
+
+            applied = true;
         }
-        else
+        finally
         {
-            await _manager.DispatchAsync(this, message, cancellationToken).ConfigureAwait(false);
+            recent?.End(message.Id!, applied);
         }
 
         _manager.Metrics.MessageReceived();
-        recent?.TryAdd(message.Id!);
     }
 
     private bool SetState(PushChannelState state, PushCloseCode? code, string? reason)
@@ -805,6 +867,12 @@ internal sealed partial class PushSession : IPushSession
 
     private static partial class Log
     {
+        [LoggerMessage(24, LogLevel.Error, "Session {SessionId}: a connection's run failed; the session goes on to its next connection")]
+        public static partial void RunFailed(ILogger logger, string sessionId, Exception exception);
+
+        [LoggerMessage(25, LogLevel.Error, "Session {SessionId}: a callback registered on a start handler's cancellation token threw when the session ended")]
+        public static partial void StartTokenCallbackFailed(ILogger logger, string sessionId, Exception exception);
+
         [LoggerMessage(10, LogLevel.Debug, "Session {SessionId}: a new connection supersedes the live one")]
         public static partial void Superseded(ILogger logger, string sessionId);
 

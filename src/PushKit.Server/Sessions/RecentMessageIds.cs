@@ -15,13 +15,60 @@ internal sealed class RecentMessageIds(int capacity)
     /// </summary>
     public long NoSessionSince { get; set; }
 
-    /// <summary>Whether <paramref name="id"/> was recorded.</summary>
-    public bool Contains(string id)
+    // The ids being applied right now (by any session of the scope: two devices of one user may send the same id at
+    // once), each with the signal its duplicates wait on, made only when one does.
+    private readonly Dictionary<string, TaskCompletionSource?> _applying = new(StringComparer.Ordinal);
+
+    /// <summary>
+    /// Before a message with <paramref name="id"/> is applied: <see cref="IdClaim.Applied"/> when it was applied
+    /// before (a duplicate); <see cref="IdClaim.Claimed"/> when the caller is now the one applying it, and must call
+    /// <see cref="End"/> once it is done; <see cref="IdClaim.Busy"/> when another delivery is applying it now:
+    /// wait for <paramref name="busy"/>, then claim again.
+    /// </summary>
+    public IdClaim Begin(string id, out Task? busy)
     {
         lock (_seen)
         {
-            return _seen.Contains(id);
+            busy = null;
+            if (_seen.Contains(id))
+            {
+                return IdClaim.Applied;
+            }
+
+            if (_applying.TryGetValue(id, out var signal))
+            {
+                if (signal is null)
+                {
+                    signal = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                    _applying[id] = signal;
+                }
+
+                busy = signal.Task;
+                return IdClaim.Busy;
+            }
+
+            _applying.Add(id, null);
+            return IdClaim.Claimed;
         }
+    }
+
+    /// <summary>
+    /// Ends a <see cref="IdClaim.Claimed"/> claim: records <paramref name="id"/> when the message was
+    /// <paramref name="applied"/>, and lets its duplicates look again (when it was not, one of them applies it).
+    /// </summary>
+    public void End(string id, bool applied)
+    {
+        TaskCompletionSource? signal;
+        lock (_seen)
+        {
+            _applying.Remove(id, out signal);
+            if (applied)
+            {
+                Add(id);
+            }
+        }
+
+        signal?.TrySetResult();
     }
 
     /// <summary>Records <paramref name="id"/>; false when it was seen already.</summary>
@@ -29,18 +76,36 @@ internal sealed class RecentMessageIds(int capacity)
     {
         lock (_seen)
         {
-            if (!_seen.Add(id))
-            {
-                return false;
-            }
-
-            _order.Enqueue(id);
-            if (_order.Count > capacity)
-            {
-                _seen.Remove(_order.Dequeue());
-            }
-
-            return true;
+            return Add(id);
         }
     }
+
+    private bool Add(string id)
+    {
+        if (!_seen.Add(id))
+        {
+            return false;
+        }
+
+        _order.Enqueue(id);
+        if (_order.Count > capacity)
+        {
+            _seen.Remove(_order.Dequeue());
+        }
+
+        return true;
+    }
+}
+
+/// <summary>What <see cref="RecentMessageIds.Begin"/> found.</summary>
+internal enum IdClaim
+{
+    /// <summary>The id was applied before: the message is a duplicate.</summary>
+    Applied,
+
+    /// <summary>The caller applies the message, then ends the claim.</summary>
+    Claimed,
+
+    /// <summary>Another delivery is applying the id now.</summary>
+    Busy,
 }
