@@ -84,8 +84,8 @@ public interface IPushChannel : IAsyncDisposable
     /// Closes the channel and its session normally. Unacknowledged sends fail with <see cref="PushChannelClosedException"/>,
     /// and so does a <see cref="ConnectAsync"/> in progress; a reconnect in progress stops. Every call waits for the one
     /// close. On a client channel, a call from a handler of the channel's own events (<see cref="StateChanged"/>,
-    /// <see cref="MessagesDropped"/>), on the thread raising it, starts the close and returns without waiting: the close
-    /// finishes only after the handler has returned.
+    /// <see cref="MessagesDropped"/>), or from work the handler starts, starts the close and returns without waiting: the
+    /// close finishes only after the handler has returned.
     /// </summary>
     /// <param name="cancellationToken">Abandons a graceful close and aborts the connection.</param>
     Task CloseAsync(CancellationToken cancellationToken = default);

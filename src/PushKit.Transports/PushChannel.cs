@@ -53,10 +53,11 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
     private readonly TaskCompletionSource _closed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly TaskCompletionSource _disposeDone = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-    // The channel whose event (StateChanged, MessagesDropped) this thread is raising, if any: a close or dispose called
-    // from the handler cannot wait for the close, which goes on only once the handler has returned.
-    [ThreadStatic]
-    private static PushChannel? t_raising;
+    // The channel whose event (StateChanged, MessagesDropped) this flow is raising, if any: a close or dispose called
+    // from the handler (or from work it starts and waits for) cannot wait for the close, which goes on only once the
+    // handler has returned. An async local, not a thread static: code that a handler resumes inline on its thread (a
+    // continuation of other code) runs in its own context and waits as usual.
+    private static readonly AsyncLocal<PushChannel?> s_raising = new();
     private readonly CancellationTokenSource _lifetime = new();
 
     // Taken once: usable after _lifetime is disposed (a connect that finishes after DisposeAsync still reads it).
@@ -737,7 +738,7 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
         // The first call closes; every call (a second close, a close after DisposeAsync, a close racing a dispose)
         // waits for that one close to finish, and only its own token can cut its wait short.
         StartClose();
-        if (t_raising == this)
+        if (s_raising.Value == this)
         {
             // Called from a handler of this channel's own event, on the thread raising it: the close reports Closed
             // and waits for the connection this thread may be serving, so it finishes only once the handler returns.
@@ -849,7 +850,7 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
             _ = DisposeCoreAsync();
         }
 
-        if (t_raising == this)
+        if (s_raising.Value == this)
         {
             // From a handler of this channel's own event: the close goes on once the handler returns (see CloseAsync),
             // and the disposal after it.
@@ -861,22 +862,37 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
 
     private async Task DisposeCoreAsync()
     {
+        Exception? failure = null;
         try
         {
             StartClose();
             await _closed.Task.ConfigureAwait(false);
-            _disposeDone.TrySetResult();
         }
         catch (Exception ex)
         {
-            _disposeDone.TrySetException(ex);
+            failure = ex;
         }
-        finally
+
+        // Everything is disposed before any DisposeAsync returns.
+        try
         {
             _http.Dispose();
             _invoker.Dispose();
             _handler.Dispose();
             _lifetime.Dispose();
+        }
+        catch (Exception ex)
+        {
+            failure ??= ex;
+        }
+
+        if (failure is null)
+        {
+            _disposeDone.TrySetResult();
+        }
+        else
+        {
+            _disposeDone.TrySetException(failure);
         }
     }
 
@@ -956,15 +972,15 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
             try
             {
                 Log.StateChanged(_logger, SessionId, change.PreviousState, change.CurrentState, change.Reason);
-                var outer = t_raising;
-                t_raising = this;
+                var outer = s_raising.Value;
+                s_raising.Value = this;
                 try
                 {
                     StateChanged?.Invoke(this, change);
                 }
                 finally
                 {
-                    t_raising = outer;
+                    s_raising.Value = outer;
                 }
             }
             catch (Exception ex)
@@ -988,15 +1004,15 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
         // Each subscriber on its own: one that throws must not keep the gap from the others. As for StateChanged, the
         // application's handler must not end the connection either, which would only bring the same skip back on the
         // next one, and the next.
-        var outer = t_raising;
-        t_raising = this;
+        var outer = s_raising.Value;
+        s_raising.Value = this;
         try
         {
             EventHandlers.RaiseEach(MessagesDropped, this, new PushMessagesDroppedEventArgs(count), ex => Log.MessagesDroppedHandlerFailed(_logger, SessionId, count, ex));
         }
         finally
         {
-            t_raising = outer;
+            s_raising.Value = outer;
         }
 
         return default;

@@ -155,6 +155,71 @@ public class ClientConcurrencyTests
         Assert.True(inTime, "DisposeAsync, waited for in the Closed handler of an application's CloseAsync, did not complete in 10 s: the close waits for the handler that waits for the close.");
     }
 
+    private sealed class SlowDisposeHandler() : DelegatingHandler(new SocketsHttpHandler())
+    {
+        public volatile bool Disposed;
+
+        protected override void Dispose(bool disposing)
+        {
+            if (disposing && !Disposed)
+            {
+                // Slow on purpose: a DisposeAsync that returned before it finished would be seen.
+                Thread.Sleep(500);
+                Disposed = true;
+            }
+
+            base.Dispose(disposing);
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------------------------------
+    // DisposeAsync returns once everything is disposed (the HTTP handler too), not only once the channel has closed.
+    // ---------------------------------------------------------------------------------------------------------------
+    [Fact]
+    public async Task DisposeAsync_returns_only_after_the_http_handler_is_disposed()
+    {
+        await using var server = await PushTestServer.StartAsync();
+        var handler = new SlowDisposeHandler();
+        var client = await server.ConnectClientAsync("sse", o => o.HttpMessageHandlerFactory = () => handler);
+        await client.DisposeAsync();
+        Assert.True(handler.Disposed, "DisposeAsync returned before the channel's HttpMessageHandler was disposed.");
+    }
+
+    // ---------------------------------------------------------------------------------------------------------------
+    // Application code that a StateChanged handler resumes inline on its thread (a TaskCompletionSource made with the
+    // default options) is not a handler: its 'await DisposeAsync()' waits for the disposal like any other.
+    // ---------------------------------------------------------------------------------------------------------------
+    [Fact]
+    public async Task DisposeAsync_from_code_resumed_inline_by_a_handler_waits_for_the_disposal()
+    {
+        await using var server = await PushTestServer.StartAsync();
+        var client = await server.ConnectClientAsync("websocket", o => o.AckTimeout = TimeSpan.FromSeconds(60));
+        var session = (PushKit.Server.Sessions.PushSession)server.Sessions.FindSession(client.SessionId!)!;
+        var reconnecting = new TaskCompletionSource(); // default options: continuations run synchronously
+        client.StateChanged += (_, e) =>
+        {
+            if (e.CurrentState == PushChannelState.Reconnecting)
+            {
+                reconnecting.TrySetResult();
+            }
+        };
+
+        var app = Task.Run(async () =>
+        {
+            await reconnecting.Task.ConfigureAwait(false);
+            await client.DisposeAsync().ConfigureAwait(false);
+            const System.Reflection.BindingFlags Private = System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance;
+            var done = (TaskCompletionSource)typeof(PushChannel).GetField("_disposeDone", Private)!.GetValue(client)!;
+            return done.Task.IsCompleted;
+        });
+
+        // (Given a moment to be awaiting the signal; if it is not yet, its continuation is not inline and the test is weaker.)
+        await Task.Delay(100);
+        session.Engine.CloseConnection(PushCloseCode.Overloaded, "come back");
+        var disposedWhenReturned = await app.WaitAsync(TestTimeouts.Default);
+        Assert.True(disposedWhenReturned, "await DisposeAsync() in ordinary application code returned before the disposal (it ran inline in a StateChanged handler's thread).");
+    }
+
     // ---------------------------------------------------------------------------------------------------------------
     // Behaviour that holds (kept for coverage no other test has).
     // ---------------------------------------------------------------------------------------------------------------

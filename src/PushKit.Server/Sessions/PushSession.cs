@@ -400,7 +400,7 @@ internal sealed partial class PushSession : IPushSession
 
                     if (previous is not null && !Engine.IsClosed)
                     {
-                        await previous.WaitAsync(cancellationToken).ConfigureAwait(false);
+                        await WaitForEndAsync(previous, Timeout.InfiniteTimeSpan, cancellationToken).ConfigureAwait(false);
                     }
 
                     run = Engine.RunAsync(connection, cancellationToken);
