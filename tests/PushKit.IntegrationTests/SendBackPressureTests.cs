@@ -14,8 +14,10 @@ namespace PushKit.IntegrationTests;
 /// <summary>
 /// <c>POST {base}/send</c> under back-pressure (protocol §9.4): a POST whose batch finds its connection's queue full
 /// waits, its answer held, and a connection takes at most <see cref="HttpServerConnection.MaxOutstandingSends"/> POSTs
-/// at once, so that what a client's POSTs hold in server memory is bounded however many it sends.
+/// at once, so that what a client's POSTs hold in server memory is bounded however many it sends. These move tens of
+/// megabytes (20 concurrent 1 MB POSTs; 100 messages of 40 KB), so they run alone.
 /// </summary>
+[Collection(LargeBodiesCollection.Name)]
 public sealed class SendBackPressureTests
 {
     private static readonly TimeSpan T = TestTimeouts.Default;
