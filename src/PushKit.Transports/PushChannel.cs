@@ -740,8 +740,8 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
         StartClose();
         if (s_raising.Value == this)
         {
-            // Called from a handler of this channel's own event, on the thread raising it: the close reports Closed
-            // and waits for the connection this thread may be serving, so it finishes only once the handler returns.
+            // Called from a handler of this channel's own event (or work it started): the close reports Closed and
+            // waits for the connection the handler may be holding up, so it finishes only once the handler returns.
             // Waiting for it here would wait for itself.
             return;
         }
@@ -896,6 +896,20 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
         }
     }
 
+    /// <summary>Marks the flow as raising a channel's own event until disposed (see <c>s_raising</c>).</summary>
+    private readonly struct RaisingScope : IDisposable
+    {
+        private readonly PushChannel? _outer;
+
+        public RaisingScope(PushChannel channel)
+        {
+            _outer = s_raising.Value;
+            s_raising.Value = channel;
+        }
+
+        public void Dispose() => s_raising.Value = _outer;
+    }
+
     private void StartClose()
     {
         if (Interlocked.Exchange(ref _closeStarted, 1) == 0)
@@ -972,15 +986,9 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
             try
             {
                 Log.StateChanged(_logger, SessionId, change.PreviousState, change.CurrentState, change.Reason);
-                var outer = s_raising.Value;
-                s_raising.Value = this;
-                try
+                using (new RaisingScope(this))
                 {
                     StateChanged?.Invoke(this, change);
-                }
-                finally
-                {
-                    s_raising.Value = outer;
                 }
             }
             catch (Exception ex)
@@ -1004,15 +1012,9 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
         // Each subscriber on its own: one that throws must not keep the gap from the others. As for StateChanged, the
         // application's handler must not end the connection either, which would only bring the same skip back on the
         // next one, and the next.
-        var outer = s_raising.Value;
-        s_raising.Value = this;
-        try
+        using (new RaisingScope(this))
         {
             EventHandlers.RaiseEach(MessagesDropped, this, new PushMessagesDroppedEventArgs(count), ex => Log.MessagesDroppedHandlerFailed(_logger, SessionId, count, ex));
-        }
-        finally
-        {
-            s_raising.Value = outer;
         }
 
         return default;

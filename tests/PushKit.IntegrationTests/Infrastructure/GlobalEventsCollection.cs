@@ -1,8 +1,8 @@
 namespace PushKit.IntegrationTests.Infrastructure;
 
 /// <summary>
-/// Tests that watch a process-wide event (<see cref="TaskScheduler.UnobservedTaskException"/>) run alone, so that what
-/// they see is theirs and not another test's running beside them.
+/// Tests that watch process-wide state (<see cref="TaskScheduler.UnobservedTaskException"/>, the heap's size) run
+/// alone, so that what they see is theirs and not another test's running beside them.
 /// </summary>
 [CollectionDefinition(Name, DisableParallelization = true)]
 public sealed class GlobalEventsCollection
