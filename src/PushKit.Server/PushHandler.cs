@@ -8,7 +8,9 @@ namespace PushKit.Server;
 /// Messages from one session are handled one at a time, in order. A message is acknowledged to the client when
 /// every handler has returned; an exception from a handler is logged, the handlers registered after it still run,
 /// and the message still counts as delivered (it is not redelivered, so one bad message cannot block a session; the
-/// client's send succeeds).
+/// client's send succeeds). The same holds when the handlers cannot be created for a call (a constructor or one of
+/// their dependencies throws) or their scope fails to dispose: that is logged (event 26), no handler gets that call
+/// if creating them failed, and the session carries on over the same connection.
 /// </remarks>
 public abstract class PushHandler
 {

@@ -713,8 +713,8 @@ internal sealed partial class PushSession : IPushSession
         }
         catch (Exception ex)
         {
-            // Not a handler's own exception (those are logged one by one): resolving the handlers failed. Nobody awaits
-            // this task, so it is logged here rather than left unobserved.
+            // Neither a handler's own exception nor a failure to create the handlers (events 23 and 26, logged where
+            // they happen): something unforeseen. Nobody awaits this task, so it is logged here, not left unobserved.
             Log.StartHandlersFailed(_logger, SessionId, ex);
         }
         finally

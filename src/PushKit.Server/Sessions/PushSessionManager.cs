@@ -36,15 +36,36 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
         _logger = loggerFactory.CreateLogger("PushKit.Server.Sessions");
 
         // Whether any PushHandler is registered decides once where client messages go: handlers, or ReadAllAsync.
-        // Resolved lazily: handlers may depend on IPushSender, which depends on this manager.
-        _hasHandlers = new Lazy<bool>(() =>
-        {
-            using var scope = scopeFactory.CreateScope();
-            return scope.ServiceProvider.GetServices<PushHandler>().Any();
-        });
+        // Asked lazily (handlers may depend on IPushSender, which depends on this manager), and without creating a
+        // handler where the container can tell: a handler whose constructor throws, or whose scope can only be
+        // disposed asynchronously, must not fail this once-only question, whose answer Lazy would keep for good.
+        _hasHandlers = new Lazy<bool>(() => HasRegisteredHandlers(scopeFactory));
     }
 
     private readonly Lazy<bool> _hasHandlers;
+
+    private static bool HasRegisteredHandlers(IServiceScopeFactory scopeFactory)
+    {
+        var scope = scopeFactory.CreateAsyncScope();
+        try
+        {
+            var services = scope.ServiceProvider;
+            return services.GetService<IServiceProviderIsService>() is { } isService
+                ? isService.IsService(typeof(PushHandler))
+                : services.GetServices<PushHandler>().Any();
+        }
+        catch (Exception ex) when (ex is not ObjectDisposedException)
+        {
+            // Only something registered can fail to be created: there is a handler, and each call will log why.
+            return true;
+        }
+        finally
+        {
+            // Asynchronously: a scoped dependency may be disposable only so. Nobody awaits it; a failure is dropped.
+            _ = scope.DisposeAsync().AsTask().ContinueWith(
+                static t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+        }
+    }
 
     public PushKitServerOptions Options { get; }
 
@@ -202,41 +223,78 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
         return expired;
     }
 
-    public async ValueTask OnSessionStartedAsync(PushSession session, CancellationToken cancellationToken)
-    {
-        if (!HasHandlers)
-        {
-            return;
-        }
+    public ValueTask OnSessionStartedAsync(PushSession session, CancellationToken cancellationToken) =>
+        HasHandlers
+            ? RunHandlersAsync(session, nameof(PushHandler.OnSessionStartedAsync), 0, static (h, s, _, t) => h.OnSessionStartedAsync(s, t), cancellationToken)
+            : default;
 
-        await using var scope = _scopeFactory.CreateAsyncScope();
-        foreach (var handler in scope.ServiceProvider.GetServices<PushHandler>())
+    public ValueTask DispatchAsync(PushSession session, PushMessage message, CancellationToken cancellationToken) =>
+        RunHandlersAsync(session, nameof(PushHandler.OnMessageAsync), message, static (h, s, m, t) => h.OnMessageAsync(s, m, t), cancellationToken);
+
+    /// <summary>
+    /// Calls every handler, each from a new scope's instance, one after the other. A handler's exception is logged and
+    /// the next one runs (<see cref="PushHandler"/>'s promise), except the cancellation of the call's own token, which
+    /// escapes: then the call does not count (a message is replayed after the client reconnects).
+    /// </summary>
+    private async ValueTask RunHandlersAsync<TArg>(
+        PushSession session,
+        string method,
+        TArg arg,
+        Func<PushHandler, PushSession, TArg, CancellationToken, ValueTask> call,
+        CancellationToken cancellationToken)
+    {
+        var scope = _scopeFactory.CreateAsyncScope();
+        try
         {
-            try
+            foreach (var handler in ResolveHandlers(scope, session, method))
             {
-                await handler.OnSessionStartedAsync(session, cancellationToken).ConfigureAwait(false);
+                try
+                {
+                    await call(handler, session, arg, cancellationToken).ConfigureAwait(false);
+                }
+                catch (Exception ex) when (ex is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+                {
+                    // Logged, not retried: a message that makes a handler throw must not block the session forever.
+                    Log.HandlerFailed(_logger, session.SessionId, handler.GetType().Name, method, ex);
+                }
             }
-            catch (Exception ex) when (ex is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
-            {
-                Log.HandlerFailed(_logger, session.SessionId, handler.GetType().Name, nameof(PushHandler.OnSessionStartedAsync), ex);
-            }
+        }
+        finally
+        {
+            await DisposeHandlerScopeAsync(scope, session, method).ConfigureAwait(false);
         }
     }
 
-    public async ValueTask DispatchAsync(PushSession session, PushMessage message, CancellationToken cancellationToken)
+    /// <summary>
+    /// The handlers for one call, from its scope. When creating them throws (a constructor, a dependency's), that is
+    /// the application's failure like a handler's own exception: logged, and the call counts as made with no handler.
+    /// Left to escape, it would cut the connection, and the client's replay of the message would fail the same way,
+    /// for ever. (Shutdown's <see cref="ObjectDisposedException"/> still escapes: then the call did not happen.)
+    /// </summary>
+    private PushHandler[] ResolveHandlers(AsyncServiceScope scope, PushSession session, string method)
     {
-        await using var scope = _scopeFactory.CreateAsyncScope();
-        foreach (var handler in scope.ServiceProvider.GetServices<PushHandler>())
+        try
         {
-            try
-            {
-                await handler.OnMessageAsync(session, message, cancellationToken).ConfigureAwait(false);
-            }
-            catch (Exception ex) when (ex is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
-            {
-                // Logged, not retried: a message that makes a handler throw must not block the session forever.
-                Log.HandlerFailed(_logger, session.SessionId, handler.GetType().Name, nameof(PushHandler.OnMessageAsync), ex);
-            }
+            var handlers = scope.ServiceProvider.GetServices<PushHandler>();
+            return handlers as PushHandler[] ?? [.. handlers];
+        }
+        catch (Exception ex) when (ex is not ObjectDisposedException)
+        {
+            Log.HandlersUnavailable(_logger, session.SessionId, method, ex);
+            return [];
+        }
+    }
+
+    /// <summary>Disposes a call's scope; a failure is logged, as in <see cref="ResolveHandlers"/>: the handlers have run.</summary>
+    private async ValueTask DisposeHandlerScopeAsync(AsyncServiceScope scope, PushSession session, string method)
+    {
+        try
+        {
+            await scope.DisposeAsync().ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is not ObjectDisposedException)
+        {
+            Log.HandlersUnavailable(_logger, session.SessionId, method, ex);
         }
     }
 
@@ -261,18 +319,7 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
     {
         try
         {
-            await using var scope = _scopeFactory.CreateAsyncScope();
-            foreach (var handler in scope.ServiceProvider.GetServices<PushHandler>())
-            {
-                try
-                {
-                    await handler.OnSessionEndedAsync(session, code).ConfigureAwait(false);
-                }
-                catch (Exception ex)
-                {
-                    Log.HandlerFailed(_logger, session.SessionId, handler.GetType().Name, nameof(PushHandler.OnSessionEndedAsync), ex);
-                }
-            }
+            await RunHandlersAsync(session, nameof(PushHandler.OnSessionEndedAsync), code, static (h, s, c, _) => h.OnSessionEndedAsync(s, c), CancellationToken.None).ConfigureAwait(false);
         }
         catch (ObjectDisposedException)
         {
@@ -330,5 +377,8 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
 
         [LoggerMessage(23, LogLevel.Error, "Session {SessionId}: handler {Handler}'s {Method} threw")]
         public static partial void HandlerFailed(ILogger logger, string sessionId, string handler, string method, Exception exception);
+
+        [LoggerMessage(26, LogLevel.Error, "Session {SessionId}: the handlers for {Method} could not be created from their DI scope, or the scope failed to dispose; the session carries on")]
+        public static partial void HandlersUnavailable(ILogger logger, string sessionId, string method, Exception exception);
     }
 }
