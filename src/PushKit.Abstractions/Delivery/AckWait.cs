@@ -9,10 +9,5 @@ internal static class AckWait
     /// <c>DropOldest</c> drops it) with nobody left to await it. That failure is observed here, so that it does not
     /// surface as <see cref="TaskScheduler.UnobservedTaskException"/>. Only this rare path pays for it.
     /// </summary>
-    public static void ObserveLateFailure(Task acknowledged) =>
-        _ = acknowledged.ContinueWith(
-            static task => _ = task.Exception,
-            CancellationToken.None,
-            TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously,
-            TaskScheduler.Default);
+    public static void ObserveLateFailure(Task acknowledged) => Unawaited.ObserveFailure(acknowledged);
 }

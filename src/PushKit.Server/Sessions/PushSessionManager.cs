@@ -62,8 +62,7 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
         finally
         {
             // Asynchronously: a scoped dependency may be disposable only so. Nobody awaits it; a failure is dropped.
-            _ = scope.DisposeAsync().AsTask().ContinueWith(
-                static t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+            Unawaited.ObserveFailure(scope.DisposeAsync().AsTask());
         }
     }
 
