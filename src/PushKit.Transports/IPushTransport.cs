@@ -53,8 +53,8 @@ public sealed class PushTransportContext
     internal bool AcksInPoll { get; init; }
 
     /// <summary>
-    /// The URL of a PushKit endpoint under the base URL, with the session id in the query string. The secret is not
-    /// in it: send it in the <see cref="PushProtocol.SecretHeader"/> header.
+    /// The URL of a PushKit endpoint under the base URL, with the session id added to the base URL's query string. The
+    /// secret is not in it: send it in the <see cref="PushProtocol.SecretHeader"/> header.
     /// </summary>
     /// <param name="path">The endpoint, for example <c>ws</c>.</param>
     /// <param name="webSocket">Use the ws/wss scheme instead of http/https.</param>
@@ -70,8 +70,10 @@ public sealed class PushTransportContext
             _ => "https",
         };
         builder.Path = builder.Path.TrimEnd('/') + "/" + path;
-        // The secret travels in the PushKit-Secret header (see ApplySecret), not in the URL, which ends up in logs.
-        builder.Query = $"{PushProtocol.Query.SessionId}={Uri.EscapeDataString(SessionId)}";
+        // The secret travels in the PushKit-Secret header (see ApplySecret), not in the URL, which ends up in logs. A
+        // query the base URL carries (a tenant, a key) is kept, as negotiate keeps it: the session id is added to it.
+        var session = $"{PushProtocol.Query.SessionId}={Uri.EscapeDataString(SessionId)}";
+        builder.Query = builder.Query.Length > 1 ? builder.Query[1..] + "&" + session : session;
         return builder.Uri;
     }
 }

@@ -12,7 +12,11 @@ public sealed class PushClientOptions
     // The longest timeout or delay: timers and Polly's delays stop well before 50 days, and a day is past any need.
     private static readonly TimeSpan MaxTimeout = TimeSpan.FromDays(1);
 
-    /// <summary>The server's PushKit base URL, for example <c>https://example.com/push</c> (what the server passed to <c>MapPushKit</c>). Required.</summary>
+    /// <summary>
+    /// The server's PushKit base URL, for example <c>https://example.com/push</c> (what the server passed to
+    /// <c>MapPushKit</c>). Required. A query string it carries (<c>?tenant=acme</c>) goes on every request, with the
+    /// session id added to it.
+    /// </summary>
     public Uri? Url { get; set; }
 
     /// <summary>
@@ -107,7 +111,11 @@ public sealed class PushClientOptions
     /// <summary>Supplies a bearer token sent as <c>Authorization: Bearer …</c> on every request; null for none.</summary>
     public Func<CancellationToken, ValueTask<string?>>? AccessTokenProvider { get; set; }
 
-    /// <summary>Headers sent on every request: negotiate, the WebSocket handshake, SSE streams, polls and sends.</summary>
+    /// <summary>
+    /// Headers sent on every request: negotiate, the WebSocket handshake, SSE streams, polls and sends. A name must be a
+    /// valid HTTP header name that a request may carry (not a content header such as <c>Content-Type</c>), and a value
+    /// visible ASCII, spaces and tabs: <c>Build()</c> refuses anything else.
+    /// </summary>
     public IDictionary<string, string> Headers => _headers;
 
     private Dictionary<string, string> _headers = new(StringComparer.OrdinalIgnoreCase);
@@ -157,6 +165,32 @@ public sealed class PushClientOptions
         return copy;
     }
 
+    /// <summary>
+    /// Why a header cannot go on every request as it is, or null. HttpClient would drop it silently (its
+    /// <c>TryAddWithoutValidation</c> returns false) and the WebSocket handshake would throw, after negotiating.
+    /// </summary>
+    private static string? HeaderProblem(string name, string? value)
+    {
+        if (value is null)
+        {
+            return "its value is null";
+        }
+
+        foreach (var c in value)
+        {
+            // Visible ASCII, space and tab (RFC 9110 field-value; HttpClient refuses anything else by default).
+            if (c is not ('\t' or (>= ' ' and <= '~')))
+            {
+                return $"its value holds a character other than visible ASCII, space or tab (U+{(int)c:X4})";
+            }
+        }
+
+        using var probe = new HttpRequestMessage();
+        return probe.Headers.TryAddWithoutValidation(name, value)
+            ? null
+            : "its name is not a valid HTTP header name, or names a content header (such as Content-Type), which a request's headers cannot carry";
+    }
+
     /// <summary>Every problem with the options, each a sentence that names the option; empty when they are valid.</summary>
     internal List<string> Problems()
     {
@@ -173,6 +207,18 @@ public sealed class PushClientOptions
         if (Transports.Count == 0)
         {
             errors.Add("PushClientOptions.Transports must name at least one transport.");
+        }
+        else if (Transports.Any(t => t is null || string.IsNullOrEmpty(t.Name)))
+        {
+            errors.Add("PushClientOptions.Transports must not hold a null entry, nor a transport without a Name.");
+        }
+
+        foreach (var (name, value) in Headers)
+        {
+            if (HeaderProblem(name, value) is { } problem)
+            {
+                errors.Add($"PushClientOptions.Headers['{name}'] cannot be sent: {problem}.");
+            }
         }
 
         if (AckTimeout <= TimeSpan.Zero || AckTimeout > MaxTimeout)

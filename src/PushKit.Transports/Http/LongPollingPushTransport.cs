@@ -135,8 +135,9 @@ internal sealed class LongPollingPushTransport : IPushTransport
 
                 // The body is read straight into the reader's buffer.
                 var stream = await response.Content.ReadAsStreamAsync(token).ConfigureAwait(false);
-                var limit = context.Options.MaxMessageBytes + 1;
-                var total = 0;
+                // In long: MaxMessageBytes may be int.MaxValue ("no limit of my own"), and + 1 must not wrap.
+                var limit = (long)context.Options.MaxMessageBytes + 1;
+                long total = 0;
                 while (true)
                 {
                     var read = await stream.ReadAsync(destination.GetMemory(ReadChunk), token).ConfigureAwait(false);
