@@ -23,7 +23,7 @@ public sealed class PushKitServerOptions
     /// </summary>
     public TimeSpan ResumeWindow { get; set; } = TimeSpan.FromMinutes(2);
 
-    /// <summary>The heartbeat interval advertised to clients in the negotiate response. Default 15 seconds; positive, at most 1 hour.</summary>
+    /// <summary>The heartbeat interval advertised to clients in the negotiate response. Default 15 seconds; at least 100 ms, at most 1 hour.</summary>
     public TimeSpan HeartbeatInterval { get; set; } = TimeSpan.FromSeconds(15);
 
     /// <summary>The heartbeat timeout advertised to clients; must exceed 1.5 × <see cref="HeartbeatInterval"/>, at most 2 hours. Default 30 seconds.</summary>

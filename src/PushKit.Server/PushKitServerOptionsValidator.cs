@@ -27,10 +27,11 @@ internal sealed class PushKitServerOptionsValidator : IValidateOptions<PushKitSe
             errors.Add($"PushKitServerOptions.ResumeWindow must be positive (was {options.ResumeWindow}).");
         }
 
-        // The .NET client keeps the interval to at most 1 hour and the timeout to at most 2 hours, whatever it is told.
-        if (options.HeartbeatInterval <= TimeSpan.Zero || options.HeartbeatInterval > TimeSpan.FromHours(1))
+        // The .NET client keeps the interval between 100 ms and 1 hour and the timeout to at most 2 hours, whatever it
+        // is told. Below 100 ms the server itself pings an idle connection hundreds of times a second.
+        if (options.HeartbeatInterval < TimeSpan.FromMilliseconds(100) || options.HeartbeatInterval > TimeSpan.FromHours(1))
         {
-            errors.Add($"PushKitServerOptions.HeartbeatInterval must be positive and at most 1 hour (was {options.HeartbeatInterval}).");
+            errors.Add($"PushKitServerOptions.HeartbeatInterval must be at least 100 ms and at most 1 hour (was {options.HeartbeatInterval}).");
         }
 
         if (options.HeartbeatTimeout > TimeSpan.FromHours(2))

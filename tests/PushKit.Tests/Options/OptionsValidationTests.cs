@@ -62,7 +62,7 @@ public class OptionsValidationTests
             SseKeepAliveInterval = TimeSpan.MaxValue,
         };
         var failures = new PushKitServerOptionsValidator().Validate(null, server).Failures!.ToArray();
-        foreach (var name in new[] { "AckTimeout must be positive and at most 1 day", "HeartbeatInterval must be positive and at most 1 hour", "HeartbeatTimeout must be at most 2 hours", "SseKeepAliveInterval must be positive and at most 1 day" })
+        foreach (var name in new[] { "AckTimeout must be positive and at most 1 day", "HeartbeatInterval must be at least 100 ms and at most 1 hour", "HeartbeatTimeout must be at most 2 hours", "SseKeepAliveInterval must be positive and at most 1 day" })
         {
             Assert.Contains(failures, f => f.Contains(name, StringComparison.Ordinal));
         }

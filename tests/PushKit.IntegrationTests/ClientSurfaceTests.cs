@@ -15,7 +15,7 @@ namespace PushKit.IntegrationTests;
 /// The .NET client as an adopting developer uses it: options validation, connect failures, cancellation and close
 /// during connect, transport forcing, headers and tokens on every request, and send/read argument handling.
 /// </summary>
-public class ClientReviewTests
+public class ClientSurfaceTests
 {
     private static void Only(PushClientOptions o, string transport)
     {
@@ -637,7 +637,7 @@ public class ClientReviewTests
 
 /// <summary>Process-wide checks: nothing a failed or abandoned connect leaves behind surfaces as an unobserved exception.</summary>
 [Collection(GlobalEventsCollection.Name)]
-public class ClientReviewGlobalTests
+public class ClientSurfaceUnobservedTests
 {
     [Theory]
     [MemberData(nameof(Transports.All), MemberType = typeof(Transports))]
