@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using System.Runtime.CompilerServices;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Testing;
@@ -28,14 +29,7 @@ public class HandlerResolutionTests
 
         // Failing from the start: the first negotiation asks whether any handler is registered.
         var client = await server.ConnectClientAsync(transport);
-        var reconnects = 0;
-        client.StateChanged += (_, e) =>
-        {
-            if (e.CurrentState == PushChannelState.Reconnecting)
-            {
-                Interlocked.Increment(ref reconnects);
-            }
-        };
+        var reconnects = CountReconnects(client);
 
         await client.SendStringAsync("lost").AsTask().WaitAsync(SendTimeout);
         Assert.Contains(logs.GetSnapshot(), r => r.Id.Id == 26 && r.Level == LogLevel.Error && r.Message.Contains("OnMessageAsync", StringComparison.Ordinal));
@@ -44,7 +38,7 @@ public class HandlerResolutionTests
         await client.SendStringAsync("handled").AsTask().WaitAsync(SendTimeout);
 
         Assert.Equal(["handled"], probe.Received);
-        Assert.Equal(0, Volatile.Read(ref reconnects));
+        Assert.Equal(0, reconnects.Value);
         Assert.Equal(PushChannelState.Connected, client.State);
     }
 
@@ -56,21 +50,27 @@ public class HandlerResolutionTests
         await using var server = await StartAsync(probe);
         var logs = server.Services.GetFakeLogCollector();
         var client = await server.ConnectClientAsync(transport);
-        var reconnects = 0;
-        client.StateChanged += (_, e) =>
-        {
-            if (e.CurrentState == PushChannelState.Reconnecting)
-            {
-                Interlocked.Increment(ref reconnects);
-            }
-        };
+        var reconnects = CountReconnects(client);
 
         await client.SendStringAsync("one").AsTask().WaitAsync(SendTimeout);
         await client.SendStringAsync("two").AsTask().WaitAsync(SendTimeout);
 
         Assert.Equal(["one", "two"], probe.Received);
         Assert.Contains(logs.GetSnapshot(), r => r.Id.Id == 26 && r.Level == LogLevel.Error);
-        Assert.Equal(0, Volatile.Read(ref reconnects));
+        Assert.Equal(0, reconnects.Value);
+    }
+
+    private static StrongBox<int> CountReconnects(IPushChannel client)
+    {
+        var count = new StrongBox<int>();
+        client.StateChanged += (_, e) =>
+        {
+            if (e.CurrentState == PushChannelState.Reconnecting)
+            {
+                Interlocked.Increment(ref count.Value);
+            }
+        };
+        return count;
     }
 
     internal static Task<PushTestServer> StartAsync(Probe probe) =>
