@@ -260,6 +260,12 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
         {
             throw new PushConnectException($"Connecting to {_options.Url} did not complete within {_options.ConnectTimeout} (PushClientOptions.ConnectTimeout).", ex);
         }
+        catch (OperationCanceledException ex) when (!linked.IsCancellationRequested)
+        {
+            // Not this attempt's cancellation (an HttpClient's own timeout, say): a failure like any other, so that a
+            // reconnect retries it rather than taking it for the channel's cancellation and giving up.
+            throw new PushConnectException($"Connecting to {_options.Url} failed: {ex.Message}", ex);
+        }
     }
 
     /// <summary>Negotiates a new session, moves any unacknowledged sends over to it, and opens a transport.</summary>
@@ -435,7 +441,7 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
             request.Headers.TryAddWithoutValidation(name, value);
         }
 
-        if (_options.AccessTokenProvider is { } tokens && await tokens(cancellationToken).ConfigureAwait(false) is { Length: > 0 } token)
+        if (await _options.GetAccessTokenAsync(cancellationToken).ConfigureAwait(false) is { } token)
         {
             request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
         }

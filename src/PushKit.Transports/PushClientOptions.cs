@@ -109,7 +109,41 @@ public sealed class PushClientOptions
     public TimeSpan? AckDelay { get; set; }
 
     /// <summary>Supplies a bearer token sent as <c>Authorization: Bearer …</c> on every request; null for none.</summary>
+    /// <remarks>
+    /// Called for every request, with a token that ends with the connect attempt (<see cref="ConnectTimeout"/>
+    /// included) or the request. A call that throws, or that outlives that token, fails the request with
+    /// <see cref="PushConnectException"/> carrying its exception: <c>ConnectAsync</c> then fails, a reconnect attempt
+    /// is retried, and a request of a live connection (an SSE or long-polling send or poll) costs that connection,
+    /// which resumes.
+    /// </remarks>
     public Func<CancellationToken, ValueTask<string?>>? AccessTokenProvider { get; set; }
+
+    /// <summary>
+    /// The bearer token for one request, or null for none: <see cref="AccessTokenProvider"/>'s answer, bounded by
+    /// <paramref name="cancellationToken"/> even if the provider ignores it, and its failure wrapped in
+    /// <see cref="PushConnectException"/> (an <see cref="OperationCanceledException"/> of its own included, such as an
+    /// HttpClient timeout, which must not pass for the caller's cancellation).
+    /// </summary>
+    internal async ValueTask<string?> GetAccessTokenAsync(CancellationToken cancellationToken)
+    {
+        if (AccessTokenProvider is not { } provider)
+        {
+            return null;
+        }
+
+        try
+        {
+            var pending = provider(cancellationToken);
+            var token = pending.IsCompletedSuccessfully
+                ? pending.Result
+                : await pending.AsTask().WaitAsync(cancellationToken).ConfigureAwait(false);
+            return string.IsNullOrEmpty(token) ? null : token;
+        }
+        catch (Exception ex) when (!cancellationToken.IsCancellationRequested)
+        {
+            throw new PushConnectException($"PushClientOptions.AccessTokenProvider failed: {ex.GetType().Name}: {ex.Message}", ex);
+        }
+    }
 
     /// <summary>
     /// Headers sent on every request: negotiate, the WebSocket handshake, SSE streams, polls and sends. A name must be a

@@ -68,6 +68,7 @@ internal sealed partial class DeliveryEngine
         private Inbound? _inbound;
         private ITimer? _ackTimer;
         private bool _ackTimerFired;
+        private Exception? _writeFailure;
 
         public Run(DeliveryEngine engine, IPushTransportConnection connection, CancellationToken cancellationToken)
         {
@@ -293,6 +294,16 @@ internal sealed partial class DeliveryEngine
             {
                 Ring();
             }
+        }
+
+        /// <summary>Why the write loop failed, once it has: the connection's end names it, not the read side's cancellation.</summary>
+        public Exception? WriteFailure => Volatile.Read(ref _writeFailure);
+
+        /// <summary>The write loop failed (the connection is gone, or a request of it could not be made): stops the run.</summary>
+        public void FailWrites(Exception failure)
+        {
+            Interlocked.CompareExchange(ref _writeFailure, failure, null);
+            Cancel();
         }
 
         public void Cancel()

@@ -582,7 +582,9 @@ internal sealed partial class DeliveryEngine
         }
         catch (Exception ex)
         {
-            end = new ConnectionEnd(ConnectionEndKind.Lost, null, ex.Message, Error: ex);
+            // Stopped because the write side failed: that failure is the cause, not the read side's cancellation.
+            var cause = ex is OperationCanceledException && run.WriteFailure is { } writeFailure ? writeFailure : ex;
+            end = new ConnectionEnd(ConnectionEndKind.Lost, null, cause.Message, Error: cause);
         }
 
         // The read side is done: heartbeats have nothing left to watch.
@@ -1265,7 +1267,7 @@ internal sealed partial class DeliveryEngine
         {
             // A failed send means the connection is gone: stop the read side too.
             Log.WriteLoopEnded(_logger, _name, ex.Message);
-            run.Cancel();
+            run.FailWrites(ex);
         }
         finally
         {

@@ -34,6 +34,8 @@ internal static class HttpTransportHelpers
     public static async ValueTask<HttpRequestMessage> CreateRequestAsync(HttpMethod method, Uri url, PushTransportContext context, CancellationToken cancellationToken)
     {
         var options = context.Options;
+        // The token first: a provider that fails leaves no request behind.
+        var token = await options.GetAccessTokenAsync(cancellationToken).ConfigureAwait(false);
         var request = new HttpRequestMessage(method, url);
         request.Headers.TryAddWithoutValidation(PushProtocol.SecretHeader, context.ResumeSecret);
         foreach (var (name, value) in options.Headers)
@@ -41,7 +43,7 @@ internal static class HttpTransportHelpers
             request.Headers.TryAddWithoutValidation(name, value);
         }
 
-        if (options.AccessTokenProvider is { } tokens && await tokens(cancellationToken).ConfigureAwait(false) is { Length: > 0 } token)
+        if (token is not null)
         {
             request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
         }

@@ -32,7 +32,7 @@ internal sealed class WebSocketPushTransport : IPushTransport
                 socket.Options.SetRequestHeader(name, value);
             }
 
-            if (options.AccessTokenProvider is { } tokens && await tokens(cancellationToken).ConfigureAwait(false) is { Length: > 0 } token)
+            if (await options.GetAccessTokenAsync(cancellationToken).ConfigureAwait(false) is { } token)
             {
                 socket.Options.SetRequestHeader("Authorization", "Bearer " + token);
             }
