@@ -35,6 +35,7 @@ public interface IPushSessionRegistry
     /// <summary>Finds a session by id.</summary>
     /// <param name="sessionId">The public session id.</param>
     /// <returns>The session, or null when none has that id.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="sessionId"/> is null.</exception>
     IPushSession? FindSession(string sessionId);
 
     /// <summary>Lists the sessions, or those of one user.</summary>

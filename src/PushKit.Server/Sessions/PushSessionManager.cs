@@ -183,8 +183,11 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
     public PushSession? Find(string sessionId) => _store.Find(sessionId);
 
     // Ended sessions can linger in the store while their last connection delivers the close; the registry hides them.
-    IPushSession? IPushSessionRegistry.FindSession(string sessionId) =>
-        _store.Find(sessionId) is { State: not PushChannelState.Closed } session ? session : null;
+    IPushSession? IPushSessionRegistry.FindSession(string sessionId)
+    {
+        ArgumentNullException.ThrowIfNull(sessionId);
+        return _store.Find(sessionId) is { State: not PushChannelState.Closed } session ? session : null;
+    }
 
     public IReadOnlyList<IPushSession> GetSessions(string? userId = null) =>
         (userId is null ? _store.All() : _store.ForUser(userId)).Where(s => s.State != PushChannelState.Closed).ToArray<IPushSession>();
