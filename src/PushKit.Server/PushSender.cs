@@ -36,6 +36,9 @@ internal sealed partial class PushSender(PushSessionManager sessions) : IPushSen
 
     private async ValueTask<int> EnqueueAllAsync(IEnumerable<PushSession> targets, PushMessage message, CancellationToken cancellationToken)
     {
+        // Cancelled before the call: thrown whoever the message would reach (no one included), as SendToSessionAsync does.
+        cancellationToken.ThrowIfCancellationRequested();
+
         // Too large for any client: refuse before anyone gets it.
         var frameLength = PushKit.Protocol.FrameCodec.MaxMessageFrameLength(message);
         if (frameLength > sessions.Options.MaxMessageBytes)

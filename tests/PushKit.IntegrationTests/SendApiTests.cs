@@ -110,6 +110,18 @@ public class SendApiTests
         Assert.Equal("after", (await client.ReadAsync(1))[0].GetString());
     }
 
+    [Fact]
+    public async Task A_cancelled_token_throws_from_every_send_even_with_no_session_to_send_to()
+    {
+        // The three sends agree: a token cancelled before the call throws, whoever the message would reach.
+        await using var server = await PushTestServer.StartAsync();
+        using var cancelled = new CancellationTokenSource();
+        await cancelled.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(async () => await server.Sender.SendToSessionAsync("nobody", PushMessage.FromString("x"), cancelled.Token));
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(async () => await server.Sender.SendToUserAsync("nobody", PushMessage.FromString("x"), cancelled.Token));
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(async () => await server.Sender.BroadcastAsync(PushMessage.FromString("x"), cancelled.Token));
+    }
+
     // ---------------------------------------------------------------- ended sessions, CloseAsync
 
     [Theory]
