@@ -32,10 +32,11 @@ public sealed class PushMessage
     /// <summary>Creates a message carrying <paramref name="payload"/>.</summary>
     /// <param name="payload">The payload bytes; they are not copied, so do not change them after the call.</param>
     /// <param name="contentType">The payload's media type; <see cref="DefaultContentType"/> when null or empty.</param>
+    /// <exception cref="ArgumentException"><paramref name="contentType"/> holds an unpaired surrogate.</exception>
     public PushMessage(ReadOnlyMemory<byte> payload, string? contentType = null)
     {
         Payload = payload;
-        ContentType = string.IsNullOrEmpty(contentType) ? DefaultContentType : contentType;
+        ContentType = string.IsNullOrEmpty(contentType) ? DefaultContentType : WellFormed(contentType, "PushMessage.ContentType", nameof(contentType));
     }
 
     /// <summary>The payload bytes.</summary>
@@ -45,10 +46,56 @@ public sealed class PushMessage
     public string ContentType { get; }
 
     /// <summary>An optional topic the message belongs to.</summary>
-    public string? Topic { get; init; }
+    /// <exception cref="ArgumentException">The topic holds an unpaired surrogate.</exception>
+    public string? Topic
+    {
+        get => _topic;
+        init => _topic = value is null ? null : WellFormed(value, "PushMessage.Topic", nameof(value));
+    }
+
+    private readonly string? _topic;
 
     /// <summary>Optional application headers (string to string).</summary>
-    public IReadOnlyDictionary<string, string>? Headers { get; init; }
+    /// <exception cref="ArgumentException">A value is null, or a name or value holds an unpaired surrogate.</exception>
+    public IReadOnlyDictionary<string, string>? Headers
+    {
+        get => _headers;
+        init
+        {
+            if (value is Dictionary<string, string> dictionary)
+            {
+                // The decoders' type, enumerated without boxing: every received message with headers comes here.
+                foreach (var (name, text) in dictionary)
+                {
+                    CheckHeader(name, text);
+                }
+            }
+            else if (value is not null)
+            {
+                foreach (var (name, text) in value)
+                {
+                    CheckHeader(name, text);
+                }
+            }
+
+            _headers = value;
+        }
+    }
+
+    private readonly IReadOnlyDictionary<string, string>? _headers;
+
+    private static void CheckHeader(string name, string? text)
+    {
+        // A null value would go on the wire as JSON null, which every receiver refuses as malformed: the message could
+        // then never be delivered, and its replays would cut the connection again and again.
+        if (text is null)
+        {
+            throw new ArgumentException($"PushMessage.Headers['{name}'] is null: header values must be strings.", "value");
+        }
+
+        WellFormed(name, "A PushMessage.Headers name", "value");
+        WellFormed(text, $"PushMessage.Headers['{name}']", "value");
+    }
 
     /// <summary>The longest <see cref="Id"/>, in characters: 128.</summary>
     public const int MaxIdLength = 128;
@@ -58,7 +105,7 @@ public sealed class PushMessage
     /// <see cref="MaxIdLength"/> characters: the server remembers recent ids (to apply a message sent again only once),
     /// and that memory must stay small.
     /// </summary>
-    /// <exception cref="ArgumentException">The id is longer than <see cref="MaxIdLength"/> characters.</exception>
+    /// <exception cref="ArgumentException">The id is longer than <see cref="MaxIdLength"/> characters, or holds an unpaired surrogate.</exception>
     public string? Id
     {
         get => _id;
@@ -69,14 +116,44 @@ public sealed class PushMessage
                 throw new ArgumentException($"PushMessage.Id must be at most {MaxIdLength} characters (was {value.Length}).", nameof(value));
             }
 
-            _id = value;
+            _id = value is null ? null : WellFormed(value, "PushMessage.Id", nameof(value));
         }
     }
 
     private readonly string? _id;
 
+    /// <summary>
+    /// <paramref name="text"/>, checked to be well-formed UTF-16. An unpaired surrogate cannot be encoded as UTF-8: the
+    /// wire would carry U+FFFD instead, so the receiver would get another string (two ids that differ only there
+    /// would even become one). Refused here, where the sender can be told.
+    /// </summary>
+    private static string WellFormed(string text, string what, string paramName)
+    {
+        var span = text.AsSpan();
+        var first = span.IndexOfAnyInRange('\uD800', '\uDFFF');
+        if (first < 0)
+        {
+            return text;
+        }
+
+        for (var i = first; i < span.Length; i++)
+        {
+            var c = span[i];
+            if (char.IsHighSurrogate(c) && i + 1 < span.Length && char.IsLowSurrogate(span[i + 1]))
+            {
+                i++;
+            }
+            else if (char.IsSurrogate(c))
+            {
+                throw new ArgumentException($"{what} holds an unpaired surrogate (U+{(int)c:X4} at index {i}), which cannot travel as UTF-8.", paramName);
+            }
+        }
+
+        return text;
+    }
+
     /// <summary>Creates a UTF-8 text message.</summary>
-    /// <param name="text">The text.</param>
+    /// <param name="text">The text. An unpaired surrogate in it is encoded as U+FFFD, as <see cref="Encoding.UTF8"/> does.</param>
     /// <param name="topic">An optional topic.</param>
     public static PushMessage FromString(string text, string? topic = null)
     {
