@@ -689,10 +689,8 @@ public class ClientTokenAndHostingTests
 
         // Two losses with a resume between, then a loss with no way back, and a dispose while reconnecting.
         var resumed = client.NextStateAsync(PushChannelState.Connected);
-        var cutAt = TimeProvider.System.GetTimestamp();
         proxy.CutAll();
         await resumed.WaitAsync(TestTimeouts.Default);
-        Console.WriteLine($"[review] {transport}: resumed {TimeProvider.System.GetElapsedTime(cutAt).TotalMilliseconds:F0} ms after the cut");
         proxy.RefuseNew = true;
         var reconnecting = client.NextStateAsync(PushChannelState.Reconnecting);
         proxy.CutAll();
@@ -701,7 +699,6 @@ public class ClientTokenAndHostingTests
         await client.DisposeAsync().AsTask().WaitAsync(TestTimeouts.Default);
         var disposeTook = TimeProvider.System.GetElapsedTime(started);
         var atDispose = states.Changes.Length;
-        Console.WriteLine($"[review] {transport}: dispose while reconnecting took {disposeTook.TotalMilliseconds:F0} ms");
 
         // Nothing is left to raise anything: a short look for stragglers (negative check; no event to await).
         await Task.Delay(300);
@@ -740,6 +737,8 @@ public class ClientTokenAndHostingTests
         proxy.CutAll();
         await closed.WaitAsync(TestTimeouts.Default);
         await client.DisposeAsync().AsTask().WaitAsync(TestTimeouts.Default);
+
+        // Nothing may be raised after Closed: a short look for stragglers (an absence; no event to await).
         await Task.Delay(300);
         states.AssertConsistent();
         Assert.Equal([PushChannelState.Reconnecting, PushChannelState.Closed], states.Changes.Select(c => c.CurrentState));
@@ -790,6 +789,8 @@ public class ClientTokenAndHostingTests
         await droppedOnce.Task.WaitAsync(TestTimeouts.Default);
         await closed.WaitAsync(TestTimeouts.Default);
         await client.DisposeAsync().AsTask().WaitAsync(TestTimeouts.Default);
+
+        // Nothing may be raised after Closed: a short look for stragglers (an absence; no event to await).
         await Task.Delay(300);
         states.AssertConsistent();
         Assert.Single(drops);

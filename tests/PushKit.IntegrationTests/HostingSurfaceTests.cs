@@ -527,7 +527,7 @@ public class HostingSurfaceTests
     private sealed class HeaderAuth(IOptionsMonitor<AuthenticationSchemeOptions> options, ILoggerFactory logger, UrlEncoder encoder)
         : AuthenticationHandler<AuthenticationSchemeOptions>(options, logger, encoder)
     {
-        public const string SchemeName = "ReviewHeader";
+        public const string SchemeName = "TestHeader";
         public const string Header = "X-Test-User";
 
         protected override Task<AuthenticateResult> HandleAuthenticateAsync()

@@ -307,7 +307,7 @@ public sealed class MessageFidelityTests
         var client = await server.ConnectClientAsync(transport);
         var value = new FidelityOrder(42, "shipped \"now\" \\ \n\u0000\u2028 😀 日本", ["a", "", "\r\n"], 12.5, new() { ["k\"ey"] = "v\u001F" });
 
-#pragma warning disable IL2026, IL3050 // the reflection overloads are part of what is reviewed
+#pragma warning disable IL2026, IL3050 // the reflection overloads are part of what is tested
         await client.SendJsonAsync(value).AsTask().WaitAsync(TestTimeouts.Default);
         var up1 = (await collector.TakeAsync(1)).Single();
         Assert.Equal(PushMessage.JsonContentType, up1.ContentType);
