@@ -71,20 +71,12 @@ internal sealed class RecentMessageIds(int capacity)
         signal?.TrySetResult();
     }
 
-    /// <summary>Records <paramref name="id"/>; false when it was seen already.</summary>
-    public bool TryAdd(string id)
-    {
-        lock (_seen)
-        {
-            return Add(id);
-        }
-    }
-
-    private bool Add(string id)
+    // Records an applied id, forgetting the oldest beyond the capacity. Under the lock.
+    private void Add(string id)
     {
         if (!_seen.Add(id))
         {
-            return false;
+            return;
         }
 
         _order.Enqueue(id);
@@ -92,8 +84,6 @@ internal sealed class RecentMessageIds(int capacity)
         {
             _seen.Remove(_order.Dequeue());
         }
-
-        return true;
     }
 }
 
