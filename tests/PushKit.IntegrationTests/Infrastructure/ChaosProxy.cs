@@ -17,6 +17,8 @@ public sealed class ChaosProxy : IAsyncDisposable
     private readonly Task _accepting;
     private volatile bool _blackHole;
     private volatile bool _refuse;
+    private volatile bool _dropUpstream;
+    private volatile bool _dropDownstream;
 
     // Counts CutAll calls: a connection accepted before a cut whose link was not set up yet is reset when it is.
     private int _cutGeneration;
@@ -41,6 +43,23 @@ public sealed class ChaosProxy : IAsyncDisposable
     {
         get => _blackHole;
         set => _blackHole = value;
+    }
+
+    /// <summary>
+    /// While true, bytes from clients to the server are read and dropped; the server's bytes still reach the clients
+    /// (say, a client's acknowledgements are lost while it keeps receiving).
+    /// </summary>
+    public bool DropUpstream
+    {
+        get => _dropUpstream;
+        set => _dropUpstream = value;
+    }
+
+    /// <summary>While true, bytes from the server to clients are read and dropped; the clients' bytes still reach it.</summary>
+    public bool DropDownstream
+    {
+        get => _dropDownstream;
+        set => _dropDownstream = value;
     }
 
     /// <summary>While true, new connections are accepted and reset at once.</summary>
@@ -156,7 +175,7 @@ public sealed class ChaosProxy : IAsyncDisposable
             return;
         }
 
-        await Task.WhenAll(PumpAsync(client, server, link), PumpAsync(server, client, link));
+        await Task.WhenAll(PumpAsync(client, server, link, upstream: true), PumpAsync(server, client, link, upstream: false));
         link.Reset();
         lock (_links)
         {
@@ -164,7 +183,7 @@ public sealed class ChaosProxy : IAsyncDisposable
         }
     }
 
-    private async Task PumpAsync(Socket from, Socket to, Link link)
+    private async Task PumpAsync(Socket from, Socket to, Link link, bool upstream)
     {
         var buffer = new byte[16 * 1024];
         try
@@ -178,7 +197,7 @@ public sealed class ChaosProxy : IAsyncDisposable
                     return;
                 }
 
-                if (_blackHole || link.IsCut)
+                if (_blackHole || link.IsCut || (upstream ? _dropUpstream : _dropDownstream))
                 {
                     continue;
                 }
