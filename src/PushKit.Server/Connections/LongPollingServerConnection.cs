@@ -185,6 +185,18 @@ internal sealed class LongPollingServerConnection : HttpServerConnection
     /// <summary>Completes once a poll is being held (for tests that need a poll in place before the next).</summary>
     internal Task PollHeld => _pollHeld.Task;
 
+    /// <summary>Whether a poll is being held or answered now (for tests that need to know, poll after poll).</summary>
+    internal bool HoldsPoll
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _currentPoll is not null;
+            }
+        }
+    }
+
     protected override void OnAborted()
     {
         _watchdog.Dispose();

@@ -67,17 +67,18 @@ internal static partial class HttpTransportEndpoints
             return;
         }
 
-        if (session.State == PushChannelState.Closed && (!session.HoldsClose || CloseToCollect(session) is not null))
+        var (open, ack) = ReadPollQuery(context.Request.QueryString.Value);
+        if (session.State == PushChannelState.Closed && (!session.HoldsClose || (!open && CloseToCollect(session) is not null)))
         {
             await PollEndedAsync(context, session).ConfigureAwait(false);
             return;
         }
 
-        // (A session that holds its close for a returning client, with no connection left to collect it from, gets a
-        // new connection below: it carries the close, and the client's next poll collects it.)
+        // (A session that holds its close for a returning client gets a new connection below when the client opens one,
+        // or when no connection is left to collect the close from: it carries the close, answers this poll at once,
+        // and the client's next poll collects the close.)
 
         // A poll may carry the client's ack (how far it has received): applied before the poll takes its next batch.
-        var (open, ack) = ReadPollQuery(context.Request.QueryString.Value);
         if (ack > 0)
         {
             session.Engine.AcknowledgeUpTo(ack);
@@ -132,8 +133,9 @@ internal static partial class HttpTransportEndpoints
         session.HttpConnection is LongPollingServerConnection ending && (ending.HasPending || !ending.IsDead) ? ending : null;
 
     /// <summary>
-    /// The poll's own query parameters, read in place: <c>open=1</c> and <c>ack=N</c> (0 when absent or not a positive
-    /// integer). <c>Request.Query</c> would build a dictionary, with the session id and secret in it, for every poll.
+    /// The poll's own query parameters, read in place and percent-decoded: <c>open=1</c> and <c>ack=N</c> (0 when absent;
+    /// a value that is not a positive integer is ignored, and of several the highest counts). <c>Request.Query</c>
+    /// would build a dictionary, with the session id and secret in it, for every poll.
     /// </summary>
     private static (bool Open, long Ack) ReadPollQuery(string? query)
     {
@@ -143,12 +145,12 @@ internal static partial class HttpTransportEndpoints
         {
             if (pair.EncodedName.Span.SequenceEqual("open"))
             {
-                open = pair.EncodedValue.Span.SequenceEqual("1");
+                open |= pair.DecodeValue().Span.SequenceEqual("1");
             }
-            else if (pair.EncodedName.Span.SequenceEqual("ack"))
+            else if (pair.EncodedName.Span.SequenceEqual("ack")
+                && long.TryParse(pair.DecodeValue().Span, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var value))
             {
-                // A value that is not a positive integer leaves 0: no ack.
-                _ = long.TryParse(pair.DecodeValue().Span, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out ack);
+                ack = Math.Max(ack, value);
             }
         }
 

@@ -458,6 +458,19 @@ internal sealed partial class PushSession : IPushSession
                         // abandoned before it could take over must not keep them (they would be refused with 409).
                         Volatile.Write(ref _httpConnection, stream);
                     }
+                    else if (connection is not Connections.HttpServerConnection)
+                    {
+                        // A WebSocket took over: a long-polling connection it replaced is no one's to poll any more.
+                        // Kept, it would hand its stale frames (and a 4409) to a client returning after the session
+                        // ended, instead of the close it missed, and hold its unsent frames for the session's life.
+                        lock (_stateGate)
+                        {
+                            if (_httpConnection is Connections.LongPollingServerConnection)
+                            {
+                                _httpConnection = null;
+                            }
+                        }
+                    }
 
                     // The first connection to carry the session tells the application (below, after the lock). Its
                     // gate is shut before the run starts, so that no client message is handled before the handler
