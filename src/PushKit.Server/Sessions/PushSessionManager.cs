@@ -30,7 +30,7 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
         Options = options.Value;
         _scopeFactory = scopeFactory;
         TimeProvider = timeProvider;
-        Heartbeat = new HeartbeatSettings(Options.HeartbeatInterval, Options.HeartbeatTimeout, timeProvider);
+        Heartbeat = new HeartbeatSettings(Options.HeartbeatInterval, Options.HeartbeatTimeout, timeProvider, spreadChecks: true);
         BufferLimits = new BufferLimits(Options.MaxBufferedMessagesPerSession, Options.MaxBufferedBytesPerSession, Options.BufferFullPolicy);
         _loggerFactory = loggerFactory;
         _logger = loggerFactory.CreateLogger("PushKit.Server.Sessions");

@@ -106,3 +106,61 @@ public class HeartbeatTests
         await run.WaitAsync(s_timeout);
     }
 }
+
+/// <summary>
+/// A server's heartbeat checks its connections in slices, so that connections that went idle together do not all get
+/// their ping in one burst (each write loop that wakes holds one of the web server's pooled send buffers, and the pool
+/// keeps the peak); each connection is still checked once per check period.
+/// </summary>
+public class HeartbeatSpreadTests
+{
+    private sealed class CountingTarget : IHeartbeatTarget
+    {
+        public int Checks;
+
+        public bool CheckHeartbeat(HeartbeatSettings settings)
+        {
+            Checks++;
+            return true;
+        }
+    }
+
+    [Fact]
+    public void A_servers_connections_are_checked_a_slice_per_tick_and_each_once_per_check_period()
+    {
+        var time = new FakeTimeProvider();
+        var settings = new HeartbeatSettings(TimeSpan.FromSeconds(15), TimeSpan.FromSeconds(30), time, spreadChecks: true);
+        var targets = Enumerable.Range(0, 1_600).Select(_ => new CountingTarget()).ToArray();
+        foreach (var target in targets)
+        {
+            settings.Register(target);
+        }
+
+        Assert.Equal(16, settings.Slices);
+        var tick = settings.CheckPeriod / 16;
+        var perTick = new List<int>();
+        for (var i = 0; i < 16; i++)
+        {
+            var before = targets.Sum(t => t.Checks);
+            time.Advance(tick);
+            perTick.Add(targets.Sum(t => t.Checks) - before);
+        }
+
+        // Every connection once per check period, and no tick with more than a quarter of them (about 100 each).
+        Assert.All(targets, t => Assert.Equal(1, t.Checks));
+        Assert.All(perTick, n => Assert.InRange(n, 1, 400));
+    }
+
+    [Fact]
+    public void A_short_interval_and_a_client_are_checked_in_one_pass()
+    {
+        var time = new FakeTimeProvider();
+        Assert.Equal(1, new HeartbeatSettings(TimeSpan.FromMilliseconds(100), TimeSpan.FromSeconds(1), time, spreadChecks: true).Slices);
+        var client = new HeartbeatSettings(TimeSpan.FromSeconds(15), TimeSpan.FromSeconds(30), time);
+        Assert.Equal(1, client.Slices);
+        var target = new CountingTarget();
+        client.Register(target);
+        time.Advance(client.CheckPeriod);
+        Assert.Equal(1, target.Checks);
+    }
+}
