@@ -21,7 +21,7 @@ internal static class BenchServer
         builder.Logging.ClearProviders();
         builder.Services.AddPushKit(o =>
         {
-            // SignalR buffers without bound; the fair comparison lets PushKit wait rather than cut a busy session.
+            // A SignalR broadcast waits for a busy connection; the fair comparison lets PushKit wait too rather than cut it.
             o.BufferFullPolicy = PushBufferFullPolicy.Wait;
             o.MaxBufferedMessagesPerSession = 100_000;
             o.MaxBufferedBytesPerSession = 256L * 1024 * 1024;

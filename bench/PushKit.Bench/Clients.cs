@@ -41,9 +41,11 @@ internal abstract class BenchClient : IAsyncDisposable
     {
         if (Latencies is { } latencies && long.TryParse(text, out var stamp) && stamp >= RecordFrom)
         {
+            // Read the clock before taking the lock the clients share: waiting for it is not the system's latency.
+            var latency = Stopwatch.GetElapsedTime(stamp).TotalMilliseconds;
             lock (latencies)
             {
-                latencies.Add(Stopwatch.GetElapsedTime(stamp).TotalMilliseconds);
+                latencies.Add(latency);
             }
         }
 
