@@ -400,6 +400,14 @@ public class ClientSurfaceTests
         await server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString("down 1"));
         Assert.Equal("down 1", (await client.ReadAsync(1))[0].GetString());
         var beforeCut = requests.Count;
+        if (transport == "longpolling")
+        {
+            // Cut while a poll is held: a cut between two polls is not a loss the client can see (its next poll goes
+            // on a new TCP connection to the same long-polling connection), and no reconnect would follow.
+            var polls = (PushKit.Server.Connections.LongPollingServerConnection)server.Services
+                .GetRequiredService<PushKit.Server.Sessions.PushSessionManager>().Find(client.SessionId!)!.HttpConnection!;
+            await Eventually.TrueAsync(() => polls.HoldsPoll);
+        }
 
         var resumed = client.NextChangeAsync(e => e.CurrentState == PushChannelState.Connected);
         proxy.CutAll();
