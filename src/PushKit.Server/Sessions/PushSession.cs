@@ -798,6 +798,14 @@ internal sealed partial class PushSession : IPushSession
             // The start handler is still running: it has finished before the first client message is handled.
             await WaitForStartAsync(cancellationToken).ConfigureAwait(false);
         }
+        else if (HasEnded)
+        {
+            // The session ended after the engine took this message from its queue but before it got here (and the
+            // start handler, if any, returned meanwhile, so the gate above is gone): it is not handed over, as no
+            // message still waiting when a session ends is. (Seen once in CI, on SSE: a start handler that closed the
+            // session, its message delivered after all.)
+            throw new PushChannelClosedException($"Session {SessionId} has ended: a client message still waiting is not handed over.", PushCloseCode.Normal);
+        }
 
         // Idempotent sends: a message id applied before in this scope is acknowledged but not applied again. The id
         // is recorded only once the message was handed over: if that is interrupted, the replay must still count. A
