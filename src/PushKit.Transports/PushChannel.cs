@@ -294,7 +294,8 @@ internal sealed partial class PushChannel : IPushChannel, IDisposable
             Heartbeat = new HeartbeatSettings(
                 TimeSpan.FromMilliseconds(HeartbeatIntervalMs(negotiated.Heartbeat)),
                 TimeSpan.FromMilliseconds(HeartbeatTimeoutMs(negotiated.Heartbeat)),
-                _options.TimeProvider),
+                _options.TimeProvider,
+                randomPhase: true),
             Limits = new BufferLimits(_options.MaxBufferedMessages, _options.MaxBufferedBytes, _options.BufferFullPolicy),
             OnMessagesDropped = RaiseMessagesDropped,
 

@@ -27,6 +27,8 @@ internal sealed partial class DeliveryEngine
 
         public bool IsPong => _type == FrameType.Pong;
 
+        public bool IsPing => _type == FrameType.Ping;
+
         public static Control Ping => new(FrameType.Ping, null, null);
 
         public static Control Error(string code, string message) => new(FrameType.Error, code, message);
@@ -56,6 +58,7 @@ internal sealed partial class DeliveryEngine
         private readonly CancellationToken _outerToken;
         private Queue<Control>? _control;
         private bool _pongQueued;
+        private bool _pingQueued;
         private CloseRequest? _localClose;
         private long _lastReceived;
         private long _lastQueued;
@@ -244,17 +247,37 @@ internal sealed partial class DeliveryEngine
 
         public void EnqueueControl(Control control)
         {
-            // Locked on the doorbell, an object of the run's own; the queue is made on first use.
+            // Locked on the doorbell, an object of the run's own. A pong and a ping are flags (one pong answers every
+            // ping that arrived since the last batch, and one ping is enough): the queue, made on first use, holds
+            // only errors, which are informational and capped.
             lock (Doorbell)
             {
-                // One pong answers every ping that arrived since the last batch; errors are informational: cap them.
-                if (control.IsPong ? _pongQueued : _control is { Count: >= 16 })
+                if (control.IsPong)
+                {
+                    if (_pongQueued)
+                    {
+                        return;
+                    }
+
+                    _pongQueued = true;
+                }
+                else if (control.IsPing)
+                {
+                    if (_pingQueued)
+                    {
+                        return;
+                    }
+
+                    _pingQueued = true;
+                }
+                else if (_control is { Count: >= 16 })
                 {
                     return;
                 }
-
-                _pongQueued |= control.IsPong;
-                (_control ??= new Queue<Control>()).Enqueue(control);
+                else
+                {
+                    (_control ??= new Queue<Control>()).Enqueue(control);
+                }
             }
 
             Ring();
@@ -267,7 +290,7 @@ internal sealed partial class DeliveryEngine
             {
                 lock (Doorbell)
                 {
-                    return _control is { Count: > 0 };
+                    return _pongQueued || _pingQueued || _control is { Count: > 0 };
                 }
             }
         }
@@ -276,11 +299,23 @@ internal sealed partial class DeliveryEngine
         {
             lock (Doorbell)
             {
+                if (_pongQueued)
+                {
+                    _pongQueued = false;
+                    control = Control.Pong;
+                    return true;
+                }
+
+                if (_pingQueued)
+                {
+                    _pingQueued = false;
+                    control = Control.Ping;
+                    return true;
+                }
+
                 if (_control is { Count: > 0 } queue)
                 {
-                    var taken = queue.TryDequeue(out control);
-                    _pongQueued &= !control.IsPong;
-                    return taken;
+                    return queue.TryDequeue(out control);
                 }
 
                 control = default;

@@ -130,25 +130,40 @@ public class HeartbeatSpreadTests
     {
         var time = new FakeTimeProvider();
         var settings = new HeartbeatSettings(TimeSpan.FromSeconds(15), TimeSpan.FromSeconds(30), time, spreadChecks: true);
-        var targets = Enumerable.Range(0, 1_600).Select(_ => new CountingTarget()).ToArray();
+        var targets = Enumerable.Range(0, 12_800).Select(_ => new CountingTarget()).ToArray();
         foreach (var target in targets)
         {
             settings.Register(target);
         }
 
-        Assert.Equal(16, settings.Slices);
-        var tick = settings.CheckPeriod / 16;
+        Assert.Equal(128, settings.Slices);
+        var tick = settings.CheckPeriod / 128;
         var perTick = new List<int>();
-        for (var i = 0; i < 16; i++)
+        for (var i = 0; i < 128; i++)
         {
             var before = targets.Sum(t => t.Checks);
             time.Advance(tick);
             perTick.Add(targets.Sum(t => t.Checks) - before);
         }
 
-        // Every connection once per check period, and no tick with more than a quarter of them (about 100 each).
+        // Every connection once per check period, and no tick with more than a thirty-second of them (about 100 each).
         Assert.All(targets, t => Assert.Equal(1, t.Checks));
         Assert.All(perTick, n => Assert.InRange(n, 1, 400));
+
+        // One that leaves is checked no more, and the others still once per period.
+        foreach (var target in targets.Take(6_400))
+        {
+            settings.Unregister(target);
+        }
+
+        Assert.Equal(6_400, settings.Count);
+        for (var i = 0; i < 128; i++)
+        {
+            time.Advance(tick);
+        }
+
+        Assert.All(targets.Take(6_400), t => Assert.Equal(1, t.Checks));
+        Assert.All(targets.Skip(6_400), t => Assert.Equal(2, t.Checks));
     }
 
     [Fact]
@@ -162,5 +177,28 @@ public class HeartbeatSpreadTests
         client.Register(target);
         time.Advance(client.CheckPeriod);
         Assert.Equal(1, target.Checks);
+    }
+
+    [Fact]
+    public void Clients_with_a_random_phase_are_each_checked_once_per_check_period_but_not_all_at_once()
+    {
+        var time = new FakeTimeProvider();
+        var clients = Enumerable.Range(0, 100)
+            .Select(_ => (Settings: new HeartbeatSettings(TimeSpan.FromSeconds(15), TimeSpan.FromSeconds(30), time, randomPhase: true), Target: new CountingTarget()))
+            .ToArray();
+        foreach (var (settings, target) in clients)
+        {
+            settings.Register(target);
+        }
+
+        // A quarter of the way into the first period some have been checked and some not (all would be at its end
+        // without the random phase); by its end every one has, once; a period later every one twice.
+        var period = clients[0].Settings.CheckPeriod;
+        time.Advance(period / 4);
+        Assert.InRange(clients.Count(c => c.Target.Checks == 1), 1, 99);
+        time.Advance(period - (period / 4));
+        Assert.All(clients, c => Assert.Equal(1, c.Target.Checks));
+        time.Advance(period);
+        Assert.All(clients, c => Assert.Equal(2, c.Target.Checks));
     }
 }
