@@ -45,14 +45,16 @@ public class HeartbeatPhaseTests
         var time = new PeriodRecordingTime(checkPeriod);
         var channels = await Task.WhenAll(Enumerable.Range(0, 8).Select(_ => server.ConnectClientAsync("websocket", o => o.TimeProvider = time)));
 
-        var dueTimes = time.DueTimes.ToArray();
-        Assert.Equal(8, dueTimes.Length);
-        Assert.All(dueTimes, due => Assert.InRange(due, TimeSpan.FromTicks(1), checkPeriod));
-        Assert.Equal(8, dueTimes.Distinct().Count());
-
-        foreach (var channel in channels)
+        try
         {
-            await channel.DisposeAsync();
+            var dueTimes = time.DueTimes.ToArray();
+            Assert.Equal(8, dueTimes.Length);
+            Assert.All(dueTimes, due => Assert.InRange(due, TimeSpan.FromTicks(1), checkPeriod));
+            Assert.Equal(8, dueTimes.Distinct().Count());
+        }
+        finally
+        {
+            await Task.WhenAll(channels.Select(c => c.DisposeAsync().AsTask())).WaitAsync(TestTimeouts.Default);
         }
     }
 }

@@ -30,7 +30,8 @@ internal sealed class HeartbeatSettings(TimeSpan interval, TimeSpan timeout, Tim
     private const int MaxSlices = 128;
 
     private readonly object _gate = new();
-    private HashSet<IHeartbeatTarget>[]? _slices;
+    private readonly HashSet<IHeartbeatTarget>[] _slices =
+        CreateSlices(spreadChecks ? (int)Math.Clamp(interval.Ticks / 2 / s_minSlicePeriod.Ticks, 1, MaxSlices) : 1);
     private int _count;
     private ITimer? _timer;
     private int _slice;
@@ -48,7 +49,7 @@ internal sealed class HeartbeatSettings(TimeSpan interval, TimeSpan timeout, Tim
     public TimeSpan CheckPeriod => Interval / 2;
 
     /// <summary>Into how many slices the connections are split, one checked per tick.</summary>
-    internal int Slices { get; } = spreadChecks ? (int)Math.Clamp(interval.Ticks / 2 / s_minSlicePeriod.Ticks, 1, MaxSlices) : 1;
+    internal int Slices => _slices.Length;
 
     /// <summary>The number of connections watched now.</summary>
     internal int Count
@@ -67,7 +68,6 @@ internal sealed class HeartbeatSettings(TimeSpan interval, TimeSpan timeout, Tim
     {
         lock (_gate)
         {
-            _slices ??= CreateSlices(Slices);
             if (SliceOf(target).Add(target))
             {
                 _count++;
@@ -88,7 +88,7 @@ internal sealed class HeartbeatSettings(TimeSpan interval, TimeSpan timeout, Tim
         ITimer? stopped = null;
         lock (_gate)
         {
-            if (_slices is not null && SliceOf(target).Remove(target) && --_count == 0)
+            if (SliceOf(target).Remove(target) && --_count == 0)
             {
                 stopped = _timer;
                 _timer = null;
@@ -111,7 +111,7 @@ internal sealed class HeartbeatSettings(TimeSpan interval, TimeSpan timeout, Tim
 
     // Each connection belongs to one slice for its life (its identity hash), so it is checked once per CheckPeriod.
     private HashSet<IHeartbeatTarget> SliceOf(IHeartbeatTarget target) =>
-        _slices![(uint)System.Runtime.CompilerServices.RuntimeHelpers.GetHashCode(target) % (uint)_slices.Length];
+        _slices[(uint)System.Runtime.CompilerServices.RuntimeHelpers.GetHashCode(target) % (uint)_slices.Length];
 
     private void Tick()
     {
@@ -119,11 +119,6 @@ internal sealed class HeartbeatSettings(TimeSpan interval, TimeSpan timeout, Tim
         int count;
         lock (_gate)
         {
-            if (_slices is null)
-            {
-                return;
-            }
-
             var slice = _slices[_slice];
             _slice = (_slice + 1) % _slices.Length;
             count = slice.Count;
