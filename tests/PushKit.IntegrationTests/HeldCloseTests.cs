@@ -191,7 +191,7 @@ public class HeldCloseTests
         await reconnecting.WaitAsync(TestTimeouts.Default);
         if (session.State != PushChannelState.Disconnected)
         {
-            time.Advance(TimeSpan.FromSeconds(40));
+            time.Run(TimeSpan.FromSeconds(40));
         }
 
         await Eventually.TrueAsync(() => session.State == PushChannelState.Disconnected);

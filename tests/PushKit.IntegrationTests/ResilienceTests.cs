@@ -185,7 +185,7 @@ public class SessionLifetimeTests
         await WaitForAsync(
             oldSession,
             e => e.CurrentState == PushChannelState.Disconnected,
-            () => time.Advance(TimeSpan.FromSeconds(40)),
+            () => time.Run(TimeSpan.FromSeconds(40)),
             orAlready: PushChannelState.Disconnected);
 
         // The resume window passes on the server: the session expires.

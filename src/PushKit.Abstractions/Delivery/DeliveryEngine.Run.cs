@@ -185,7 +185,7 @@ internal sealed partial class DeliveryEngine
             set => Volatile.Write(ref _lastQueued, value);
         }
 
-        /// <summary>When something last arrived (a <see cref="TimeProvider"/> timestamp).</summary>
+        /// <summary>When something last arrived (a <see cref="HeartbeatSettings.GetRunningTimestamp"/>).</summary>
         public long LastReceived => Volatile.Read(ref _lastReceived);
 
         /// <summary>When something was last sent (a <see cref="TimeProvider"/> timestamp).</summary>
@@ -198,11 +198,11 @@ internal sealed partial class DeliveryEngine
             set => Volatile.Write(ref _readPaused, value);
         }
 
-        public void MarkReceived(TimeProvider? time)
+        public void MarkReceived(HeartbeatSettings? heartbeat)
         {
-            if (time is not null)
+            if (heartbeat is not null)
             {
-                Volatile.Write(ref _lastReceived, time.GetTimestamp());
+                Volatile.Write(ref _lastReceived, heartbeat.GetRunningTimestamp());
             }
         }
 

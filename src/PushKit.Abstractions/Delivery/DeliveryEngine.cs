@@ -550,7 +550,7 @@ internal sealed partial class DeliveryEngine
         var heartbeat = Heartbeat;
         if (heartbeat is not null)
         {
-            run.MarkReceived(heartbeat.TimeProvider);
+            run.MarkReceived(heartbeat);
             run.MarkSent(heartbeat.TimeProvider);
             heartbeat.Register(run);
         }
@@ -731,7 +731,7 @@ internal sealed partial class DeliveryEngine
                 }
 
                 var result = await run.Connection.ReceiveAsync(buffer, token).ConfigureAwait(false);
-                run.MarkReceived(Heartbeat?.TimeProvider);
+                run.MarkReceived(Heartbeat);
                 if (result.IsClosed)
                 {
                     return new ConnectionEnd(ConnectionEndKind.ClosedByPeer, result.CloseCode, result.CloseReason);
@@ -881,7 +881,7 @@ internal sealed partial class DeliveryEngine
             finally
             {
                 // Marked before the flag is lowered: the heartbeat, which reads the flag first, then sees the mark.
-                run.MarkReceived(Heartbeat?.TimeProvider);
+                run.MarkReceived(Heartbeat);
                 run.ReadPaused = false;
             }
         }
@@ -952,7 +952,7 @@ internal sealed partial class DeliveryEngine
         }
         finally
         {
-            run.MarkReceived(Heartbeat?.TimeProvider);
+            run.MarkReceived(Heartbeat);
             run.ReadPaused = false;
         }
     }
@@ -1121,7 +1121,7 @@ internal sealed partial class DeliveryEngine
     /// ride on the polls) sends nothing upstream, yet it is plainly alive, and the heartbeat must not close it.
     /// </summary>
     /// <remarks>Called once per poll, so it takes no lock: a stale read only misses one mark.</remarks>
-    public void MarkPeerActive() => Volatile.Read(ref _current)?.MarkReceived(Heartbeat?.TimeProvider);
+    public void MarkPeerActive() => Volatile.Read(ref _current)?.MarkReceived(Heartbeat);
 
     /// <summary>
     /// Applies an acknowledgement that arrived outside a frame (an SSE <c>Last-Event-ID</c>); values beyond what was
@@ -1341,7 +1341,7 @@ internal sealed partial class DeliveryEngine
             return false;
         }
 
-        if (!run.ReadPaused && time.GetElapsedTime(run.LastReceived) > settings.Timeout)
+        if (!run.ReadPaused && settings.SilenceSince(run.LastReceived) > settings.Timeout)
         {
             Log.HeartbeatTimedOut(_logger, _name, settings.Timeout);
             run.RequestClose(PushCloseCode.HeartbeatTimeout, $"Nothing received for {settings.Timeout}.", retryAfterMs: null, sendFrame: true);

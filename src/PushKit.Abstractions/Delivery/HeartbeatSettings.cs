@@ -21,6 +21,14 @@ namespace PushKit.Delivery;
 /// (about 0.4 KB per idle connection at 2,000 connections connected fifty at a time). The bounds are unchanged: a
 /// connection is still checked once per check period.
 /// </para>
+/// <para>
+/// Silence is counted only while this process runs. A tick that comes more than two tick periods after the one before
+/// means the process could not run its timers for that long (a long garbage collection pause, a suspended virtual
+/// machine, a starved thread pool), and so could not run its read loops either: what the peers sent meanwhile may be
+/// waiting, unread, in the socket buffers. The time lost is not counted as any connection's silence, so that a process
+/// that stalled does not drop its healthy connections the moment it resumes; each has its whole timeout, from when it
+/// last heard its peer, in running time.
+/// </para>
 /// </remarks>
 internal sealed class HeartbeatSettings(TimeSpan interval, TimeSpan timeout, TimeProvider timeProvider, bool spreadChecks = false, bool randomPhase = false)
 {
@@ -35,6 +43,8 @@ internal sealed class HeartbeatSettings(TimeSpan interval, TimeSpan timeout, Tim
     private int _count;
     private ITimer? _timer;
     private int _slice;
+    private long _lastTick;
+    private long _stalled;
 
     /// <summary>Send a ping after this long without sending anything.</summary>
     public TimeSpan Interval { get; } = interval;
@@ -50,6 +60,18 @@ internal sealed class HeartbeatSettings(TimeSpan interval, TimeSpan timeout, Tim
 
     /// <summary>Into how many slices the connections are split, one checked per tick.</summary>
     internal int Slices => _slices.Length;
+
+    /// <summary>How often the timer ticks: the check period divided among the slices.</summary>
+    internal TimeSpan TickPeriod => CheckPeriod / _slices.Length;
+
+    /// <summary>The time this process was found stalled, in all (see the remarks).</summary>
+    internal TimeSpan Stalled => TimeSpan.FromSeconds((double)Volatile.Read(ref _stalled) / TimeProvider.TimestampFrequency);
+
+    /// <summary>A timestamp on a clock that stops while this process is stalled: the clock silence is measured by.</summary>
+    public long GetRunningTimestamp() => TimeProvider.GetTimestamp() - Volatile.Read(ref _stalled);
+
+    /// <summary>How long since <paramref name="runningTimestamp"/> (from <see cref="GetRunningTimestamp"/>), in running time.</summary>
+    public TimeSpan SilenceSince(long runningTimestamp) => TimeProvider.GetElapsedTime(runningTimestamp, GetRunningTimestamp());
 
     /// <summary>The number of connections watched now.</summary>
     internal int Count
@@ -75,8 +97,9 @@ internal sealed class HeartbeatSettings(TimeSpan interval, TimeSpan timeout, Tim
 
             if (_timer is null)
             {
-                var period = CheckPeriod / Slices;
+                var period = TickPeriod;
                 var due = randomPhase ? period * (1 - Random.Shared.NextDouble()) : period;
+                _lastTick = TimeProvider.GetTimestamp();
                 _timer = TimeProvider.CreateTimer(static state => ((HeartbeatSettings)state!).Tick(), this, due, period);
             }
         }
@@ -119,6 +142,16 @@ internal sealed class HeartbeatSettings(TimeSpan interval, TimeSpan timeout, Tim
         int count;
         lock (_gate)
         {
+            // A tick more than two periods after the last: the process stalled, and the time lost is not silence.
+            var now = TimeProvider.GetTimestamp();
+            var tick = (long)(TickPeriod.TotalSeconds * TimeProvider.TimestampFrequency);
+            var gap = now - _lastTick;
+            if (gap > 2 * tick)
+            {
+                Volatile.Write(ref _stalled, _stalled + gap - tick);
+            }
+
+            _lastTick = now;
             var slice = _slices[_slice];
             _slice = (_slice + 1) % _slices.Length;
             count = slice.Count;

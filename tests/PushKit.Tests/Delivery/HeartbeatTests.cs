@@ -79,6 +79,53 @@ public class HeartbeatTests
     }
 
     [Fact]
+    public async Task A_process_that_stalled_does_not_take_the_time_it_lost_for_its_peers_silence()
+    {
+        var time = new FakeTimeProvider();
+        var engine = CreateEngine(time);
+        var (a, _) = InMemoryConnection.CreatePair();
+        var run = engine.RunAsync(a);
+
+        // Twenty seconds of silence, checked on time; then the process stalls for a minute (one jump of the clock: the
+        // timer's next tick comes a minute late). What the peer sent meanwhile is read only after that tick.
+        for (var i = 0; i < 4; i++)
+        {
+            time.Advance(s_interval / 2);
+        }
+
+        time.Advance(TimeSpan.FromMinutes(1));
+        a.Inject("{\"type\":\"msg\",\"seq\":1,\"data\":\"sent during the stall\"}");
+        await Eventually.TrueAsync(() => engine.LastDelivered == 1);
+        Assert.False(run.IsCompleted);
+
+        a.Abort();
+        await run.WaitAsync(s_timeout);
+    }
+
+    [Fact]
+    public async Task A_dead_peer_is_still_detected_after_a_stall_within_the_timeout_in_running_time()
+    {
+        var time = new FakeTimeProvider();
+        var engine = CreateEngine(time);
+        var (a, _) = InMemoryConnection.CreatePair();
+        var run = engine.RunAsync(a);
+
+        // Twenty seconds of silence, a stall of a minute (one more check period counted: the tick that found it), then
+        // the time runs on: the thirty seconds are up at the second check after the stall, not before.
+        for (var i = 0; i < 4; i++)
+        {
+            time.Advance(s_interval / 2);
+        }
+
+        time.Advance(TimeSpan.FromMinutes(1));
+        time.Advance(s_interval / 2);
+        Assert.False(run.IsCompleted, "dropped before the timeout, counting the stall as silence");
+        time.Advance(s_interval / 2);
+        var end = await run.WaitAsync(s_timeout);
+        Assert.Equal((ConnectionEndKind.Lost, (PushCloseCode?)PushCloseCode.HeartbeatTimeout), (end.Kind, end.Code));
+    }
+
+    [Fact]
     public async Task A_peer_slowed_down_by_the_application_is_not_taken_for_dead()
     {
         var time = new FakeTimeProvider();
@@ -165,6 +212,37 @@ public class HeartbeatSpreadTests
         Assert.All(targets.Take(6_400), t => Assert.Equal(1, t.Checks));
         Assert.All(targets.Skip(6_400), t => Assert.Equal(2, t.Checks));
     }
+
+    [Fact]
+    public void A_tick_more_than_two_periods_late_counts_as_a_stall_and_the_running_clock_stops_for_it()
+    {
+        var time = new FakeTimeProvider();
+        var settings = new HeartbeatSettings(TimeSpan.FromSeconds(15), TimeSpan.FromSeconds(30), time, spreadChecks: true);
+        settings.Register(new CountingTarget());
+        var tick = settings.TickPeriod;
+        Assert.Equal(settings.CheckPeriod / 128, tick);
+
+        // Ticks on time, and up to two periods late (a busy machine), are running time.
+        time.Advance(tick);
+        time.Advance(tick * 2);
+        Assert.Equal(TimeSpan.Zero, settings.Stalled);
+        var running = settings.GetRunningTimestamp();
+        Assert.Equal(time.GetTimestamp(), running);
+
+        // Ten periods in one jump: the tick that finds it counts as one, the other nine are lost time.
+        time.Advance(tick * 10);
+        AssertClose(tick * 9, settings.Stalled);
+        AssertClose(tick, settings.SilenceSince(running));
+
+        // And so on for the next stall; the running clock then runs with the wall clock again.
+        time.Advance(tick * 100);
+        time.Advance(tick);
+        AssertClose(tick * 108, settings.Stalled);
+        AssertClose(tick * 3, settings.SilenceSince(running));
+    }
+
+    private static void AssertClose(TimeSpan expected, TimeSpan actual) =>
+        Assert.InRange(actual, expected - TimeSpan.FromTicks(10), expected + TimeSpan.FromTicks(10));
 
     [Fact]
     public void A_short_interval_and_a_client_are_checked_in_one_pass()
