@@ -22,12 +22,13 @@ namespace PushKit.Delivery;
 /// connection is still checked once per check period.
 /// </para>
 /// <para>
-/// Silence is counted only while this process runs. A tick that comes more than two tick periods after the one before
-/// means the process could not run its timers for that long (a long garbage collection pause, a suspended virtual
-/// machine, a starved thread pool), and so could not run its read loops either: what the peers sent meanwhile may be
-/// waiting, unread, in the socket buffers. The time lost is not counted as any connection's silence, so that a process
-/// that stalled does not drop its healthy connections the moment it resumes; each has its whole timeout, from when it
-/// last heard its peer, in running time.
+/// Silence is counted only while this process runs. A tick that comes more than 50 ms later than one tick period after
+/// the one before means the process could not run its timers for that long (a long garbage collection pause, a
+/// suspended virtual machine, a starved thread pool), and so could not run its read loops either: what the peers sent
+/// meanwhile may be waiting, unread, in the socket buffers. The time the tick was late is not counted as any
+/// connection's silence, so that a process that stalled does not drop its healthy connections the moment it resumes;
+/// each has its whole timeout, from when it last heard its peer, in running time. (A tick later by less is the ordinary
+/// jitter of timers, and counts.)
 /// </para>
 /// </remarks>
 internal sealed class HeartbeatSettings(TimeSpan interval, TimeSpan timeout, TimeProvider timeProvider, bool spreadChecks = false, bool randomPhase = false)
@@ -36,6 +37,9 @@ internal sealed class HeartbeatSettings(TimeSpan interval, TimeSpan timeout, Tim
     private static readonly TimeSpan s_minSlicePeriod = TimeSpan.FromMilliseconds(50);
 
     private const int MaxSlices = 128;
+
+    // A tick later than this was held up by a stall of the process, not by the ordinary jitter of timers.
+    private static readonly TimeSpan s_stallThreshold = TimeSpan.FromMilliseconds(50);
 
     private readonly object _gate = new();
     private readonly HashSet<IHeartbeatTarget>[] _slices =
@@ -121,6 +125,8 @@ internal sealed class HeartbeatSettings(TimeSpan interval, TimeSpan timeout, Tim
         stopped?.Dispose();
     }
 
+    private long ToTimestamp(TimeSpan span) => (long)(span.TotalSeconds * TimeProvider.TimestampFrequency);
+
     private static HashSet<IHeartbeatTarget>[] CreateSlices(int count)
     {
         var slices = new HashSet<IHeartbeatTarget>[count];
@@ -142,13 +148,12 @@ internal sealed class HeartbeatSettings(TimeSpan interval, TimeSpan timeout, Tim
         int count;
         lock (_gate)
         {
-            // A tick more than two periods after the last: the process stalled, and the time lost is not silence.
+            // A tick more than 50 ms late: the process stalled, and the time lost is not silence (see the remarks).
             var now = TimeProvider.GetTimestamp();
-            var tick = (long)(TickPeriod.TotalSeconds * TimeProvider.TimestampFrequency);
-            var gap = now - _lastTick;
-            if (gap > 2 * tick)
+            var late = now - _lastTick - ToTimestamp(TickPeriod);
+            if (late > ToTimestamp(s_stallThreshold))
             {
-                Volatile.Write(ref _stalled, _stalled + gap - tick);
+                Volatile.Write(ref _stalled, _stalled + late);
             }
 
             _lastTick = now;
