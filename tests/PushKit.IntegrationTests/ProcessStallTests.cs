@@ -45,7 +45,7 @@ public class ProcessStallTests
         }
 
         // And it carries messages as before.
-        await server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString("after the stall"));
+        Assert.True(await server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString("after the stall")).AsTask().WaitAsync(TestTimeouts.Default));
         Assert.Equal("after the stall", (await client.ReadAsync(1)).Single().GetString());
         await client.DisposeAsync().AsTask().WaitAsync(TestTimeouts.Default);
     }

@@ -18,6 +18,18 @@ public class HeartbeatTests
             Heartbeat = new HeartbeatSettings(s_interval, s_deadAfter, time),
         };
 
+    // Twenty seconds of silence, checked on time; then the process stalls for a minute (one jump of the clock: the
+    // timer's next tick comes a minute late).
+    private static void SilenceThenStall(FakeTimeProvider time)
+    {
+        for (var i = 0; i < 4; i++)
+        {
+            time.Advance(s_interval / 2);
+        }
+
+        time.Advance(TimeSpan.FromMinutes(1));
+    }
+
     [Fact]
     public async Task An_idle_connection_sends_a_ping_each_interval()
     {
@@ -86,14 +98,8 @@ public class HeartbeatTests
         var (a, _) = InMemoryConnection.CreatePair();
         var run = engine.RunAsync(a);
 
-        // Twenty seconds of silence, checked on time; then the process stalls for a minute (one jump of the clock: the
-        // timer's next tick comes a minute late). What the peer sent meanwhile is read only after that tick.
-        for (var i = 0; i < 4; i++)
-        {
-            time.Advance(s_interval / 2);
-        }
-
-        time.Advance(TimeSpan.FromMinutes(1));
+        // What the peer sent during the stall is read only after the tick that ends it.
+        SilenceThenStall(time);
         a.Inject("{\"type\":\"msg\",\"seq\":1,\"data\":\"sent during the stall\"}");
         await Eventually.TrueAsync(() => engine.LastDelivered == 1);
         Assert.False(run.IsCompleted);
@@ -110,15 +116,12 @@ public class HeartbeatTests
         var (a, _) = InMemoryConnection.CreatePair();
         var run = engine.RunAsync(a);
 
-        // Twenty seconds of silence, a stall of a minute (one more check period counted: the tick that found it), then
-        // the time runs on: the thirty seconds are up at the second check after the stall, not before.
-        for (var i = 0; i < 4; i++)
-        {
-            time.Advance(s_interval / 2);
-        }
-
-        time.Advance(TimeSpan.FromMinutes(1));
+        // The tick that found the stall counted one check period (25 s of silence); the thirty seconds are up at the
+        // second check after it, not before. Nothing is to happen at the first, so there is no event to await: give
+        // the heartbeat a moment to act wrongly.
+        SilenceThenStall(time);
         time.Advance(s_interval / 2);
+        await Task.Delay(200);
         Assert.False(run.IsCompleted, "dropped before the timeout, counting the stall as silence");
         time.Advance(s_interval / 2);
         var end = await run.WaitAsync(s_timeout);
