@@ -20,6 +20,7 @@ using Microsoft.Extensions.Options;
 using PushKit.Client;
 using PushKit.IntegrationTests.Infrastructure;
 using PushKit.Server;
+using PushKit.Server.Sessions;
 
 namespace PushKit.IntegrationTests;
 
@@ -567,6 +568,29 @@ public class HostShutdownTests
             Assert.Equal(PushCloseCode.GoingAway, change.CloseCode);
             Assert.True(watch.Elapsed < TimeSpan.FromSeconds(3), $"stop took {watch.Elapsed}");
             Assert.DoesNotContain(logs.GetSnapshot(), r => r.Level >= LogLevel.Error);
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(HostingSurfaceTests.AllTransports), MemberType = typeof(HostingSurfaceTests))]
+    public async Task A_connection_that_attaches_after_the_server_began_going_away_is_told_to_go_away_at_once(string transport)
+    {
+        // The stop's "go away" visits the connections that exist at that moment. One being set up then (a long-poll
+        // whose run starts in the background after the client's first poll was answered; a client that connects while
+        // the web server still takes requests) used to be missed and held open until the web server cut it: a held
+        // poll kept the host's stop waiting for the next heartbeat (17–20 s, seen in CI).
+        var server = await PushTestServer.StartAsync();
+        await using (server)
+        {
+            server.Services.GetRequiredService<PushSessionManager>().GoAway();
+            var client = HostingSurfaceTests.OutlivingClient(server, transport);
+            await using (client)
+            {
+                var reconnecting = client.NextStateAsync(PushChannelState.Reconnecting);
+                await client.ConnectAsync().WaitAsync(TestTimeouts.Default);
+                var change = await reconnecting.WaitAsync(TestTimeouts.Default);
+                Assert.Equal(PushCloseCode.GoingAway, change.CloseCode);
+            }
         }
     }
 

@@ -491,6 +491,12 @@ internal sealed partial class PushSession : IPushSession
                     }
 
                     SetState(PushChannelState.Connected, null, null);
+                    if (_manager.IsGoingAway)
+                    {
+                        // Attached while the host is stopping (after, or while, its connections were told to go away):
+                        // told the same, rather than held open until the web server cuts it.
+                        Engine.CloseConnection(PushCloseCode.GoingAway, PushSessionManager.GoingAwayReason, PushSessionManager.GoingAwayRetryAfterMs);
+                    }
                 }
             }
             finally

@@ -64,13 +64,7 @@ internal sealed class PushSessionHousekeeper(PushSessionManager sessions, TimePr
         _sweep?.Dispose();
     }
 
-    private void GoingAway()
-    {
-        foreach (var session in sessions.All())
-        {
-            session.Engine.CloseConnection(PushCloseCode.GoingAway, "The server is shutting down.", retryAfterMs: 1000);
-        }
-    }
+    private void GoingAway() => sessions.GoAway();
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {

@@ -145,6 +145,34 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
 
     public int Count => _store.All().Count(s => s.State != PushChannelState.Closed);
 
+    private volatile bool _goingAway;
+
+    /// <summary>Whether the host is stopping: every connection, including one that attaches from now on, is told to go away.</summary>
+    internal bool IsGoingAway => _goingAway;
+
+    /// <summary>
+    /// The host is stopping: closes every session's connection with <see cref="PushCloseCode.GoingAway"/>, and makes
+    /// a connection that attaches later (one that was being set up at this moment, or a client that connects while
+    /// the web server still accepts requests) get the same close as soon as it carries its session.
+    /// </summary>
+    internal void GoAway()
+    {
+        // Set before the sessions are visited: a connection that becomes a session's run after its visit reads it
+        // (PushSession.RunConnectionAsync), one that became the run before is closed here (the engine's lock orders both).
+        _goingAway = true;
+        foreach (var session in _store.All())
+        {
+            session.Engine.CloseConnection(PushCloseCode.GoingAway, GoingAwayReason, GoingAwayRetryAfterMs);
+        }
+    }
+
+    /// <summary>The close reason a stopping server gives.</summary>
+    internal const string GoingAwayReason = "The server is shutting down.";
+
+    /// <summary>How long a client told that the server is stopping waits before it reconnects.</summary>
+    internal const int GoingAwayRetryAfterMs = 1000;
+
+
     /// <summary>
     /// Stands for the caller when no authentication ran (reading <c>HttpContext.User</c> would create a new empty
     /// principal per request, for long-lived connections and sessions to keep). Only ever passed to
