@@ -30,7 +30,7 @@ internal sealed class PushSessionHousekeeper(PushSessionManager sessions, TimePr
     /// </summary>
     public async Task StoppingAsync(CancellationToken cancellationToken)
     {
-        GoingAway();
+        sessions.GoAway();
         var runs = sessions.All().Select(s => s.CurrentRun).OfType<Task>().ToArray();
         if (runs.Length == 0)
         {
@@ -52,19 +52,17 @@ internal sealed class PushSessionHousekeeper(PushSessionManager sessions, TimePr
         // .NET 10), and a timer made there would start late, or, on a test's fake clock, miss a move made before it.
         _sweep = new PeriodicTimer(SweepInterval, timeProvider);
         // ApplicationStopping fires before the web server stops: connections can still be told to go away cleanly.
-        _stopping = lifetime.ApplicationStopping.Register(GoingAway);
+        _stopping = lifetime.ApplicationStopping.Register(sessions.GoAway);
         return base.StartAsync(cancellationToken);
     }
 
     public override async Task StopAsync(CancellationToken cancellationToken)
     {
-        GoingAway();
+        sessions.GoAway();
         await _stopping.DisposeAsync().ConfigureAwait(false);
         await base.StopAsync(cancellationToken).ConfigureAwait(false);
         _sweep?.Dispose();
     }
-
-    private void GoingAway() => sessions.GoAway();
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {

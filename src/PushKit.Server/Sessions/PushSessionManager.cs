@@ -172,7 +172,6 @@ internal sealed partial class PushSessionManager : IPushSessionRegistry
     /// <summary>How long a client told that the server is stopping waits before it reconnects.</summary>
     internal const int GoingAwayRetryAfterMs = 1000;
 
-
     /// <summary>
     /// Stands for the caller when no authentication ran (reading <c>HttpContext.User</c> would create a new empty
     /// principal per request, for long-lived connections and sessions to keep). Only ever passed to
