@@ -19,6 +19,11 @@ internal static class BenchServer
     {
         var builder = WebApplication.CreateSlimBuilder(args);
         builder.Logging.ClearProviders();
+        if (Environment.GetEnvironmentVariable("PUSHKIT_BENCH_DIRECT") is "1")
+        {
+            builder.WebHost.ConfigureKestrel(kestrel => kestrel.ConfigureEndpointDefaults(listen => listen.UsePushKitWebSockets("/push")));
+        }
+
         builder.Services.AddPushKit(o =>
         {
             // A SignalR broadcast waits for a busy connection; the fair comparison lets PushKit wait too rather than cut it.

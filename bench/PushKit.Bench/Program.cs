@@ -124,10 +124,22 @@ try
     if (groups.Contains("memory"))
     {
         var count = quick ? 500 : 2_000;
-        foreach (var (system, atConnect, idle) in await MemoryPerConnectionAsync(systems, count))
+        // PushKit is measured twice: through MapPushKit alone (the WebSocket handshake is an HTTP request, kept for the
+        // connection's life), and with the direct WebSocket listener (ListenOptions.UsePushKitWebSockets), which takes
+        // the handshake below the HTTP server. Each gets its rows, the other systems' figures repeated beside it.
+        var memorySystems = systems.Contains("pushkit") ? [.. systems, "pushkit-direct"] : systems;
+        var memory = await MemoryPerConnectionAsync(memorySystems, count);
+        (string Label, string Excluded)[] views = systems.Contains("pushkit")
+            ? [(", PushKit via MapPushKit only", "pushkit-direct"), (", PushKit with UsePushKitWebSockets", "pushkit")]
+            : [("", "")];
+        foreach (var (label, excluded) in views)
         {
-            results.Add(($"memory per connection ({count}), at connect", system, "websocket", "KB", atConnect));
-            results.Add(($"memory per idle connection ({count}), after {idleTime.TotalSeconds:N0} s", system, "websocket", "KB", idle));
+            foreach (var (system, atConnect, idle) in memory.Where(m => m.System != excluded))
+            {
+                var shown = system == "pushkit-direct" ? "pushkit" : system;
+                results.Add(($"memory per connection ({count}), at connect{label}", shown, "websocket", "KB", atConnect));
+                results.Add(($"memory per idle connection ({count}), after {idleTime.TotalSeconds:N0} s{label}", shown, "websocket", "KB", idle));
+            }
         }
     }
 
@@ -363,20 +375,21 @@ async Task<List<(string System, double AtConnect, double Idle)>> MemoryPerConnec
         foreach (var system in systemsHere)
         {
             var memoryPort = FreePort();
-            var memoryServer = StartServer(memoryPort);
+            var memoryServer = StartServer(memoryPort, direct: system == "pushkit-direct");
             var memoryHttp = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{memoryPort}/") };
             measured.Add((system, memoryServer, memoryHttp, 0, 0, []));
             await WaitForServerAsync(memoryHttp);
             Console.WriteLine($"{system} memory server process id: {memoryServer.Id}");
 
             // Warm up (JIT, pools) with a few connections that come and go before the baseline is taken.
-            await DisposeAllAsync(await ConnectAsync(system, "websocket", 10, memoryHttp.BaseAddress!));
+            var clientSystem = system == "pushkit-direct" ? "pushkit" : system;
+            await DisposeAllAsync(await ConnectAsync(clientSystem, "websocket", 10, memoryHttp.BaseAddress!));
             await Task.Delay(500);
             var before = await ServerMemoryAsync(memoryHttp);
-            var connected = await ConnectAsync(system, "websocket", clients, memoryHttp.BaseAddress!);
+            var connected = await ConnectAsync(clientSystem, "websocket", clients, memoryHttp.BaseAddress!);
             var atConnect = (await ServerMemoryAsync(memoryHttp) - before) / clients / 1024.0;
             measured[^1] = (system, memoryServer, memoryHttp, before, atConnect, connected);
-            Console.WriteLine($"{system,-8} memory per connection at connect: {atConnect:N2} KB");
+            Console.WriteLine($"{system,-14} memory per connection at connect: {atConnect:N2} KB");
         }
 
         Console.WriteLine($"waiting {idleTime.TotalSeconds:N0} s with every connection idle");
@@ -392,7 +405,7 @@ async Task<List<(string System, double AtConnect, double Idle)>> MemoryPerConnec
         foreach (var (system, _, memoryHttp, before, atConnect, _) in measured)
         {
             var idle = (await ServerMemoryAsync(memoryHttp) - before) / clients / 1024.0;
-            Console.WriteLine($"{system,-8} memory per idle connection after {idleTime.TotalSeconds:N0} s: {idle:N2} KB");
+            Console.WriteLine($"{system,-14} memory per idle connection after {idleTime.TotalSeconds:N0} s: {idle:N2} KB");
             figures.Add((system, atConnect, idle));
         }
 
@@ -490,13 +503,18 @@ static int FreePort()
     return port;
 }
 
-static Process StartServer(int port)
+static Process StartServer(int port, bool direct = false)
 {
     var start = new ProcessStartInfo("dotnet", [typeof(Micro).Assembly.Location, "server", "--urls", $"http://127.0.0.1:{port}"])
     {
         RedirectStandardOutput = true,
         UseShellExecute = false,
     };
+    if (direct)
+    {
+        start.Environment["PUSHKIT_BENCH_DIRECT"] = "1";
+    }
+
     return Process.Start(start)!;
 }
 

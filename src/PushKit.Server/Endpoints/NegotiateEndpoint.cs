@@ -88,6 +88,13 @@ internal static class NegotiateEndpoint
 
         // The response carries a secret: never cache it.
         context.Response.Headers.CacheControl = "no-store";
+        if (context.Features.Get<DirectWebSocketMiddleware.Marker>() is not null)
+        {
+            // The direct WebSocket path takes only a connection's first request: the client's handshake must come on
+            // a new connection, not on this one kept alive.
+            context.Response.Headers.Connection = "close";
+        }
+
         context.Response.ContentType = "application/json; charset=utf-8";
         await JsonSerializer.SerializeAsync(context.Response.Body, response, ProtocolJsonContext.Default.NegotiateResponse, context.RequestAborted)
             .ConfigureAwait(false);

@@ -1,0 +1,336 @@
+using System.Diagnostics;
+using System.Net.Http.Json;
+using System.Net.Sockets;
+using System.Net.WebSockets;
+using System.Text;
+using System.Text.Json;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Testing;
+using PushKit.IntegrationTests.Infrastructure;
+using PushKit.Server;
+
+namespace PushKit.IntegrationTests;
+
+/// <summary>
+/// <c>ListenOptions.UsePushKitWebSockets</c>: a connection whose first request is a PushKit WebSocket handshake is
+/// upgraded below the HTTP server; everything else reaches the app unchanged.
+/// </summary>
+public class DirectWebSocketTests
+{
+    /// <summary>A server whose endpoint has the direct path, and a count of the WebSocket requests the app's middleware saw.</summary>
+    private sealed class DirectServer : IAsyncDisposable
+    {
+        private int _httpWebSocketRequests;
+
+        public required PushTestServer Server { get; init; }
+
+        /// <summary>Requests for /push/ws that reached the HTTP pipeline (not taken by the direct path).</summary>
+        public int HttpWebSocketRequests => Volatile.Read(ref _httpWebSocketRequests);
+
+        public static async Task<DirectServer> StartAsync(
+            Action<IPushKitServerBuilder>? push = null,
+            Action<WebApplicationBuilder>? builder = null,
+            Action<Microsoft.AspNetCore.Server.Kestrel.Core.KestrelServerOptions>? kestrel = null)
+        {
+            DirectServer? direct = null;
+            var server = await PushTestServer.StartAsync(
+                push,
+                configureBuilder: b =>
+                {
+                    b.WebHost.ConfigureKestrel(k =>
+                    {
+                        kestrel?.Invoke(k);
+                        k.ConfigureEndpointDefaults(l => l.UsePushKitWebSockets("/push"));
+                    });
+                    builder?.Invoke(b);
+                },
+                configureApp: app =>
+                {
+                    app.Use((context, next) =>
+                    {
+                        if (context.Request.Path.StartsWithSegments("/push/ws"))
+                        {
+                            Interlocked.Increment(ref direct!._httpWebSocketRequests);
+                        }
+
+                        return next(context);
+                    });
+                    app.MapGet("/hello", () => "hello");
+                });
+            direct = new DirectServer { Server = server };
+            return direct;
+        }
+
+        public ValueTask DisposeAsync() => Server.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task A_client_connects_through_the_direct_path_and_messages_flow_both_ways()
+    {
+        var collector = new Collector();
+        await using var direct = await DirectServer.StartAsync(push => push.AddCollector(collector));
+        var client = await direct.Server.ConnectClientAsync("websocket");
+        Assert.Equal("websocket", await collector.TransportAtStart.Task.WaitAsync(TestTimeouts.Default));
+
+        await client.SendStringAsync("up").AsTask().WaitAsync(TestTimeouts.Default);
+        Assert.Equal("up", Assert.Single(await collector.TakeAsync(1)).GetString());
+
+        var big = new string('b', 300_000);
+        Assert.True(await direct.Server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString("down")));
+        Assert.True(await direct.Server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString(big)));
+        var received = await client.ReadAsync(2);
+        Assert.Equal(["down", big], received.Select(m => m.GetString()));
+
+        // Bigger than any pipe segment, both ways.
+        await client.SendStringAsync(big).AsTask().WaitAsync(TestTimeouts.Default);
+        Assert.Equal(big, Assert.Single(await collector.TakeAsync(1)).GetString());
+
+        Assert.Equal(0, direct.HttpWebSocketRequests);
+    }
+
+    [Fact]
+    public async Task The_negotiate_response_on_a_direct_endpoint_closes_its_connection_and_elsewhere_does_not()
+    {
+        // The direct path sees only a connection's first request: the client's handshake must come on a new one.
+        await using (var direct = await DirectServer.StartAsync())
+        {
+            using var response = await direct.Server.Http.PostAsync(new Uri(direct.Server.BaseUrl + "/negotiate"), JsonContent.Create(new { protocolVersion = 1 }))
+                .WaitAsync(TestTimeouts.Default);
+            response.EnsureSuccessStatusCode();
+            Assert.True(response.Headers.ConnectionClose);
+        }
+
+        await using var plain = await PushTestServer.StartAsync();
+        using var plainResponse = await plain.Http.PostAsync(new Uri(plain.BaseUrl + "/negotiate"), JsonContent.Create(new { protocolVersion = 1 }))
+            .WaitAsync(TestTimeouts.Default);
+        plainResponse.EnsureSuccessStatusCode();
+        Assert.NotEqual(true, plainResponse.Headers.ConnectionClose);
+    }
+
+    public static TheoryData<string, int, string> RefusedHandshakes => new()
+    {
+        { "wrong secret", 403, "invalid_session_secret" },
+        { "unknown session", 404, "session_not_found" },
+        { "no secret", 400, "invalid_request" },
+        { "not an upgrade", 400, "websocket_required" },
+        { "WebSocket version 8", 400, "websocket_required" },
+    };
+
+    [Theory]
+    [MemberData(nameof(RefusedHandshakes))]
+    public async Task A_handshake_the_direct_path_does_not_take_gets_the_http_endpoints_documented_answer(string kind, int status, string code)
+    {
+        await using var direct = await DirectServer.StartAsync();
+        var (sessionId, secret, _) = await direct.Server.NegotiateRawAsync();
+        var query = kind switch
+        {
+            "wrong secret" => $"session={sessionId}&secret=wrong",
+            "unknown session" => $"session=nope&secret={secret}",
+            "no secret" => $"session={sessionId}",
+            _ => $"session={sessionId}&secret={Uri.EscapeDataString(secret)}",
+        };
+        var upgrade = kind == "not an upgrade"
+            ? ""
+            : $"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: {(kind == "WebSocket version 8" ? 8 : 13)}\r\n";
+
+        var (statusCode, body) = await SendFirstRequestAsync(direct.Server, $"GET /push/ws?{query} HTTP/1.1\r\nHost: x\r\n{upgrade}\r\n");
+
+        Assert.Equal(status, statusCode);
+        Assert.Equal(code, JsonDocument.Parse(body).RootElement.GetProperty("error").GetProperty("code").GetString());
+        Assert.Equal(1, direct.HttpWebSocketRequests);
+
+        // The session is untouched: a right handshake still connects directly.
+        if (kind != "unknown session")
+        {
+            var (okStatus, _) = await SendFirstRequestAsync(direct.Server, Handshake(sessionId, secret), headOnly: true);
+            Assert.Equal(101, okStatus);
+            Assert.Equal(1, direct.HttpWebSocketRequests);
+        }
+    }
+
+    [Theory]
+    [InlineData("sse")]
+    [InlineData("longpolling")]
+    public async Task Every_other_request_on_a_direct_endpoint_reaches_the_app(string transport)
+    {
+        var collector = new Collector();
+        await using var direct = await DirectServer.StartAsync(push => push.AddCollector(collector));
+        Assert.Equal("hello", await direct.Server.Http.GetStringAsync(new Uri(direct.Server.Root, "/hello")).WaitAsync(TestTimeouts.Default));
+
+        var client = await direct.Server.ConnectClientAsync(transport);
+        await client.SendStringAsync("up").AsTask().WaitAsync(TestTimeouts.Default);
+        Assert.Equal("up", Assert.Single(await collector.TakeAsync(1)).GetString());
+        Assert.True(await direct.Server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString("down")));
+        Assert.Equal("down", Assert.Single(await client.ReadAsync(1)).GetString());
+    }
+
+    [Fact]
+    public async Task A_handshake_that_arrives_a_byte_at_a_time_is_taken()
+    {
+        var collector = new Collector();
+        await using var direct = await DirectServer.StartAsync(push => push.AddCollector(collector));
+        var (sessionId, secret, _) = await direct.Server.NegotiateRawAsync();
+
+        using var tcp = new TcpClient { NoDelay = true };
+        await tcp.ConnectAsync(direct.Server.Root.Host, direct.Server.Root.Port).WaitAsync(TestTimeouts.Default);
+        var stream = tcp.GetStream();
+        foreach (var b in Encoding.ASCII.GetBytes(Handshake(sessionId, secret)))
+        {
+            await stream.WriteAsync(new[] { b }).AsTask().WaitAsync(TestTimeouts.Default);
+            await stream.FlushAsync().WaitAsync(TestTimeouts.Default);
+        }
+
+        var (status, _) = await ReadResponseAsync(stream, headOnly: true);
+        Assert.Equal(101, status);
+        Assert.Equal("websocket", await collector.TransportAtStart.Task.WaitAsync(TestTimeouts.Default));
+        Assert.Equal(0, direct.HttpWebSocketRequests);
+    }
+
+    [Fact]
+    public async Task A_handshake_that_stops_half_way_is_cut_after_the_request_headers_timeout()
+    {
+        await using var direct = await DirectServer.StartAsync(kestrel: k => k.Limits.RequestHeadersTimeout = TimeSpan.FromSeconds(1));
+        using var tcp = new TcpClient();
+        await tcp.ConnectAsync(direct.Server.Root.Host, direct.Server.Root.Port).WaitAsync(TestTimeouts.Default);
+        var stream = tcp.GetStream();
+        await stream.WriteAsync("GET /push/ws?session=a&secret=b HTTP/1.1\r\nHost: x\r\n"u8.ToArray()).AsTask().WaitAsync(TestTimeouts.Default);
+
+        var watch = Stopwatch.StartNew();
+        var buffer = new byte[256];
+        int read;
+        try
+        {
+            read = await stream.ReadAsync(buffer).AsTask().WaitAsync(TestTimeouts.Default);
+        }
+        catch (IOException)
+        {
+            read = 0;
+        }
+
+        Assert.Equal(0, read);
+        Assert.True(watch.Elapsed < TimeSpan.FromSeconds(10), $"cut after {watch.Elapsed}");
+    }
+
+    [Fact]
+    public async Task A_session_resumes_through_the_direct_path_after_its_connection_is_cut_and_loses_nothing()
+    {
+        await using var direct = await DirectServer.StartAsync();
+        await using var proxy = new ChaosProxy(direct.Server.Root);
+        var client = await direct.Server.ConnectClientAsync("websocket", o =>
+        {
+            o.Url = proxy.PushUrl;
+            o.ReconnectDelay = TimeSpan.FromMilliseconds(20);
+        });
+        var sessionId = client.SessionId!;
+
+        var reconnecting = client.NextStateAsync(PushChannelState.Reconnecting);
+        proxy.CutAll();
+        await reconnecting.WaitAsync(TestTimeouts.Default);
+        for (var i = 0; i < 5; i++)
+        {
+            await direct.Server.Sender.SendToSessionAsync(sessionId, PushMessage.FromString($"m{i}"));
+        }
+
+        var received = await client.ReadAsync(5);
+        Assert.Equal(["m0", "m1", "m2", "m3", "m4"], received.Select(m => m.GetString()));
+        Assert.Equal(sessionId, client.SessionId);
+        Assert.Equal(0, direct.HttpWebSocketRequests);
+    }
+
+    [Fact]
+    public async Task Stopping_the_host_tells_a_direct_connection_to_go_away_and_stops_promptly()
+    {
+        var direct = await DirectServer.StartAsync(builder: b => b.Services.AddFakeLogging());
+        var logs = direct.Server.Services.GetFakeLogCollector();
+        var client = HostingSurfaceTests.OutlivingClient(direct.Server, "websocket");
+        await using (client)
+        {
+            await client.ConnectAsync().WaitAsync(TestTimeouts.Default);
+            var reconnecting = client.NextStateAsync(PushChannelState.Reconnecting);
+            var watch = Stopwatch.StartNew();
+            await direct.DisposeAsync();
+            watch.Stop();
+            Assert.Equal(PushCloseCode.GoingAway, (await reconnecting.WaitAsync(TestTimeouts.Default)).CloseCode);
+            Assert.True(watch.Elapsed < TimeSpan.FromSeconds(7), $"stop took {watch.Elapsed}");
+            Assert.DoesNotContain(logs.GetSnapshot(), r => r.Level >= LogLevel.Error);
+        }
+
+        Assert.Equal(0, direct.HttpWebSocketRequests);
+    }
+
+    [Fact]
+    public void The_pattern_must_be_a_plain_path()
+    {
+        var options = new Microsoft.AspNetCore.Server.Kestrel.Core.KestrelServerOptions { ApplicationServices = new ServiceCollection().BuildServiceProvider() };
+        options.Listen(System.Net.IPAddress.Loopback, 0, l =>
+        {
+            var error = Assert.Throws<ArgumentException>(() => l.UsePushKitWebSockets("/push/{id}"));
+            Assert.Equal("pattern", error.ParamName);
+            Assert.Throws<ArgumentException>(() => l.UsePushKitWebSockets(" "));
+            Assert.Same(l, l.UsePushKitWebSockets("push/"));
+        });
+    }
+
+    private static string Handshake(string sessionId, string secret) =>
+        $"GET /push/ws?session={Uri.EscapeDataString(sessionId)} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+        $"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nPushKit-Secret: {secret}\r\n\r\n";
+
+    /// <summary>Sends <paramref name="request"/> as the first request of a new connection and reads the response.</summary>
+    private static async Task<(int Status, string Body)> SendFirstRequestAsync(PushTestServer server, string request, bool headOnly = false)
+    {
+        using var tcp = new TcpClient();
+        await tcp.ConnectAsync(server.Root.Host, server.Root.Port).WaitAsync(TestTimeouts.Default);
+        var stream = tcp.GetStream();
+        await stream.WriteAsync(Encoding.ASCII.GetBytes(request)).AsTask().WaitAsync(TestTimeouts.Default);
+        return await ReadResponseAsync(stream, headOnly);
+    }
+
+    private static async Task<(int Status, string Body)> ReadResponseAsync(NetworkStream stream, bool headOnly)
+    {
+        var received = new MemoryStream();
+        var buffer = new byte[4096];
+        while (true)
+        {
+            var text = Encoding.ASCII.GetString(received.ToArray());
+            var headEnd = text.IndexOf("\r\n\r\n", StringComparison.Ordinal);
+            if (headEnd >= 0)
+            {
+                var status = int.Parse(text.Split(' ')[1], System.Globalization.CultureInfo.InvariantCulture);
+                if (headOnly)
+                {
+                    return (status, "");
+                }
+
+                var lengthLine = text[..headEnd].Split("\r\n").FirstOrDefault(l => l.StartsWith("Content-Length:", StringComparison.OrdinalIgnoreCase));
+                var length = lengthLine is null ? -1 : int.Parse(lengthLine["Content-Length:".Length..].Trim(), System.Globalization.CultureInfo.InvariantCulture);
+                var body = text[(headEnd + 4)..];
+                if (length >= 0 && body.Length >= length)
+                {
+                    return (status, body[..length]);
+                }
+
+                if (length < 0 && text.Contains("transfer-encoding: chunked", StringComparison.OrdinalIgnoreCase))
+                {
+                    // One chunk: its size line, the JSON, then the terminator.
+                    var end = body.IndexOf("\r\n0\r\n\r\n", StringComparison.Ordinal);
+                    if (end >= 0)
+                    {
+                        return (status, body[(body.IndexOf("\r\n", StringComparison.Ordinal) + 2)..end]);
+                    }
+                }
+            }
+
+            var read = await stream.ReadAsync(buffer).AsTask().WaitAsync(TestTimeouts.Default);
+            if (read == 0)
+            {
+                throw new InvalidOperationException($"The server closed the connection after: {text}");
+            }
+
+            received.Write(buffer, 0, read);
+        }
+    }
+}
