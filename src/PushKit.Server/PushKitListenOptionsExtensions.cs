@@ -1,7 +1,7 @@
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Options;
 using PushKit.Server.Endpoints;
+using PushKit.Server.Sessions;
 
 // Extension methods on ListenOptions live in Kestrel's own extensions' namespace (as UseHttps does).
 #pragma warning disable IDE0130
@@ -44,15 +44,21 @@ public static class PushKitListenOptionsExtensions
     {
         ArgumentNullException.ThrowIfNull(listenOptions);
         ArgumentException.ThrowIfNullOrWhiteSpace(pattern);
-        var path = "/" + pattern.Trim('/') + "/ws";
-        if (path.StartsWith("//", StringComparison.Ordinal) || !IsPlainPath(path))
+        var trimmed = pattern.Trim('/');
+        var path = trimmed.Length == 0 ? "/ws" : "/" + trimmed + "/ws";
+        if (!IsPlainPath(path))
         {
             throw new ArgumentException($"The pattern must be a plain path like '/push' (was '{pattern}').", nameof(pattern));
         }
 
         var services = listenOptions.ApplicationServices;
-        var headTimeout = services.GetService<IOptions<KestrelServerOptions>>()?.Value.Limits.RequestHeadersTimeout ?? TimeSpan.FromSeconds(30);
-        listenOptions.Use(next => new DirectWebSocketMiddleware(next, services, path, headTimeout).OnConnectionAsync);
+        if (services?.GetService<PushSessionManager>() is not { } sessions)
+        {
+            throw new InvalidOperationException("UsePushKitWebSockets needs the PushKit services: call builder.Services.AddPushKit() first.");
+        }
+
+        // Kestrel's limits are read when it builds the endpoint, after all of its configuration has run.
+        listenOptions.Use(next => new DirectWebSocketMiddleware(next, sessions, path, listenOptions.KestrelServerOptions.Limits.RequestHeadersTimeout).OnConnectionAsync);
         return listenOptions;
     }
 

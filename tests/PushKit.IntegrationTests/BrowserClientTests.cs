@@ -2,6 +2,7 @@ using System.Diagnostics.Metrics;
 using System.Text;
 using System.Text.Json;
 using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Diagnostics.Metrics.Testing;
@@ -21,7 +22,8 @@ public sealed class BrowserClientTests(Chromium chromium) : IClassFixture<Chromi
 {
     private const int PerPhase = 20;
 
-    public static TheoryData<string> Sketches => new() { "websocket", "sse" };
+    // websocket-direct: the WebSocket sketch against an endpoint with the direct WebSocket listener (UsePushKitWebSockets).
+    public static TheoryData<string> Sketches => new() { "websocket", "sse", "websocket-direct" };
 
     [SkippableTheory]
     [MemberData(nameof(Sketches))]
@@ -29,9 +31,31 @@ public sealed class BrowserClientTests(Chromium chromium) : IClassFixture<Chromi
     {
         chromium.SkipIfMissing();
         var collector = new Collector();
+        var direct = transport == "websocket-direct";
+        transport = direct ? "websocket" : transport;
+        var httpWebSocketRequests = 0;
         await using var server = await PushTestServer.StartAsync(
             push => push.AddCollector(collector),
-            configureApp: app => app.MapGet("/client.html", () => Results.Content(Page, "text/html; charset=utf-8")));
+            configureBuilder: b =>
+            {
+                if (direct)
+                {
+                    b.WebHost.ConfigureKestrel(k => k.ConfigureEndpointDefaults(l => l.UsePushKitWebSockets("/push")));
+                }
+            },
+            configureApp: app =>
+            {
+                app.Use((context, next) =>
+                {
+                    if (context.Request.Path.StartsWithSegments("/push/ws"))
+                    {
+                        Interlocked.Increment(ref httpWebSocketRequests);
+                    }
+
+                    return next(context);
+                });
+                app.MapGet("/client.html", () => Results.Content(Page, "text/html; charset=utf-8"));
+            });
         await using var proxy = new ChaosProxy(server.Root);
         using var acknowledged = new MetricCollector<long>(
             server.Services.GetRequiredService<IMeterFactory>(), PushKitMetrics.MeterName, "pushkit.server.messages.acknowledged");
@@ -85,6 +109,12 @@ public sealed class BrowserClientTests(Chromium chromium) : IClassFixture<Chromi
         Assert.Equal(0, await page.EvaluateExpressionAsync<int>("window.pushLog.gaps"));
         Assert.Empty(await page.EvaluateExpressionAsync<string[]>("window.pushLog.errors"));
         Assert.True(proxy.Cuts >= 3, $"The proxy cut {proxy.Cuts} connections; each CutAll should have cut the live one.");
+
+        if (direct)
+        {
+            // Every WebSocket the browser opened (the first and each resume) was taken below the HTTP server.
+            Assert.Equal(0, Volatile.Read(ref httpWebSocketRequests));
+        }
 
         // close() ends the session with 1000 on the server.
         await page.EvaluateExpressionAsync("window.pushClient.close()").WaitAsync(TestTimeouts.Default);

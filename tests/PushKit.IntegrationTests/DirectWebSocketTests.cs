@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Net;
 using System.Net.Http.Json;
 using System.Net.Sockets;
 using System.Net.WebSockets;
@@ -34,7 +35,8 @@ public class DirectWebSocketTests
         public static async Task<DirectServer> StartAsync(
             Action<IPushKitServerBuilder>? push = null,
             Action<WebApplicationBuilder>? builder = null,
-            Action<Microsoft.AspNetCore.Server.Kestrel.Core.KestrelServerOptions>? kestrel = null)
+            Action<Microsoft.AspNetCore.Server.Kestrel.Core.KestrelServerOptions>? kestrel = null,
+            bool explicitEndpoint = false)
         {
             DirectServer? direct = null;
             var server = await PushTestServer.StartAsync(
@@ -44,7 +46,15 @@ public class DirectWebSocketTests
                     b.WebHost.ConfigureKestrel(k =>
                     {
                         kestrel?.Invoke(k);
-                        k.ConfigureEndpointDefaults(l => l.UsePushKitWebSockets("/push"));
+                        if (explicitEndpoint)
+                        {
+                            // Configured while Kestrel's options are being built (not at bind time, as endpoint defaults are).
+                            k.Listen(IPAddress.Loopback, 0, l => l.UsePushKitWebSockets("/push"));
+                        }
+                        else
+                        {
+                            k.ConfigureEndpointDefaults(l => l.UsePushKitWebSockets("/push"));
+                        }
                     });
                     builder?.Invoke(b);
                 },
@@ -68,11 +78,13 @@ public class DirectWebSocketTests
         public ValueTask DisposeAsync() => Server.DisposeAsync();
     }
 
-    [Fact]
-    public async Task A_client_connects_through_the_direct_path_and_messages_flow_both_ways()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task A_client_connects_through_the_direct_path_and_messages_flow_both_ways(bool explicitEndpoint)
     {
         var collector = new Collector();
-        await using var direct = await DirectServer.StartAsync(push => push.AddCollector(collector));
+        await using var direct = await DirectServer.StartAsync(push => push.AddCollector(collector), explicitEndpoint: explicitEndpoint);
         var client = await direct.Server.ConnectClientAsync("websocket");
         Assert.Equal("websocket", await collector.TransportAtStart.Task.WaitAsync(TestTimeouts.Default));
 
@@ -216,6 +228,41 @@ public class DirectWebSocketTests
     }
 
     [Fact]
+    public async Task A_connection_silent_past_the_request_headers_timeout_is_then_served_by_the_http_server()
+    {
+        // The direct path waits for a first request at most that long, then hands the connection over untouched.
+        await using var direct = await DirectServer.StartAsync(kestrel: k => k.Limits.RequestHeadersTimeout = TimeSpan.FromMilliseconds(300));
+        using var tcp = new TcpClient();
+        await tcp.ConnectAsync(direct.Server.Root.Host, direct.Server.Root.Port).WaitAsync(TestTimeouts.Default);
+        var stream = tcp.GetStream();
+        // Nothing to await: the hand-over has no outward sign, so wait past it.
+        await Task.Delay(TimeSpan.FromMilliseconds(600));
+
+        await stream.WriteAsync("GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"u8.ToArray()).AsTask().WaitAsync(TestTimeouts.Default);
+        var (status, body) = await ReadResponseAsync(stream, headOnly: false);
+        Assert.Equal(200, status);
+        Assert.Equal("hello", body);
+    }
+
+    [Fact]
+    public async Task A_handshake_as_a_connections_second_request_goes_through_the_http_server_and_still_connects()
+    {
+        var collector = new Collector();
+        await using var direct = await DirectServer.StartAsync(push => push.AddCollector(collector));
+        var (sessionId, secret, _) = await direct.Server.NegotiateRawAsync();
+        using var tcp = new TcpClient();
+        await tcp.ConnectAsync(direct.Server.Root.Host, direct.Server.Root.Port).WaitAsync(TestTimeouts.Default);
+        var stream = tcp.GetStream();
+        await stream.WriteAsync("GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"u8.ToArray()).AsTask().WaitAsync(TestTimeouts.Default);
+        Assert.Equal(200, (await ReadResponseAsync(stream, headOnly: false)).Status);
+
+        await stream.WriteAsync(Encoding.ASCII.GetBytes(Handshake(sessionId, secret))).AsTask().WaitAsync(TestTimeouts.Default);
+        Assert.Equal(101, (await ReadResponseAsync(stream, headOnly: true)).Status);
+        Assert.Equal("websocket", await collector.TransportAtStart.Task.WaitAsync(TestTimeouts.Default));
+        Assert.Equal(1, direct.HttpWebSocketRequests);
+    }
+
+    [Fact]
     public async Task A_session_resumes_through_the_direct_path_after_its_connection_is_cut_and_loses_nothing()
     {
         await using var direct = await DirectServer.StartAsync();
@@ -263,10 +310,19 @@ public class DirectWebSocketTests
     }
 
     [Fact]
-    public void The_pattern_must_be_a_plain_path()
+    public void The_pattern_must_be_a_plain_path_and_the_pushkit_services_must_be_there()
     {
         var options = new Microsoft.AspNetCore.Server.Kestrel.Core.KestrelServerOptions { ApplicationServices = new ServiceCollection().BuildServiceProvider() };
-        options.Listen(System.Net.IPAddress.Loopback, 0, l =>
+        options.Listen(IPAddress.Loopback, 0, l =>
+        {
+            var missing = Assert.Throws<InvalidOperationException>(() => l.UsePushKitWebSockets("/push"));
+            Assert.Contains("AddPushKit", missing.Message, StringComparison.Ordinal);
+        });
+
+        var services = new ServiceCollection().AddLogging();
+        services.AddPushKit();
+        options = new Microsoft.AspNetCore.Server.Kestrel.Core.KestrelServerOptions { ApplicationServices = services.BuildServiceProvider() };
+        options.Listen(IPAddress.Loopback, 0, l =>
         {
             var error = Assert.Throws<ArgumentException>(() => l.UsePushKitWebSockets("/push/{id}"));
             Assert.Equal("pattern", error.ParamName);

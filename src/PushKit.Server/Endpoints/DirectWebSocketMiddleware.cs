@@ -2,7 +2,6 @@ using System.Buffers;
 using System.Net.WebSockets;
 using System.Text;
 using Microsoft.AspNetCore.Connections;
-using Microsoft.Extensions.DependencyInjection;
 using PushKit.Connections;
 using PushKit.Protocol;
 using PushKit.Server.Connections;
@@ -29,112 +28,131 @@ internal sealed class DirectWebSocketMiddleware
     }
 
     private readonly ConnectionDelegate _next;
-    private readonly IServiceProvider _services;
+    private readonly PushSessionManager _sessions;
     private readonly string _path;
     private readonly TimeSpan _headTimeout;
-    private PushSessionManager? _sessions;
 
-    public DirectWebSocketMiddleware(ConnectionDelegate next, IServiceProvider services, string path, TimeSpan headTimeout)
+    public DirectWebSocketMiddleware(ConnectionDelegate next, PushSessionManager sessions, string path, TimeSpan headTimeout)
     {
         _next = next;
-        _services = services;
+        _sessions = sessions;
         _path = path;
         _headTimeout = headTimeout;
     }
 
-    private PushSessionManager Sessions => _sessions ??= _services.GetService<PushSessionManager>()
-        ?? throw new InvalidOperationException("UsePushKitWebSockets needs the PushKit services: call builder.Services.AddPushKit().");
-
-    public async Task OnConnectionAsync(ConnectionContext connection)
+    public Task OnConnectionAsync(ConnectionContext connection)
     {
-        connection.Features.Set(Marker.Instance);
-        var sessions = Sessions;
+        var sessions = _sessions;
         if (!sessions.Options.Transports.Contains(PushProtocol.Transports.WebSocket))
+        {
+            return _next(connection);
+        }
+
+        connection.Features.Set(Marker.Instance);
+        return TakeOrPassAsync(connection, sessions);
+    }
+
+    private async Task TakeOrPassAsync(ConnectionContext connection, PushSessionManager sessions)
+    {
+        var (verdict, request, session) = await ReadFirstRequestAsync(connection, sessions).ConfigureAwait(false);
+        if (verdict == DirectHandshakeVerdict.NeedMore)
+        {
+            // Given up on (the connection closed or was cut).
+            return;
+        }
+
+        if (verdict == DirectHandshakeVerdict.NotOurs || session is null)
         {
             await _next(connection).ConfigureAwait(false);
             return;
         }
 
-        var input = connection.Transport.Input;
-        DirectHandshakeRequest request;
-        PushSession? session = null;
-        using (var timeout = CancellationTokenSource.CreateLinkedTokenSource(connection.ConnectionClosed))
+        try
         {
-            timeout.CancelAfter(_headTimeout);
-            var verdict = DirectHandshakeVerdict.NeedMore;
-            request = default;
-            var received = 0L;
-            try
-            {
-                while (verdict == DirectHandshakeVerdict.NeedMore)
-                {
-                    var result = await input.ReadAsync(timeout.Token).ConfigureAwait(false);
-                    var buffer = result.Buffer;
-                    received = buffer.Length;
-                    verdict = Parse(buffer, out request);
-                    if (verdict == DirectHandshakeVerdict.Ours)
-                    {
-                        // An unknown session or a wrong secret: the HTTP endpoint answers with its documented error.
-                        session = sessions.Find(request.SessionId);
-                        if (session is null || (session.State == PushChannelState.Closed && !session.HoldsClose) || !session.VerifySecret(request.Secret))
-                        {
-                            verdict = DirectHandshakeVerdict.NotOurs;
-                        }
-                    }
+            await WriteSwitchingProtocolsAsync(connection, request.AcceptKey).ConfigureAwait(false);
 
-                    if (verdict == DirectHandshakeVerdict.NeedMore && (result.IsCompleted || result.IsCanceled))
+            // No WebSocket keep-alive pings: PushKit's heartbeat already proves the connection both ways.
+            using var socket = WebSocket.CreateFromStream(new DuplexPipeStream(connection.Transport), new WebSocketCreationOptions
+            {
+                IsServer = true,
+                KeepAliveInterval = TimeSpan.Zero,
+            });
+            await using var transport = new WebSocketTransportConnection(socket, sessions.Options.MaxMessageBytes);
+            await session.RunConnectionAsync(transport, connection.ConnectionClosed).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (connection.ConnectionClosed.IsCancellationRequested)
+        {
+            // The client left during the upgrade: nothing to report (the session waits for its resume as usual).
+        }
+    }
+
+    /// <summary>
+    /// Reads the connection's first request until it is known to be a handshake this path takes (consumed) or not
+    /// (left in the pipe, every byte); <see cref="DirectHandshakeVerdict.NeedMore"/> when the connection was closed or
+    /// cut meanwhile.
+    /// </summary>
+    private async ValueTask<(DirectHandshakeVerdict Verdict, DirectHandshakeRequest Request, PushSession? Session)> ReadFirstRequestAsync(
+        ConnectionContext connection, PushSessionManager sessions)
+    {
+        var input = connection.Transport.Input;
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(connection.ConnectionClosed);
+        timeout.CancelAfter(_headTimeout);
+        var received = 0L;
+        try
+        {
+            while (true)
+            {
+                var result = await input.ReadAsync(timeout.Token).ConfigureAwait(false);
+                var buffer = result.Buffer;
+                received = buffer.Length;
+                var verdict = Parse(buffer, out var request);
+                PushSession? session = null;
+                if (verdict == DirectHandshakeVerdict.Ours)
+                {
+                    // An unknown session or a wrong secret: the HTTP endpoint answers with its documented error.
+                    session = sessions.Find(request.SessionId);
+                    if (session is null || (session.State == PushChannelState.Closed && !session.HoldsClose) || !session.VerifySecret(request.Secret))
                     {
                         verdict = DirectHandshakeVerdict.NotOurs;
                     }
+                }
+                else if (verdict == DirectHandshakeVerdict.NeedMore && (result.IsCompleted || result.IsCanceled))
+                {
+                    verdict = DirectHandshakeVerdict.NotOurs;
+                }
 
-                    if (verdict == DirectHandshakeVerdict.NeedMore)
-                    {
+                switch (verdict)
+                {
+                    case DirectHandshakeVerdict.NeedMore:
                         // Seen but not taken: wait for more.
                         input.AdvanceTo(buffer.Start, buffer.End);
-                    }
-                    else if (verdict == DirectHandshakeVerdict.NotOurs)
-                    {
+                        break;
+                    case DirectHandshakeVerdict.NotOurs:
                         // Leave every byte for the HTTP server; its next read returns them at once.
                         input.AdvanceTo(buffer.Start);
-                    }
-                    else
-                    {
+                        return (verdict, default, null);
+                    default:
                         input.AdvanceTo(buffer.GetPosition(request.HeadLength));
-                    }
+                        return (verdict, request, session);
                 }
-            }
-            catch (OperationCanceledException) when (!connection.ConnectionClosed.IsCancellationRequested)
-            {
-                if (received > 0)
-                {
-                    // The start of a PushKit handshake, then nothing for the HTTP server's own header timeout.
-                    connection.Abort(new ConnectionAbortedException("The WebSocket handshake did not arrive in time."));
-                    return;
-                }
-
-                // A connection that has said nothing yet: the HTTP server applies its own keep-alive timeout.
-                verdict = DirectHandshakeVerdict.NotOurs;
-            }
-            catch (OperationCanceledException)
-            {
-                return;
-            }
-
-            if (verdict != DirectHandshakeVerdict.Ours || session is null)
-            {
-                await _next(connection).ConfigureAwait(false);
-                return;
             }
         }
-
-        await WriteSwitchingProtocolsAsync(connection, request.AcceptKey).ConfigureAwait(false);
-        using var socket = WebSocket.CreateFromStream(new DuplexPipeStream(connection.Transport), new WebSocketCreationOptions
+        catch (OperationCanceledException) when (!connection.ConnectionClosed.IsCancellationRequested)
         {
-            IsServer = true,
-            KeepAliveInterval = TimeSpan.Zero,
-        });
-        await using var transport = new WebSocketTransportConnection(socket, sessions.Options.MaxMessageBytes);
-        await session.RunConnectionAsync(transport, connection.ConnectionClosed).ConfigureAwait(false);
+            if (received > 0)
+            {
+                // The start of a PushKit handshake, then nothing for as long as the HTTP server waits for a request's headers.
+                connection.Abort(new ConnectionAbortedException("The WebSocket handshake did not arrive in time."));
+                return (DirectHandshakeVerdict.NeedMore, default, null);
+            }
+
+            // A connection that has said nothing yet: the HTTP server applies its own keep-alive timeout.
+            return (DirectHandshakeVerdict.NotOurs, default, null);
+        }
+        catch (OperationCanceledException)
+        {
+            return (DirectHandshakeVerdict.NeedMore, default, null);
+        }
     }
 
     private DirectHandshakeVerdict Parse(ReadOnlySequence<byte> buffer, out DirectHandshakeRequest request)

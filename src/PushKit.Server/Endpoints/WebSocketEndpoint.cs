@@ -9,6 +9,8 @@ namespace PushKit.Server.Endpoints;
 /// <summary><c>GET {base}/ws?session=…&amp;secret=…</c>: carries a negotiated session over a WebSocket.</summary>
 internal static class WebSocketEndpoint
 {
+    private static readonly WebSocketAcceptContext s_accept = new() { KeepAliveInterval = TimeSpan.Zero };
+
     public static async Task HandleAsync(HttpContext context, PushSessionManager sessions)
     {
         if (!sessions.Options.Transports.Contains(PushProtocol.Transports.WebSocket))
@@ -31,7 +33,9 @@ internal static class WebSocketEndpoint
             return;
         }
 
-        using var socket = await context.WebSockets.AcceptWebSocketAsync().ConfigureAwait(false);
+        // No WebSocket keep-alive pings (the app's WebSocketOptions would add them every 2 minutes, with a timer per
+        // connection): PushKit's heartbeat already proves the connection both ways.
+        using var socket = await context.WebSockets.AcceptWebSocketAsync(s_accept).ConfigureAwait(false);
         await using var connection = new WebSocketTransportConnection(socket, sessions.Options.MaxMessageBytes);
         await session.RunConnectionAsync(connection, context.RequestAborted).ConfigureAwait(false);
     }
