@@ -187,8 +187,7 @@ public class DirectWebSocketTests
         await using var direct = await DirectServer.StartAsync(push => push.AddCollector(collector));
         var (sessionId, secret, _) = await direct.Server.NegotiateRawAsync();
 
-        using var tcp = new TcpClient { NoDelay = true };
-        await tcp.ConnectAsync(direct.Server.Root.Host, direct.Server.Root.Port).WaitAsync(TestTimeouts.Default);
+        using var tcp = await OpenAsync(direct.Server);
         var stream = tcp.GetStream();
         foreach (var b in Encoding.ASCII.GetBytes(Handshake(sessionId, secret)))
         {
@@ -206,8 +205,7 @@ public class DirectWebSocketTests
     public async Task A_handshake_that_stops_half_way_is_cut_after_the_request_headers_timeout()
     {
         await using var direct = await DirectServer.StartAsync(kestrel: k => k.Limits.RequestHeadersTimeout = TimeSpan.FromSeconds(1));
-        using var tcp = new TcpClient();
-        await tcp.ConnectAsync(direct.Server.Root.Host, direct.Server.Root.Port).WaitAsync(TestTimeouts.Default);
+        using var tcp = await OpenAsync(direct.Server);
         var stream = tcp.GetStream();
         await stream.WriteAsync("GET /push/ws?session=a&secret=b HTTP/1.1\r\nHost: x\r\n"u8.ToArray()).AsTask().WaitAsync(TestTimeouts.Default);
 
@@ -232,8 +230,7 @@ public class DirectWebSocketTests
     {
         // The direct path waits for a first request at most that long, then hands the connection over untouched.
         await using var direct = await DirectServer.StartAsync(kestrel: k => k.Limits.RequestHeadersTimeout = TimeSpan.FromMilliseconds(300));
-        using var tcp = new TcpClient();
-        await tcp.ConnectAsync(direct.Server.Root.Host, direct.Server.Root.Port).WaitAsync(TestTimeouts.Default);
+        using var tcp = await OpenAsync(direct.Server);
         var stream = tcp.GetStream();
         // Nothing to await: the hand-over has no outward sign, so wait past it.
         await Task.Delay(TimeSpan.FromMilliseconds(600));
@@ -250,8 +247,7 @@ public class DirectWebSocketTests
         var collector = new Collector();
         await using var direct = await DirectServer.StartAsync(push => push.AddCollector(collector));
         var (sessionId, secret, _) = await direct.Server.NegotiateRawAsync();
-        using var tcp = new TcpClient();
-        await tcp.ConnectAsync(direct.Server.Root.Host, direct.Server.Root.Port).WaitAsync(TestTimeouts.Default);
+        using var tcp = await OpenAsync(direct.Server);
         var stream = tcp.GetStream();
         await stream.WriteAsync("GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"u8.ToArray()).AsTask().WaitAsync(TestTimeouts.Default);
         Assert.Equal(200, (await ReadResponseAsync(stream, headOnly: false)).Status);
@@ -335,11 +331,18 @@ public class DirectWebSocketTests
         $"GET /push/ws?session={Uri.EscapeDataString(sessionId)} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
         $"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nPushKit-Secret: {secret}\r\n\r\n";
 
+    /// <summary>A new TCP connection to <paramref name="server"/> (each write goes out at once).</summary>
+    private static async Task<TcpClient> OpenAsync(PushTestServer server)
+    {
+        var tcp = new TcpClient { NoDelay = true };
+        await tcp.ConnectAsync(server.Root.Host, server.Root.Port).WaitAsync(TestTimeouts.Default);
+        return tcp;
+    }
+
     /// <summary>Sends <paramref name="request"/> as the first request of a new connection and reads the response.</summary>
     private static async Task<(int Status, string Body)> SendFirstRequestAsync(PushTestServer server, string request, bool headOnly = false)
     {
-        using var tcp = new TcpClient();
-        await tcp.ConnectAsync(server.Root.Host, server.Root.Port).WaitAsync(TestTimeouts.Default);
+        using var tcp = await OpenAsync(server);
         var stream = tcp.GetStream();
         await stream.WriteAsync(Encoding.ASCII.GetBytes(request)).AsTask().WaitAsync(TestTimeouts.Default);
         return await ReadResponseAsync(stream, headOnly);
