@@ -1,5 +1,7 @@
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 using PushKit.Server.Endpoints;
 using PushKit.Server.Sessions;
 
@@ -58,7 +60,9 @@ public static class PushKitListenOptionsExtensions
         }
 
         // Kestrel's limits are read when it builds the endpoint, after all of its configuration has run.
-        listenOptions.Use(next => new DirectWebSocketMiddleware(next, sessions, path, listenOptions.KestrelServerOptions.Limits.RequestHeadersTimeout).OnConnectionAsync);
+        var logger = (services.GetService<ILoggerFactory>() ?? NullLoggerFactory.Instance).CreateLogger(DirectWebSocketMiddleware.LogCategory);
+        listenOptions.Use(next =>
+            new DirectWebSocketMiddleware(next, sessions, path, listenOptions.KestrelServerOptions.Limits.RequestHeadersTimeout, logger).OnConnectionAsync);
         return listenOptions;
     }
 

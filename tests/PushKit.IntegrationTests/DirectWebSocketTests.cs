@@ -36,7 +36,8 @@ public class DirectWebSocketTests
             Action<IPushKitServerBuilder>? push = null,
             Action<WebApplicationBuilder>? builder = null,
             Action<Microsoft.AspNetCore.Server.Kestrel.Core.KestrelServerOptions>? kestrel = null,
-            bool explicitEndpoint = false)
+            bool explicitEndpoint = false,
+            Action<Microsoft.AspNetCore.Server.Kestrel.Core.ListenOptions>? endpoint = null)
         {
             DirectServer? direct = null;
             var server = await PushTestServer.StartAsync(
@@ -46,7 +47,11 @@ public class DirectWebSocketTests
                     b.WebHost.ConfigureKestrel(k =>
                     {
                         kestrel?.Invoke(k);
-                        if (explicitEndpoint)
+                        if (endpoint is not null)
+                        {
+                            k.Listen(IPAddress.Loopback, 0, endpoint);
+                        }
+                        else if (explicitEndpoint)
                         {
                             // Configured while Kestrel's options are being built (not at bind time, as endpoint defaults are).
                             k.Listen(IPAddress.Loopback, 0, l => l.UsePushKitWebSockets("/push"));
@@ -258,6 +263,69 @@ public class DirectWebSocketTests
         Assert.Equal(1, direct.HttpWebSocketRequests);
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task Over_https_the_direct_path_takes_handshakes_after_UseHttps_and_stays_out_of_the_way_before_it(bool afterHttps)
+    {
+        using var certificate = SelfSignedCertificate();
+        await using var direct = await DirectServer.StartAsync(builder: b => b.Services.AddFakeLogging(), endpoint: l =>
+        {
+            if (afterHttps)
+            {
+                l.UseHttps(certificate);
+                l.UsePushKitWebSockets("/push");
+            }
+            else
+            {
+                // Before TLS, the path sees a TLS handshake, which is not an HTTP request: it passes it on at once.
+                l.UsePushKitWebSockets("/push");
+                l.UseHttps(certificate);
+            }
+        });
+        Assert.Equal("https", direct.Server.Root.Scheme);
+
+        using var http = new HttpClient(new HttpClientHandler { ServerCertificateCustomValidationCallback = HttpClientHandler.DangerousAcceptAnyServerCertificateValidator });
+        using var negotiate = await http.PostAsync(new Uri(direct.Server.BaseUrl + "/negotiate"), JsonContent.Create(new { protocolVersion = 1 })).WaitAsync(TestTimeouts.Default);
+        negotiate.EnsureSuccessStatusCode();
+        var json = await negotiate.Content.ReadFromJsonAsync<JsonElement>();
+        Assert.Equal(afterHttps, negotiate.Headers.ConnectionClose == true);
+
+        using var tcp = await OpenAsync(direct.Server);
+        await using var tls = new System.Net.Security.SslStream(tcp.GetStream(), leaveInnerStreamOpen: false, (_, _, _, _) => true);
+        await tls.AuthenticateAsClientAsync("127.0.0.1").WaitAsync(TestTimeouts.Default);
+        await tls.WriteAsync(Encoding.ASCII.GetBytes(Handshake(json.GetProperty("sessionId").GetString()!, json.GetProperty("resumeSecret").GetString()!)))
+            .AsTask().WaitAsync(TestTimeouts.Default);
+
+        Assert.Equal(101, (await ReadResponseAsync(tls, headOnly: true)).Status);
+        Assert.Equal(afterHttps ? 0 : 1, direct.HttpWebSocketRequests);
+
+        // In the wrong order the path can never take anything: the log says so, once.
+        var warnings = direct.Server.Services.GetFakeLogCollector().GetSnapshot().Where(r => r.Id.Id == 50).ToList();
+        if (afterHttps)
+        {
+            Assert.Empty(warnings);
+        }
+        else
+        {
+            var warning = Assert.Single(warnings);
+            Assert.Equal(LogLevel.Warning, warning.Level);
+            Assert.Equal("PushKit.Server.DirectWebSockets", warning.Category);
+            Assert.Contains("after UseHttps()", warning.Message, StringComparison.Ordinal);
+        }
+    }
+
+    private static System.Security.Cryptography.X509Certificates.X509Certificate2 SelfSignedCertificate()
+    {
+        using var key = System.Security.Cryptography.RSA.Create(2048);
+        var request = new System.Security.Cryptography.X509Certificates.CertificateRequest(
+            "CN=127.0.0.1", key, System.Security.Cryptography.HashAlgorithmName.SHA256, System.Security.Cryptography.RSASignaturePadding.Pkcs1);
+        var names = new System.Security.Cryptography.X509Certificates.SubjectAlternativeNameBuilder();
+        names.AddIpAddress(IPAddress.Loopback);
+        request.CertificateExtensions.Add(names.Build());
+        return request.CreateSelfSigned(DateTimeOffset.UtcNow.AddMinutes(-5), DateTimeOffset.UtcNow.AddHours(1));
+    }
+
     [Fact]
     public async Task A_session_resumes_through_the_direct_path_after_its_connection_is_cut_and_loses_nothing()
     {
@@ -348,7 +416,7 @@ public class DirectWebSocketTests
         return await ReadResponseAsync(stream, headOnly);
     }
 
-    private static async Task<(int Status, string Body)> ReadResponseAsync(NetworkStream stream, bool headOnly)
+    private static async Task<(int Status, string Body)> ReadResponseAsync(Stream stream, bool headOnly)
     {
         var received = new MemoryStream();
         var buffer = new byte[4096];

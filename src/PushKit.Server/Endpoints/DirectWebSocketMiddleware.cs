@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Net.WebSockets;
 using System.Text;
 using Microsoft.AspNetCore.Connections;
+using Microsoft.Extensions.Logging;
 using PushKit.Connections;
 using PushKit.Protocol;
 using PushKit.Server.Connections;
@@ -15,8 +16,11 @@ namespace PushKit.Server.Endpoints;
 /// idle connection does not keep an HTTP request, its context and the app's middleware alive for its whole life.
 /// Every other connection, and every handshake this narrow reader does not take, goes to the HTTP server unchanged.
 /// </summary>
-internal sealed class DirectWebSocketMiddleware
+internal sealed partial class DirectWebSocketMiddleware
 {
+    /// <summary>The log category.</summary>
+    internal const string LogCategory = "PushKit.Server.DirectWebSockets";
+
     /// <summary>
     /// A connection-level feature that marks the connections of a listener with the direct path. The negotiate endpoint
     /// reads it and closes its connection after answering, so that the client's WebSocket handshake comes on a new
@@ -31,13 +35,16 @@ internal sealed class DirectWebSocketMiddleware
     private readonly PushSessionManager _sessions;
     private readonly string _path;
     private readonly TimeSpan _headTimeout;
+    private readonly ILogger _logger;
+    private int _warnedOfTls;
 
-    public DirectWebSocketMiddleware(ConnectionDelegate next, PushSessionManager sessions, string path, TimeSpan headTimeout)
+    public DirectWebSocketMiddleware(ConnectionDelegate next, PushSessionManager sessions, string path, TimeSpan headTimeout, ILogger logger)
     {
         _next = next;
         _sessions = sessions;
         _path = path;
         _headTimeout = headTimeout;
+        _logger = logger;
     }
 
     public Task OnConnectionAsync(ConnectionContext connection)
@@ -48,7 +55,6 @@ internal sealed class DirectWebSocketMiddleware
             return _next(connection);
         }
 
-        connection.Features.Set(Marker.Instance);
         return TakeOrPassAsync(connection, sessions);
     }
 
@@ -128,6 +134,8 @@ internal sealed class DirectWebSocketMiddleware
                         input.AdvanceTo(buffer.Start, buffer.End);
                         break;
                     case DirectHandshakeVerdict.NotOurs:
+                        Mark(connection, buffer);
+
                         // Leave every byte for the HTTP server; its next read returns them at once.
                         input.AdvanceTo(buffer.Start);
                         return (verdict, default, null);
@@ -152,6 +160,38 @@ internal sealed class DirectWebSocketMiddleware
         catch (OperationCanceledException)
         {
             return (DirectHandshakeVerdict.NeedMore, default, null);
+        }
+    }
+
+    /// <summary>
+    /// Marks a connection that starts with an HTTP/1.x request (one whose negotiate should close it, see
+    /// <see cref="Marker"/>). Not one that starts with a TLS handshake, which this path can never take (it was added
+    /// before <c>UseHttps()</c>: said once in the log), nor an HTTP/2 connection, which has no <c>Connection</c> header.
+    /// </summary>
+    private void Mark(ConnectionContext connection, ReadOnlySequence<byte> buffer)
+    {
+        if (buffer.IsEmpty)
+        {
+            return;
+        }
+
+        var first = buffer.FirstSpan[0];
+        if (first == 0x16)
+        {
+            if (Interlocked.Exchange(ref _warnedOfTls, 1) == 0)
+            {
+                Log.SeesTls(_logger, connection.LocalEndPoint?.ToString() ?? "?");
+            }
+
+            return;
+        }
+
+        Span<byte> start = stackalloc byte[4];
+        var startLength = (int)Math.Min(buffer.Length, start.Length);
+        buffer.Slice(0, startLength).CopyTo(start);
+        if (first is >= (byte)'A' and <= (byte)'Z' && !start[..startLength].SequenceEqual("PRI "u8[..startLength]))
+        {
+            connection.Features.Set(Marker.Instance);
         }
     }
 
@@ -180,5 +220,11 @@ internal sealed class DirectWebSocketMiddleware
         var response = Encoding.ASCII.GetBytes(
             "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: " + acceptKey + "\r\n\r\n");
         await connection.Transport.Output.WriteAsync(response, connection.ConnectionClosed).ConfigureAwait(false);
+    }
+
+    private static partial class Log
+    {
+        [LoggerMessage(50, LogLevel.Warning, "The direct WebSocket listener on {Endpoint} received a TLS handshake: it sees encrypted bytes and takes no connection. Call UsePushKitWebSockets after UseHttps() on this endpoint")]
+        public static partial void SeesTls(ILogger logger, string endpoint);
     }
 }
