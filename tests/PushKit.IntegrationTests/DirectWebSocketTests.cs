@@ -37,7 +37,9 @@ public class DirectWebSocketTests
             Action<WebApplicationBuilder>? builder = null,
             Action<Microsoft.AspNetCore.Server.Kestrel.Core.KestrelServerOptions>? kestrel = null,
             bool explicitEndpoint = false,
-            Action<Microsoft.AspNetCore.Server.Kestrel.Core.ListenOptions>? endpoint = null)
+            Action<Microsoft.AspNetCore.Server.Kestrel.Core.ListenOptions>? endpoint = null,
+            Action<WebApplication>? app = null,
+            Action<PushKitDirectWebSocketOptions>? options = null)
         {
             DirectServer? direct = null;
             var server = await PushTestServer.StartAsync(
@@ -54,18 +56,18 @@ public class DirectWebSocketTests
                         else if (explicitEndpoint)
                         {
                             // Configured while Kestrel's options are being built (not at bind time, as endpoint defaults are).
-                            k.Listen(IPAddress.Loopback, 0, l => l.UsePushKitWebSockets("/push"));
+                            k.Listen(IPAddress.Loopback, 0, l => l.UsePushKitWebSockets("/push", options));
                         }
                         else
                         {
-                            k.ConfigureEndpointDefaults(l => l.UsePushKitWebSockets("/push"));
+                            k.ConfigureEndpointDefaults(l => l.UsePushKitWebSockets("/push", options));
                         }
                     });
                     builder?.Invoke(b);
                 },
-                configureApp: app =>
+                configureApp: web =>
                 {
-                    app.Use((context, next) =>
+                    web.Use((context, next) =>
                     {
                         if (context.Request.Path.StartsWithSegments("/push/ws"))
                         {
@@ -74,7 +76,8 @@ public class DirectWebSocketTests
 
                         return next(context);
                     });
-                    app.MapGet("/hello", () => "hello");
+                    web.MapGet("/hello", () => "hello");
+                    app?.Invoke(web);
                 });
             direct = new DirectServer { Server = server };
             return direct;
@@ -326,6 +329,77 @@ public class DirectWebSocketTests
         return request.CreateSelfSigned(DateTimeOffset.UtcNow.AddMinutes(-5), DateTimeOffset.UtcNow.AddHours(1));
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task A_users_session_goes_through_the_http_endpoint_unless_the_listener_authenticates_user_sessions_by_secret(bool bySecret)
+    {
+        await using var direct = await DirectServer.StartAsync(
+            builder: b =>
+            {
+                b.Services.AddAuthentication(HostingSurfaceTests.HeaderAuth.SchemeName)
+                    .AddScheme<Microsoft.AspNetCore.Authentication.AuthenticationSchemeOptions, HostingSurfaceTests.HeaderAuth>(HostingSurfaceTests.HeaderAuth.SchemeName, null);
+                b.Services.AddAuthorization();
+            },
+            app: web =>
+            {
+                web.UseAuthentication();
+                web.UseAuthorization();
+            },
+            options: o => o.AuthenticateUserSessionsBySecret = bySecret);
+        using var negotiate = new HttpRequestMessage(HttpMethod.Post, new Uri(direct.Server.BaseUrl + "/negotiate")) { Content = JsonContent.Create(new { protocolVersion = 1 }) };
+        negotiate.Headers.Add(HostingSurfaceTests.HeaderAuth.Header, "alice");
+        using var negotiated = await direct.Server.Http.SendAsync(negotiate).WaitAsync(TestTimeouts.Default);
+        var json = await negotiated.Content.ReadFromJsonAsync<JsonElement>();
+        var (sessionId, secret) = (json.GetProperty("sessionId").GetString()!, json.GetProperty("resumeSecret").GetString()!);
+
+        // With her credentials: connected either way, through the HTTP endpoint unless the listener takes the secret alone.
+        var (status, _) = await SendFirstRequestAsync(direct.Server, Handshake(sessionId, secret, $"{HostingSurfaceTests.HeaderAuth.Header}: alice\r\n"), headOnly: true);
+        Assert.Equal(101, status);
+        Assert.Equal(bySecret ? 0 : 1, direct.HttpWebSocketRequests);
+
+        // Her session's secret without her credentials: refused, as the caller is not the session's user, unless the
+        // listener was told to take the secret alone.
+        (status, _) = await SendFirstRequestAsync(direct.Server, Handshake(sessionId, secret), headOnly: true);
+        Assert.Equal(bySecret ? 101 : 403, status);
+    }
+
+    [Fact]
+    public async Task A_connection_that_never_sends_a_request_does_not_hold_up_the_hosts_stop()
+    {
+        var direct = await DirectServer.StartAsync();
+        using var tcp = await OpenAsync(direct.Server);
+        var watch = Stopwatch.StartNew();
+        await direct.DisposeAsync();
+
+        // The HTTP server closes its idle connections when it stops; the direct path must not wait for the head
+        // timeout (30 s) or the host's shutdown timeout.
+        Assert.True(watch.Elapsed < TimeSpan.FromSeconds(5), $"stop took {watch.Elapsed}");
+        Assert.Equal(0, await tcp.GetStream().ReadAsync(new byte[16]).AsTask().WaitAsync(TestTimeouts.Default));
+    }
+
+    [Fact]
+    public async Task The_head_timeout_counts_from_the_first_byte()
+    {
+        // Idle for most of the timeout after connecting, then a handshake in two parts: it has the whole timeout from
+        // its first byte, as a request has on the HTTP server.
+        var collector = new Collector();
+        await using var direct = await DirectServer.StartAsync(push => push.AddCollector(collector), kestrel: k => k.Limits.RequestHeadersTimeout = TimeSpan.FromSeconds(2));
+        var (sessionId, secret, _) = await direct.Server.NegotiateRawAsync();
+        using var tcp = await OpenAsync(direct.Server);
+        var stream = tcp.GetStream();
+        var handshake = Encoding.ASCII.GetBytes(Handshake(sessionId, secret));
+
+        // No event marks "most of the timeout has passed": the test waits it out.
+        await Task.Delay(TimeSpan.FromSeconds(1.5));
+        await stream.WriteAsync(handshake.AsMemory(0, 20)).AsTask().WaitAsync(TestTimeouts.Default);
+        await Task.Delay(TimeSpan.FromSeconds(1));
+        await stream.WriteAsync(handshake.AsMemory(20)).AsTask().WaitAsync(TestTimeouts.Default);
+
+        Assert.Equal(101, (await ReadResponseAsync(stream, headOnly: true)).Status);
+        Assert.Equal("websocket", await collector.TransportAtStart.Task.WaitAsync(TestTimeouts.Default));
+    }
+
     [Fact]
     public async Task A_session_resumes_through_the_direct_path_after_its_connection_is_cut_and_loses_nothing()
     {
@@ -395,9 +469,9 @@ public class DirectWebSocketTests
         });
     }
 
-    private static string Handshake(string sessionId, string secret) =>
+    private static string Handshake(string sessionId, string secret, string extraHeaders = "") =>
         $"GET /push/ws?session={Uri.EscapeDataString(sessionId)} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-        $"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nPushKit-Secret: {secret}\r\n\r\n";
+        $"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nPushKit-Secret: {secret}\r\n{extraHeaders}\r\n";
 
     /// <summary>A new TCP connection to <paramref name="server"/> (each write goes out at once).</summary>
     private static async Task<TcpClient> OpenAsync(PushTestServer server)

@@ -525,7 +525,7 @@ public class HostingSurfaceTests
     }
 
     /// <summary>Authenticates whoever names themselves in the X-Test-User header (tests only).</summary>
-    private sealed class HeaderAuth(IOptionsMonitor<AuthenticationSchemeOptions> options, ILoggerFactory logger, UrlEncoder encoder)
+    internal sealed class HeaderAuth(IOptionsMonitor<AuthenticationSchemeOptions> options, ILoggerFactory logger, UrlEncoder encoder)
         : AuthenticationHandler<AuthenticationSchemeOptions>(options, logger, encoder)
     {
         public const string SchemeName = "TestHeader";

@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Net.WebSockets;
 using System.Text;
 using Microsoft.AspNetCore.Connections;
+using Microsoft.AspNetCore.Connections.Features;
 using Microsoft.Extensions.Logging;
 using PushKit.Connections;
 using PushKit.Protocol;
@@ -36,15 +37,17 @@ internal sealed partial class DirectWebSocketMiddleware
     private readonly string _path;
     private readonly TimeSpan _headTimeout;
     private readonly ILogger _logger;
+    private readonly bool _takeUserSessions;
     private int _warnedOfTls;
 
-    public DirectWebSocketMiddleware(ConnectionDelegate next, PushSessionManager sessions, string path, TimeSpan headTimeout, ILogger logger)
+    public DirectWebSocketMiddleware(ConnectionDelegate next, PushSessionManager sessions, string path, TimeSpan headTimeout, ILogger logger, bool takeUserSessions)
     {
         _next = next;
         _sessions = sessions;
         _path = path;
         _headTimeout = headTimeout;
         _logger = logger;
+        _takeUserSessions = takeUserSessions;
     }
 
     public Task OnConnectionAsync(ConnectionContext connection)
@@ -101,7 +104,11 @@ internal sealed partial class DirectWebSocketMiddleware
         ConnectionContext connection, PushSessionManager sessions)
     {
         var input = connection.Transport.Input;
-        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(connection.ConnectionClosed);
+
+        // The server's stop asks every connection to close: one still waiting for its first request closes at once,
+        // as the HTTP server closes its idle connections, instead of holding the stop until the head timeout.
+        var stopping = connection.Features.Get<IConnectionLifetimeNotificationFeature>()?.ConnectionClosedRequested ?? default;
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(connection.ConnectionClosed, stopping);
         timeout.CancelAfter(_headTimeout);
         var received = 0L;
         try
@@ -110,14 +117,25 @@ internal sealed partial class DirectWebSocketMiddleware
             {
                 var result = await input.ReadAsync(timeout.Token).ConfigureAwait(false);
                 var buffer = result.Buffer;
+                if (received == 0 && !buffer.IsEmpty)
+                {
+                    // From the first byte on, the head has the HTTP server's own time to arrive in full.
+                    timeout.CancelAfter(_headTimeout);
+                }
+
                 received = buffer.Length;
                 var verdict = Parse(buffer, out var request);
                 PushSession? session = null;
                 if (verdict == DirectHandshakeVerdict.Ours)
                 {
-                    // An unknown session or a wrong secret: the HTTP endpoint answers with its documented error.
+                    // An unknown session or a wrong secret: the HTTP endpoint answers with its documented error. A
+                    // session bound to a user, unless the endpoint says otherwise: the HTTP endpoint also checks that
+                    // the caller is that user, which needs the application's authentication.
                     session = sessions.Find(request.SessionId);
-                    if (session is null || (session.State == PushChannelState.Closed && !session.HoldsClose) || !session.VerifySecret(request.Secret))
+                    if (session is null
+                        || (session.State == PushChannelState.Closed && !session.HoldsClose)
+                        || (session.UserId is not null && !_takeUserSessions)
+                        || !session.VerifySecret(request.Secret))
                     {
                         verdict = DirectHandshakeVerdict.NotOurs;
                     }
@@ -145,7 +163,7 @@ internal sealed partial class DirectWebSocketMiddleware
                 }
             }
         }
-        catch (OperationCanceledException) when (!connection.ConnectionClosed.IsCancellationRequested)
+        catch (OperationCanceledException) when (!connection.ConnectionClosed.IsCancellationRequested && !stopping.IsCancellationRequested)
         {
             if (received > 0)
             {
@@ -164,9 +182,9 @@ internal sealed partial class DirectWebSocketMiddleware
     }
 
     /// <summary>
-    /// Marks a connection that starts with an HTTP/1.x request (one whose negotiate should close it, see
-    /// <see cref="Marker"/>). Not one that starts with a TLS handshake, which this path can never take (it was added
-    /// before <c>UseHttps()</c>: said once in the log), nor an HTTP/2 connection, which has no <c>Connection</c> header.
+    /// Marks a connection that starts with an HTTP request (one whose negotiate should close it, see
+    /// <see cref="Marker"/>); not one that starts with a TLS handshake, which this path can never take (it was added
+    /// before <c>UseHttps()</c>: said once in the log).
     /// </summary>
     private void Mark(ConnectionContext connection, ReadOnlySequence<byte> buffer)
     {
@@ -186,10 +204,8 @@ internal sealed partial class DirectWebSocketMiddleware
             return;
         }
 
-        Span<byte> start = stackalloc byte[4];
-        var startLength = (int)Math.Min(buffer.Length, start.Length);
-        buffer.Slice(0, startLength).CopyTo(start);
-        if (first is >= (byte)'A' and <= (byte)'Z' && !start[..startLength].SequenceEqual("PRI "u8[..startLength]))
+        // An HTTP/1.x request (or HTTP/2's preface, whose responses Kestrel strips of Connection headers anyway).
+        if (first is >= (byte)'A' and <= (byte)'Z')
         {
             connection.Features.Set(Marker.Instance);
         }
