@@ -100,8 +100,8 @@ public class DirectWebSocketTests
         Assert.Equal("up", Assert.Single(await collector.TakeAsync(1)).GetString());
 
         var big = new string('b', 300_000);
-        Assert.True(await direct.Server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString("down")));
-        Assert.True(await direct.Server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString(big)));
+        Assert.True(await direct.Server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString("down")).AsTask().WaitAsync(TestTimeouts.Default));
+        Assert.True(await direct.Server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString(big)).AsTask().WaitAsync(TestTimeouts.Default));
         var received = await client.ReadAsync(2);
         Assert.Equal(["down", big], received.Select(m => m.GetString()));
 
@@ -184,7 +184,7 @@ public class DirectWebSocketTests
         var client = await direct.Server.ConnectClientAsync(transport);
         await client.SendStringAsync("up").AsTask().WaitAsync(TestTimeouts.Default);
         Assert.Equal("up", Assert.Single(await collector.TakeAsync(1)).GetString());
-        Assert.True(await direct.Server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString("down")));
+        Assert.True(await direct.Server.Sender.SendToSessionAsync(client.SessionId!, PushMessage.FromString("down")).AsTask().WaitAsync(TestTimeouts.Default));
         Assert.Equal("down", Assert.Single(await client.ReadAsync(1)).GetString());
     }
 
@@ -291,7 +291,7 @@ public class DirectWebSocketTests
         using var http = new HttpClient(new HttpClientHandler { ServerCertificateCustomValidationCallback = HttpClientHandler.DangerousAcceptAnyServerCertificateValidator });
         using var negotiate = await http.PostAsync(new Uri(direct.Server.BaseUrl + "/negotiate"), JsonContent.Create(new { protocolVersion = 1 })).WaitAsync(TestTimeouts.Default);
         negotiate.EnsureSuccessStatusCode();
-        var json = await negotiate.Content.ReadFromJsonAsync<JsonElement>();
+        var json = await negotiate.Content.ReadFromJsonAsync<JsonElement>().WaitAsync(TestTimeouts.Default);
         Assert.Equal(afterHttps, negotiate.Headers.ConnectionClose == true);
 
         using var tcp = await OpenAsync(direct.Server);
@@ -350,7 +350,7 @@ public class DirectWebSocketTests
         using var negotiate = new HttpRequestMessage(HttpMethod.Post, new Uri(direct.Server.BaseUrl + "/negotiate")) { Content = JsonContent.Create(new { protocolVersion = 1 }) };
         negotiate.Headers.Add(HostingSurfaceTests.HeaderAuth.Header, "alice");
         using var negotiated = await direct.Server.Http.SendAsync(negotiate).WaitAsync(TestTimeouts.Default);
-        var json = await negotiated.Content.ReadFromJsonAsync<JsonElement>();
+        var json = await negotiated.Content.ReadFromJsonAsync<JsonElement>().WaitAsync(TestTimeouts.Default);
         var (sessionId, secret) = (json.GetProperty("sessionId").GetString()!, json.GetProperty("resumeSecret").GetString()!);
 
         // With her credentials: connected either way, through the HTTP endpoint unless the listener takes the secret alone.
@@ -417,7 +417,7 @@ public class DirectWebSocketTests
         await reconnecting.WaitAsync(TestTimeouts.Default);
         for (var i = 0; i < 5; i++)
         {
-            await direct.Server.Sender.SendToSessionAsync(sessionId, PushMessage.FromString($"m{i}"));
+            await direct.Server.Sender.SendToSessionAsync(sessionId, PushMessage.FromString($"m{i}")).AsTask().WaitAsync(TestTimeouts.Default);
         }
 
         var received = await client.ReadAsync(5);

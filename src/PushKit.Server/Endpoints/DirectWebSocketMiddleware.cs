@@ -133,7 +133,7 @@ internal sealed partial class DirectWebSocketMiddleware
                     // the caller is that user, which needs the application's authentication.
                     session = sessions.Find(request.SessionId);
                     if (session is null
-                        || (session.State == PushChannelState.Closed && !session.HoldsClose)
+                        || !session.TakesNewConnection
                         || (session.UserId is not null && !_takeUserSessions)
                         || !session.VerifySecret(request.Secret))
                     {

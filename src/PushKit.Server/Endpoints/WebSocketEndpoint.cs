@@ -80,7 +80,7 @@ internal static class SessionAuthenticator
         }
 
         var session = sessions.Find(sessionId);
-        if (session is null || (session.State == PushChannelState.Closed && !allowEnded && !(connecting && session.HoldsClose)))
+        if (session is null || !(allowEnded || (connecting ? session.TakesNewConnection : session.State != PushChannelState.Closed)))
         {
             await HttpErrors.WriteAsync(context, StatusCodes.Status404NotFound, PushErrorCodes.SessionNotFound,
                 "No such session: it never existed, expired or was closed. Negotiate a new one.").ConfigureAwait(false);

@@ -166,6 +166,12 @@ internal sealed partial class PushSession : IPushSession
     /// </summary>
     internal bool HoldsClose => Volatile.Read(ref _holdsClose);
 
+    /// <summary>
+    /// Whether a new connection may carry the session: it is live, or it ended and holds its close for the returning
+    /// client (<see cref="HoldsClose"/>). Checked by every WebSocket handshake, through the HTTP endpoint or directly.
+    /// </summary>
+    internal bool TakesNewConnection => State != PushChannelState.Closed || HoldsClose;
+
     /// <summary>Whether the session has ended: a hint without a lock, for a broadcast to skip it cheaply.</summary>
     internal bool HasEnded => Volatile.Read(ref Unsafe.As<PushChannelState, int>(ref _state)) == (int)PushChannelState.Closed;
 
